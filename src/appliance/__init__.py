@@ -1,0 +1,1 @@
+"""On-prem voice AI agent appliance."""

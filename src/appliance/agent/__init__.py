@@ -1,0 +1,1 @@
+"""Conversation logic: templated answers for common clinic questions, LLM fallback."""

@@ -1,0 +1,1 @@
+"""Composition roots: the ``serve`` process and the ``call`` client."""

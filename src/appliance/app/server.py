@@ -1,0 +1,207 @@
+"""``appliance serve``: the agent process.
+
+Loads the models once, starts the pjsua2 user agent, runs one pipecat pipeline per answered
+call, writes call metadata (no content) and, on SIGTERM, drains: new INVITEs get ``503`` with
+``Retry-After`` while active calls finish, bounded by ``sip.drain_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from pathlib import Path
+
+from pipecat.frames.frames import TTSSpeakFrame
+from pipecat.workers.runner import WorkerRunner
+
+from appliance.agent.templates import Action
+from appliance.config.settings import ApplianceSettings
+from appliance.events import (
+    CallAnswered,
+    CallEnded,
+    CallOffered,
+    CallRejected,
+    DtmfReceived,
+    EventBus,
+    JsonlEventSink,
+)
+from appliance.media.sip import CallHandle, SipUserAgent
+from appliance.metrics.store import CallMetadataStore
+from appliance.models.engines import ModelSet, load_models
+from appliance.pipeline.builder import build_call_pipeline, initial_messages
+
+_LOGGER = logging.getLogger(__name__)
+
+#: How long to wait for RTP media after answering before giving up on a call, in s.
+MEDIA_TIMEOUT_S = 5.0
+
+NO_TRANSFER_TEXT = (
+    "I'm sorry, no one can take your call on this line right now. "
+    "Please call back during our opening hours."
+)
+
+
+class ApplianceServer:
+    """The agent process: SIP user agent plus per-call pipelines.
+
+    Args:
+        settings: Validated settings.
+        test_events: If set, write every event (content included) as JSON lines here.
+            For tests only; never in production.
+        models: Pre-loaded engines (tests share them); loaded from settings when ``None``.
+    """
+
+    def __init__(
+        self,
+        settings: ApplianceSettings,
+        *,
+        test_events: Path | None = None,
+        models: ModelSet | None = None,
+    ) -> None:
+        self.settings = settings
+        self.bus = EventBus()
+        self.models = models
+        self._test_events = test_events
+        self._ua: SipUserAgent | None = None
+        self._calls: dict[str, asyncio.Task[None]] = {}
+        self._stop = asyncio.Event()
+        self.store: CallMetadataStore | None = None
+
+    async def run(self) -> int:
+        """Serve until SIGTERM/SIGINT, then drain. Returns the process exit code.
+
+        Raises:
+            ModelError: A model file is missing or broken (before serving).
+            MediaError: SIP cannot bind.
+        """
+        loop = asyncio.get_running_loop()
+        if self.models is None:
+            self.models = await asyncio.to_thread(load_models, self.settings.models)
+            await asyncio.to_thread(self._warm)
+        self.store = CallMetadataStore(self.settings.store.metadata_db)
+        self.bus.subscribe(self.store.on_event)
+        sink = JsonlEventSink(self._test_events) if self._test_events else None
+        if sink is not None:
+            _LOGGER.warning("test event stream enabled: caller content is written in clear")
+            self.bus.subscribe(sink)
+        self._ua = SipUserAgent(
+            self.settings.sip, loop, self._on_call, on_rejected=self._on_rejected
+        )
+        self._ua.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        _LOGGER.info(
+            "ready: accepting SIP calls on %s (max %d concurrent)",
+            self.settings.sip.bind,
+            self.settings.sip.max_calls,
+        )
+        try:
+            await self._stop.wait()
+            await self._drain()
+        finally:
+            self._ua.stop()
+            self.store.close()
+            if sink is not None:
+                sink.close()
+        _LOGGER.info("stopped")
+        return 0
+
+    def request_stop(self) -> None:
+        """Begin draining (what SIGTERM does)."""
+        self._stop.set()
+
+    def _warm(self) -> None:
+        assert self.models is not None
+        t0 = time.perf_counter()
+        self.models.llm.warm_messages(initial_messages(self.settings))
+        _LOGGER.info("LLM prompt prefix cached in %.2f s", time.perf_counter() - t0)
+
+    async def _drain(self) -> None:
+        assert self._ua is not None
+        self._ua.draining = True
+        active = len(self._calls)
+        _LOGGER.info("draining: refusing new calls, waiting for %d active call(s)", active)
+        deadline = time.monotonic() + self.settings.sip.drain_timeout_s
+        while self._calls and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        if self._calls:
+            _LOGGER.warning("drain timeout: ending %d call(s)", len(self._calls))
+            for task in list(self._calls.values()):
+                task.cancel()
+            await asyncio.gather(*self._calls.values(), return_exceptions=True)
+
+    def _on_rejected(self, peer: str, status: int, reason: str) -> None:
+        self.bus.emit(CallRejected("-", status=status, reason=reason))
+
+    def _on_call(self, handle: CallHandle) -> None:
+        self.bus.emit(CallOffered(handle.call_id, source_ip=handle.peer_ip))
+        task = asyncio.create_task(self._run_call(handle), name=f"call-{handle.call_id}")
+        self._calls[handle.call_id] = task
+        task.add_done_callback(lambda _t: self._calls.pop(handle.call_id, None))
+
+    async def _run_call(self, handle: CallHandle) -> None:
+        assert self.models is not None
+        started = time.time()
+        disposition = "caller_hangup"
+        emit = self.bus.emit
+        try:
+            await asyncio.wait_for(handle.media_ready.wait(), MEDIA_TIMEOUT_S)
+        except TimeoutError:
+            _LOGGER.warning("call %s: no media after answer, hanging up", handle.call_id)
+            handle.hangup()
+            emit(CallEnded(handle.call_id, disposition="no_media", duration_s=0.0))
+            return
+        emit(CallAnswered(handle.call_id, codec=handle.codec))
+        holder: dict[str, object] = {}
+
+        async def on_action(action: Action) -> None:
+            nonlocal disposition
+            if action is Action.HANGUP:
+                disposition = "agent_hangup"
+                handle.hangup()
+            elif action is Action.TRANSFER:
+                worker = holder["worker"]
+                await worker.queue_frame(TTSSpeakFrame(NO_TRANSFER_TEXT))  # type: ignore[attr-defined]
+
+        call = build_call_pipeline(
+            handle.call_id, handle.bridge, self.models, self.settings, emit, on_action
+        )
+        holder["worker"] = call.task
+        transport_in = call.transport.input()
+
+        def on_dtmf(digit: str, method: str) -> None:
+            emit(DtmfReceived(handle.call_id, digit=digit, method=method))
+            asyncio.ensure_future(transport_in.push_dtmf(digit))
+
+        handle.on_dtmf = on_dtmf
+        runner = WorkerRunner(handle_sigint=False, handle_sigterm=False)
+        await runner.add_workers(call.task)
+        run = asyncio.create_task(runner.run())
+        hangup = asyncio.create_task(handle.disconnected.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {run, hangup},
+                timeout=self.settings.sip.max_call_duration_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if not done:
+                disposition = "max_duration"
+                handle.hangup()
+        except asyncio.CancelledError:
+            disposition = "drain_timeout"
+            handle.hangup()
+            raise
+        finally:
+            hangup.cancel()
+            if not run.done():
+                await call.task.cancel()
+                try:
+                    await asyncio.wait_for(run, 5)
+                except (TimeoutError, asyncio.CancelledError):
+                    run.cancel()
+            handle.hangup()
+            emit(CallEnded(handle.call_id, disposition=disposition,
+                           duration_s=round(time.time() - started, 3)))
+            _LOGGER.info("call %s ended (%s)", handle.call_id, disposition)

@@ -1,0 +1,94 @@
+"""Command line: ``appliance serve | call | models``.
+
+Exit codes: 0 success; 2 bad configuration; 3 model files missing or broken; 4 SIP/media
+start failure; 1 anything else. Error messages name the file at fault.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from appliance.errors import ApplianceError, ConfigError, MediaError, ModelError
+
+_LOGGER = logging.getLogger("appliance")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from appliance.app.logs import setup_logging
+    from appliance.config import load_settings
+
+    setup_logging(args.log_level)
+    overrides = {"sip__bind": args.sip_bind} if args.sip_bind else {}
+    settings = load_settings(args.config, **overrides)
+    from appliance.app.server import ApplianceServer
+
+    server = ApplianceServer(settings, test_events=args.test_events)
+    return asyncio.run(server.run())
+
+
+def _call(args: argparse.Namespace) -> int:
+    from appliance.app.client import place_call, report_json
+    from appliance.app.logs import setup_logging
+
+    setup_logging(args.log_level)
+    report = asyncio.run(
+        place_call(args.uri, [Path(p) for p in args.wav], args.out, bind=args.bind,
+                   silence_ms=args.silence_ms)
+    )
+    print(report_json(report))
+    return 0 if report.status == "completed" else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser."""
+    parser = argparse.ArgumentParser(prog="appliance", description=__doc__)
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the voice agent (SIP trunk in)")
+    serve.add_argument("--config", type=Path, default=None, help="TOML settings file")
+    serve.add_argument("--sip-bind", default=None, help="HOST:PORT, overrides [sip] bind")
+    serve.add_argument(
+        "--test-events", type=Path, default=None,
+        help="TESTS ONLY: write every event, caller content included, as JSON lines",
+    )
+    serve.set_defaults(func=_serve)
+
+    call = sub.add_parser("call", help="place a test call that plays WAV files as the caller")
+    call.add_argument("uri", help="e.g. sip:appliance@127.0.0.1:5060")
+    call.add_argument("--wav", action="append", default=[], help="caller turn (repeatable)")
+    call.add_argument("--out", type=Path, default=None, help="save the agent's audio here")
+    call.add_argument("--bind", default="127.0.0.1:0", help="local SIP HOST:PORT")
+    call.add_argument("--silence-ms", type=int, default=1500,
+                      help="agent silence that ends its turn")
+    call.set_defaults(func=_call)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``appliance`` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"appliance: configuration error: {exc.message}", file=sys.stderr)
+        return 2
+    except ModelError as exc:
+        print(f"appliance: model error: {exc.message}", file=sys.stderr)
+        return 3
+    except MediaError as exc:
+        print(f"appliance: SIP error: {exc.message}", file=sys.stderr)
+        return 4
+    except ApplianceError as exc:
+        print(f"appliance: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

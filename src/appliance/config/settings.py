@@ -1,0 +1,221 @@
+"""Settings schema and TOML loading.
+
+Settings are data: every field has a default and help text (``Field(description=...)``).
+The development defaults bind SIP to 127.0.0.1 and allow only 127.0.0.1 as a trunk peer.
+
+A corrupt or invalid file raises :class:`appliance.errors.ConfigError` whose message names
+the file and the offending key, so ``appliance serve`` can exit non-zero at start and a
+running process can refuse a bad reload while it keeps serving.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from appliance.errors import ConfigError
+
+#: Calls one pjsua2 process can hold: the PyPI wheel compiles ``PJSUA_MAX_CALLS=4`` and one
+#: slot stays free to answer ``503`` ourselves (docs/decisions/0001-scaling-past-four-calls.md).
+MAX_CALLS_PER_PROCESS = 3
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SipSettings(_Section):
+    """SIP user agent and trunk settings."""
+
+    bind: str = Field("127.0.0.1:5060", description="HOST:PORT the SIP UDP transport binds to.")
+    rtp_port: int = Field(40000, ge=1024, le=65000, description="First RTP port to allocate.")
+    allowed_peers: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1/32"],
+        description="Trunk peers (IP or CIDR) allowed to send INVITEs; others get 403.",
+    )
+    max_calls: int = Field(
+        2, ge=1, le=MAX_CALLS_PER_PROCESS, description="Concurrent calls; more get 503."
+    )
+    retry_after_s: int = Field(30, ge=1, description="Retry-After seconds sent with 503.")
+    codecs: list[str] = Field(
+        default_factory=lambda: ["PCMU/8000", "PCMA/8000"],
+        description="Codecs offered/accepted, in priority order. Only G.711 is supported.",
+    )
+    drain_timeout_s: float = Field(
+        120.0, gt=0, description="On SIGTERM, how long to wait for active calls to end."
+    )
+    max_call_duration_s: float = Field(
+        900.0, gt=0, description="Calls are ended politely after this long."
+    )
+    user_agent: str = Field("clinic-voice-appliance/0.1", description="User-Agent header.")
+
+    @field_validator("bind")
+    @classmethod
+    def _check_bind(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError(f"expected HOST:PORT, got {value!r}")
+        return value
+
+    @field_validator("allowed_peers")
+    @classmethod
+    def _check_peers(cls, value: list[str]) -> list[str]:
+        for peer in value:
+            ipaddress.ip_network(peer, strict=False)
+        return value
+
+    @field_validator("codecs")
+    @classmethod
+    def _check_codecs(cls, value: list[str]) -> list[str]:
+        unsupported = [c for c in value if c.upper() not in ("PCMU/8000", "PCMA/8000")]
+        if unsupported or not value:
+            raise ValueError(f"only PCMU/8000 and PCMA/8000 are supported, got {value}")
+        return [c.upper() for c in value]
+
+    @property
+    def host(self) -> str:
+        """Bind host part of :attr:`bind`."""
+        return self.bind.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        """Bind port part of :attr:`bind`."""
+        return int(self.bind.rpartition(":")[2])
+
+    def peer_allowed(self, address: str) -> bool:
+        """Return whether a source IP address belongs to a configured trunk peer."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in ipaddress.ip_network(p, strict=False) for p in self.allowed_peers)
+
+
+class ClinicSettings(_Section):
+    """Facts about the clinic used by the disclosure and templated answers."""
+
+    name: str = Field("Maple Street Family Clinic", description="Clinic name, spoken.")
+    hours: str = Field(
+        "Monday to Friday, 8 AM to 5 PM, and Saturday 9 AM to noon",
+        description="Opening hours, spoken.",
+    )
+    address: str = Field("120 Maple Street, Springfield", description="Street address, spoken.")
+    parking: str = Field(
+        "Free parking is available behind the building.", description="Parking, spoken."
+    )
+
+
+class AgentSettings(_Section):
+    """Conversation behaviour."""
+
+    disclosure: str = Field(
+        "Hello, you've reached {clinic}. I'm an automated assistant, not a person, "
+        "and this call is handled by a computer.",
+        description="AI disclosure, played first and uninterruptibly. {clinic} is replaced.",
+    )
+    greeting: str = Field("How can I help you today?", description="Said after the disclosure.")
+    system_prompt: str = Field(
+        "You are the phone receptionist of {clinic}. Answer in one short sentence. "
+        "Only use these facts. Hours: {hours}. Address: {address}. {parking} "
+        "If you do not know, say you will pass the question to the staff. "
+        "Never give medical advice.",
+        description="System prompt for the LLM; {clinic}, {hours}, {address}, {parking}.",
+    )
+    max_reply_tokens: int = Field(40, ge=8, le=512, description="LLM reply budget in tokens.")
+    templates_enabled: bool = Field(True, description="Answer common questions from templates.")
+    idle_timeout_s: float = Field(20.0, gt=0, description="Silence before prompting the caller.")
+
+
+class ModelSettings(_Section):
+    """Where the models live and how they run (see models/manifest.toml)."""
+
+    store: Path = Field(Path("models/store"), description="Model store directory.")
+    stt: str = Field("stt/whisper-tiny.en", description="faster-whisper model dir in the store.")
+    llm: str = Field("llm/SmolLM2-135M-Instruct.Q4_1.gguf", description="GGUF file in the store.")
+    tts: str = Field("tts/kokoro-v1.0.int8.onnx", description="Kokoro ONNX file in the store.")
+    tts_voices: str = Field("tts/voices_ja.npz", description="Kokoro voices file in the store.")
+    tts_voice: str = Field("jm_kumo", description="Kokoro voice id.")
+    tts_speed: float = Field(1.1, gt=0.5, lt=2.0, description="Kokoro speaking rate.")
+    vad: str = Field("vad/silero_vad.onnx", description="Silero VAD ONNX file in the store.")
+    turn: str = Field("turn/smart-turn-v3.2-cpu.onnx", description="Smart-turn v3 ONNX file.")
+    threads: int = Field(2, ge=1, le=64, description="CPU threads per model runtime.")
+    llm_context: int = Field(2048, ge=512, description="llama.cpp context length in tokens.")
+
+    def path(self, relative: str) -> Path:
+        """Return the absolute path of a file in the store."""
+        return (self.store / relative).resolve()
+
+
+class StoreSettings(_Section):
+    """Call metadata (no content) storage."""
+
+    metadata_db: Path = Field(
+        Path("var/calls.sqlite"), description="SQLite file for call metadata without content."
+    )
+
+
+class ApplianceSettings(_Section):
+    """All settings of ``appliance serve``."""
+
+    sip: SipSettings = Field(default_factory=SipSettings)
+    clinic: ClinicSettings = Field(default_factory=ClinicSettings)
+    agent: AgentSettings = Field(default_factory=AgentSettings)
+    models: ModelSettings = Field(default_factory=ModelSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+
+
+def load_settings(path: Path | str | None, **overrides: object) -> ApplianceSettings:
+    """Load settings from a TOML file and apply dotted overrides.
+
+    Relative paths in ``[models] store`` and ``[store] metadata_db`` are resolved against the
+    config file's directory's parent when the file lives in a ``config/`` folder, else against
+    the file's directory.
+
+    Args:
+        path: TOML file, or ``None`` for the built-in defaults.
+        **overrides: ``section__field=value`` pairs, e.g. ``sip__bind="127.0.0.1:5070"``.
+
+    Returns:
+        The validated settings.
+
+    Raises:
+        ConfigError: The file is missing, is not valid TOML, or fails validation. The message
+            names the file and the key.
+    """
+    data: dict[str, dict[str, object]] = {}
+    base = Path.cwd()
+    if path is not None:
+        file = Path(path)
+        try:
+            raw = file.read_bytes()
+        except OSError as exc:
+            raise ConfigError("config_unreadable", f"{file}: {exc.strerror or exc}") from exc
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError("config_corrupt", f"{file}: not valid TOML ({exc})") from exc
+        base = file.resolve().parent
+        if base.name == "config":
+            base = base.parent
+    for key, value in overrides.items():
+        section, _, field = key.partition("__")
+        data.setdefault(section, {})[field] = value
+    try:
+        settings = ApplianceSettings.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        name = path if path is not None else "<defaults>"
+        raise ConfigError("config_invalid", f"{name}: {where}: {first['msg']}") from exc
+    models = settings.models.model_copy(update={"store": _rebase(base, settings.models.store)})
+    store = settings.store.model_copy(
+        update={"metadata_db": _rebase(base, settings.store.metadata_db)}
+    )
+    return settings.model_copy(update={"models": models, "store": store})
+
+
+def _rebase(base: Path, p: Path) -> Path:
+    return p if p.is_absolute() else (base / p).resolve()

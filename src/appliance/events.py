@@ -1,0 +1,177 @@
+"""Typed domain events of the call path.
+
+The call path emits these; observers (call metadata, the future audit log, the test-only event
+stream) consume them and never reach into pipeline stages. Some events carry caller content
+(``TurnEnded.user_text``, ``DtmfReceived.digit``): such fields are marked ``content=True`` in
+:data:`CONTENT_FIELDS` and must only ever go to an encrypted store or to the explicitly enabled
+test event stream, never to logs.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def _now() -> float:
+    return time.time()
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base event: ``call_id`` is our opaque per-call id (never the caller's number)."""
+
+    call_id: str
+    t: float = field(default_factory=_now, kw_only=True)
+
+    @property
+    def kind(self) -> str:
+        """Event type name, e.g. ``"CallAnswered"``."""
+        return type(self).__name__
+
+
+@dataclass(frozen=True)
+class CallOffered(Event):
+    """An INVITE arrived from ``source_ip`` (the trunk peer's address, not the caller)."""
+
+    source_ip: str
+
+
+@dataclass(frozen=True)
+class CallRejected(Event):
+    """An INVITE was refused with a SIP status code (403 not allowed, 503 at capacity)."""
+
+    status: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class CallAnswered(Event):
+    """The call was answered with 200 OK; ``codec`` is the negotiated codec."""
+
+    codec: str = ""
+
+
+@dataclass(frozen=True)
+class DisclosurePlayed(Event):
+    """The AI disclosure finished playing; ``started``/``t`` bound it (epoch seconds)."""
+
+    started: float
+    text: str
+
+
+@dataclass(frozen=True)
+class AgentSpoke(Event):
+    """The agent finished a reply; ``text`` is what was actually played (after barge-in)."""
+
+    text: str
+    interrupted: bool
+    source: str  # "template", "llm", "disclosure", "greeting", "fallback"
+
+
+@dataclass(frozen=True)
+class TurnEnded(Event):
+    """The caller finished a turn; ``user_text`` is the final transcript (content)."""
+
+    user_text: str
+
+
+@dataclass(frozen=True)
+class BargeIn(Event):
+    """The caller spoke over the agent; queued agent audio was dropped."""
+
+    dropped_ms: float
+
+
+@dataclass(frozen=True)
+class DtmfReceived(Event):
+    """A DTMF digit arrived; ``method`` is ``"rfc4733"`` or ``"sip-info"`` (digit is content)."""
+
+    digit: str
+    method: str
+
+
+@dataclass(frozen=True)
+class TurnLatency(Event):
+    """Per-turn stage latencies in seconds (no content)."""
+
+    endpointing_s: float | None
+    stt_s: float | None
+    llm_ttft_s: float | None
+    tts_ttfa_s: float | None
+    voice_to_voice_s: float | None
+
+
+@dataclass(frozen=True)
+class CallEnded(Event):
+    """The call ended; ``disposition`` e.g. ``"caller_hangup"``, ``"agent_hangup"``."""
+
+    disposition: str
+    duration_s: float
+
+
+CONTENT_FIELDS = {"text", "user_text", "digit"}
+
+Listener = Callable[[Event], None]
+
+
+class EventBus:
+    """Synchronous fan-out of events to listeners; thread-safe, listener errors isolated."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Listener] = []
+        self._lock = threading.Lock()
+
+    def subscribe(self, listener: Listener) -> None:
+        """Add a listener called for every event, in emit order."""
+        with self._lock:
+            self._listeners.append(listener)
+
+    def emit(self, event: Event) -> None:
+        """Deliver ``event`` to every listener; a failing listener never breaks the call."""
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(event)
+            except Exception:  # noqa: BLE001 - observers must not take the call down
+                import logging
+
+                logging.getLogger(__name__).exception("event listener failed")
+
+
+def event_to_dict(event: Event) -> dict[str, Any]:
+    """Serialise an event to a JSON-compatible dict with its ``kind``."""
+    data = asdict(event)
+    data["kind"] = event.kind
+    return data
+
+
+class JsonlEventSink:
+    """Test-only event stream: one JSON object per line, content included.
+
+    Enabled only by ``appliance serve --test-events PATH``; it exists so end-to-end tests can
+    compare what the agent said with what arrived on the wire. Never enable it in production:
+    it writes caller content in clear.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = path.open("a", buffering=1, encoding="utf-8")
+
+    def __call__(self, event: Event) -> None:
+        line = json.dumps(event_to_dict(event), default=str)
+        with self._lock:
+            self._file.write(line + "\n")
+
+    def close(self) -> None:
+        """Close the file."""
+        with self._lock:
+            self._file.close()

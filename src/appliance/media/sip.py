@@ -1,0 +1,440 @@
+"""pjsua2 SIP user agent: trunk ACL, capacity, answer, DTMF, transfer-free call control.
+
+One dedicated thread owns the pjsua2 :class:`Endpoint` (``threadCnt=0``,
+``mainThreadOnly=True``) and polls ``libHandleEvents``; every pjsua2 API call is marshalled
+onto it through :meth:`SipUserAgent.submit`. Call events reach asyncio through
+``loop.call_soon_threadsafe``. Media callbacks run on the conference-bridge clock thread and
+only touch the call's :class:`~appliance.media.bridge.AudioBridge`.
+
+Pitfalls handled (measured, see ``shared/TELEPHONY.md``): ``Call`` objects are kept in one
+dict and dropped only after DISCONNECTED; every callback body is wrapped in ``try/except``;
+``gc.collect()`` runs before ``libDestroy()``. The PyPI wheel caps a process at 4 pjsua calls,
+so at most 3 are accepted and the 4th slot answers ``503`` + ``Retry-After`` itself.
+
+Logs carry the opaque call id and the trunk peer address, never the caller's number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pjsua2 as pj
+
+from appliance.config.settings import SipSettings
+from appliance.errors import MediaError
+from appliance.media.bridge import PTIME_MS, AudioBridge
+
+_LOGGER = logging.getLogger(__name__)
+
+DTMF_RFC4733 = "rfc4733"
+DTMF_SIP_INFO = "sip-info"
+
+
+@dataclass
+class CallHandle:
+    """Our view of one SIP call, safe to use from asyncio.
+
+    Attributes:
+        call_id: Opaque id used in logs, metrics and events (not the SIP Call-ID).
+        bridge: The call's audio queues (16-bit mono PCM at the bridge clock rate).
+        codec: Negotiated codec name once media is up, e.g. ``"PCMU"``.
+        peer_ip: Source address of the INVITE (the trunk peer).
+    """
+
+    call_id: str
+    bridge: AudioBridge
+    peer_ip: str = ""
+    codec: str = ""
+    answered_at: float | None = None
+    ended_at: float | None = None
+    end_status: int | None = None
+    on_media_ready: Callable[[], None] | None = None
+    on_dtmf: Callable[[str, str], None] | None = None
+    on_disconnected: Callable[[int, str], None] | None = None
+    media_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
+    _ua: SipUserAgent | None = None
+    _pj_id: int = -1
+
+    def hangup(self, status: int = 200) -> None:
+        """End the call (BYE, or a final response if not yet answered). Idempotent."""
+        if self._ua is not None and not self.disconnected.is_set():
+            self._ua.submit(lambda: self._ua._hangup(self._pj_id, status))  # type: ignore[union-attr]
+
+
+class _Port(pj.AudioMediaPort):
+    """AudioMediaPort moving 20 ms PCM frames between the bridge clock and an AudioBridge."""
+
+    def __init__(self, bridge: AudioBridge) -> None:
+        pj.AudioMediaPort.__init__(self)
+        self.bridge = bridge
+        self.errors = 0
+
+    def onFrameReceived(self, frame: pj.MediaFrame) -> None:  # noqa: N802 - pjsua2 API
+        try:
+            if frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO and frame.size:
+                self.bridge.put_inbound(bytes(frame.buf))
+        except Exception:  # noqa: BLE001 - never raise into the media thread
+            self.errors += 1
+
+    def onFrameRequested(self, frame: pj.MediaFrame) -> None:  # noqa: N802 - pjsua2 API
+        try:
+            chunk = self.bridge.take_outbound()
+            frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
+            frame.buf = pj.ByteVector(chunk)
+            frame.size = len(chunk)
+        except Exception:  # noqa: BLE001
+            self.errors += 1
+
+
+class _Call(pj.Call):
+    def __init__(self, ua: SipUserAgent, acc: pj.Account, pj_id: int, handle: CallHandle) -> None:
+        pj.Call.__init__(self, acc, pj_id)
+        self.ua = ua
+        self.handle = handle
+        self.port: _Port | None = None
+        self.accepted = False
+        self._last_dtmf: tuple[str, float] = ("", 0.0)
+
+    def onCallState(self, prm: pj.OnCallStateParam) -> None:  # noqa: N802
+        try:
+            info = self.getInfo()
+            if info.state == pj.PJSIP_INV_STATE_CONFIRMED:
+                self.handle.answered_at = time.time()
+            elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+                self.ua._on_disconnected(self, info.lastStatusCode, info.lastReason)
+        except Exception:  # noqa: BLE001
+            _LOGGER.exception("call %s: state callback failed", self.handle.call_id)
+
+    def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:  # noqa: N802
+        try:
+            info = self.getInfo()
+            for i, media in enumerate(info.media):
+                if media.type != pj.PJMEDIA_TYPE_AUDIO:
+                    continue
+                if media.status != pj.PJSUA_CALL_MEDIA_ACTIVE:
+                    continue  # on hold or not yet up: keep the port, reconnect later
+                audio = self.getAudioMedia(i)
+                if self.port is None:
+                    fmt = pj.MediaFormatAudio()
+                    fmt.type = pj.PJMEDIA_TYPE_AUDIO
+                    fmt.init(pj.PJMEDIA_FORMAT_PCM, self.ua.clock_rate, 1, PTIME_MS * 1000, 16)
+                    self.port = _Port(self.handle.bridge)
+                    self.port.createPort(f"call-{self.handle.call_id}", fmt)
+                # Re-INVITEs may re-create the stream: (re)connecting is idempotent.
+                audio.startTransmit(self.port)
+                self.port.startTransmit(audio)
+                try:
+                    self.handle.codec = self.getStreamInfo(i).codecName
+                except pj.Error:
+                    pass
+                self.ua._post(self.handle.media_ready.set)
+                if self.handle.on_media_ready is not None:
+                    self.ua._post(self.handle.on_media_ready)
+                break
+        except Exception:  # noqa: BLE001
+            _LOGGER.exception("call %s: media callback failed", self.handle.call_id)
+
+    def _dtmf(self, digit: str, method: str) -> None:
+        now = time.monotonic()
+        # pjsua2 may report one digit through both callbacks; keep the first.
+        if self._last_dtmf[0] == f"{method}:{digit}" and now - self._last_dtmf[1] < 0.08:
+            return
+        self._last_dtmf = (f"{method}:{digit}", now)
+        if self.handle.on_dtmf is not None:
+            cb = self.handle.on_dtmf
+            self.ua._post(lambda: cb(digit, method))
+
+    def onDtmfDigit(self, prm: pj.OnDtmfDigitParam) -> None:  # noqa: N802
+        try:
+            method = DTMF_SIP_INFO if prm.method == pj.PJSUA_DTMF_METHOD_SIP_INFO else DTMF_RFC4733
+            self._dtmf(str(prm.digit), method)
+        except Exception:  # noqa: BLE001
+            _LOGGER.exception("call %s: DTMF callback failed", self.handle.call_id)
+
+    def onDtmfEvent(self, prm: pj.OnDtmfEventParam) -> None:  # noqa: N802
+        try:
+            if prm.method == pj.PJSUA_DTMF_METHOD_SIP_INFO:
+                self._dtmf(str(prm.digit), DTMF_SIP_INFO)
+        except Exception:  # noqa: BLE001
+            _LOGGER.exception("call %s: DTMF event callback failed", self.handle.call_id)
+
+
+class _Account(pj.Account):
+    def __init__(self, ua: SipUserAgent) -> None:
+        pj.Account.__init__(self)
+        self.ua = ua
+
+    def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:  # noqa: N802
+        try:
+            self.ua._on_incoming(self, prm)
+        except Exception:  # noqa: BLE001
+            _LOGGER.exception("incoming call handling failed")
+
+
+def _source_ip(src_address: str) -> str:
+    """Return the IP part of pjsip's ``srcAddress`` (``1.2.3.4:5060`` or ``[::1]:5060``)."""
+    if src_address.startswith("["):
+        return src_address[1:].split("]", 1)[0]
+    return src_address.rsplit(":", 1)[0]
+
+
+class SipUserAgent:
+    """The appliance's SIP user agent (server side for the trunk, client side for tests).
+
+    Args:
+        settings: SIP settings (bind address, allowlist, capacity, codecs).
+        loop: The asyncio loop that receives call events.
+        on_incoming: Called on ``loop`` with each answered :class:`CallHandle`. If ``None``,
+            incoming calls are refused with 403 (client mode).
+        clock_rate: Conference bridge clock in Hz; G.711 (8 kHz) is resampled to it by pjmedia.
+        on_rejected: Called on ``loop`` with (peer_ip, status, reason) for refused INVITEs.
+    """
+
+    def __init__(
+        self,
+        settings: SipSettings,
+        loop: asyncio.AbstractEventLoop,
+        on_incoming: Callable[[CallHandle], None] | None,
+        *,
+        clock_rate: int = 16000,
+        on_rejected: Callable[[str, int, str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.loop = loop
+        self.clock_rate = clock_rate
+        self._on_incoming_cb = on_incoming
+        self._on_rejected_cb = on_rejected
+        self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._calls: dict[int, _Call] = {}
+        self._dead: list[_Call] = []
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self.draining = False
+        self.health_tick = time.monotonic()
+        self._ep: pj.Endpoint | None = None
+        self._acc: _Account | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the pjsua2 thread and bind the transport.
+
+        Raises:
+            MediaError: The endpoint failed to start (e.g. the port is in use).
+        """
+        self._thread = threading.Thread(target=self._run, name="pjsua2", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise MediaError("sip_start_timeout", "pjsua2 did not start in time")
+        if self._error is not None:
+            raise MediaError("sip_start_failed", f"{self._error}") from self._error
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Hang up all calls and destroy the endpoint."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def active_calls(self) -> int:
+        """Calls accepted and not yet disconnected."""
+        return sum(1 for c in list(self._calls.values()) if c.accepted)
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the pjsua2 thread."""
+        self._commands.put(fn)
+
+    def _post(self, fn: Callable[[], None]) -> None:
+        try:
+            self.loop.call_soon_threadsafe(fn)
+        except RuntimeError:
+            pass  # loop closed while shutting down
+
+    # -- pjsua2 thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._init_endpoint()
+        except BaseException as exc:  # noqa: BLE001
+            self._error = exc
+            self._ready.set()
+            self._destroy()
+            return
+        self._ready.set()
+        while not self._stop.is_set():
+            self._ep.libHandleEvents(10)  # type: ignore[union-attr]
+            self.health_tick = time.monotonic()
+            while True:
+                try:
+                    fn = self._commands.get_nowait()
+                except queue.Empty:
+                    break
+                try:
+                    fn()
+                except Exception:  # noqa: BLE001
+                    _LOGGER.exception("pjsua2 command failed")
+            if self._dead:
+                self._reap()
+        self._destroy()
+
+    def _init_endpoint(self) -> None:
+        ep = pj.Endpoint()
+        self._ep = ep
+        ep.libCreate()
+        cfg = pj.EpConfig()
+        cfg.uaConfig.threadCnt = 0
+        cfg.uaConfig.mainThreadOnly = True
+        cfg.uaConfig.maxCalls = 4
+        cfg.uaConfig.userAgent = self.settings.user_agent
+        cfg.medConfig.clockRate = self.clock_rate
+        cfg.medConfig.sndClockRate = self.clock_rate
+        cfg.medConfig.noVad = True
+        cfg.medConfig.ecTailLen = 0
+        cfg.medConfig.audioFramePtime = PTIME_MS
+        cfg.logConfig.level = 1
+        cfg.logConfig.consoleLevel = 1
+        ep.libInit(cfg)
+        ep.audDevManager().setNullDev()
+        wanted = {c.split("/")[0].upper(): len(self.settings.codecs) - i for i, c in enumerate(self.settings.codecs)}
+        for codec in ep.codecEnum2():
+            name = codec.codecId.split("/")[0].upper()
+            ep.codecSetPriority(codec.codecId, 128 + wanted[name] if name in wanted else 0)
+        tcfg = pj.TransportConfig()
+        tcfg.port = self.settings.port
+        tcfg.boundAddress = self.settings.host
+        try:
+            ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
+        except pj.Error as exc:
+            raise MediaError("sip_bind_failed", f"cannot bind SIP to {self.settings.bind}: {exc.reason}") from exc
+        ep.libStart()
+        acfg = pj.AccountConfig()
+        acfg.idUri = f"sip:appliance@{self.settings.bind}"
+        acfg.mediaConfig.transportConfig.port = self.settings.rtp_port
+        acfg.mediaConfig.transportConfig.portRange = 1000
+        acfg.mediaConfig.transportConfig.boundAddress = self.settings.host
+        acc = _Account(self)
+        acc.create(acfg, True)
+        self._acc = acc
+
+    def _reject(self, call: _Call, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
+        op = pj.CallOpParam(True)
+        op.statusCode = status
+        op.reason = reason
+        for name, value in (headers or {}).items():
+            h = pj.SipHeader()
+            h.hName = name
+            h.hValue = value
+            op.txOption.headers.append(h)
+        # answer() with a final non-2xx code sends it with our headers; hangup() drops them.
+        call.answer(op)
+
+    def _on_incoming(self, acc: _Account, prm: pj.OnIncomingCallParam) -> None:
+        peer = _source_ip(prm.rdata.srcAddress)
+        handle = CallHandle(call_id=uuid.uuid4().hex[:12], bridge=AudioBridge(self.clock_rate), peer_ip=peer, _ua=self, _pj_id=prm.callId)
+        call = _Call(self, acc, prm.callId, handle)
+        self._calls[prm.callId] = call
+        if self._on_incoming_cb is None or not self.settings.peer_allowed(peer):
+            _LOGGER.warning("call %s refused: source %s is not a trunk peer", handle.call_id, peer)
+            self._reject(call, 403, "Forbidden")
+            self._notify_rejected(peer, 403, "not_allowed")
+            return
+        if self.draining or self.active_calls >= self.settings.max_calls:
+            why = "draining" if self.draining else "at_capacity"
+            _LOGGER.warning("call %s refused with 503: %s", handle.call_id, why)
+            self._reject(call, 503, "Service Unavailable", {"Retry-After": str(self.settings.retry_after_s)})
+            self._notify_rejected(peer, 503, why)
+            return
+        call.accepted = True
+        handle.on_media_ready = None
+        op = pj.CallOpParam(True)
+        op.statusCode = 200
+        call.answer(op)
+        _LOGGER.info("call %s answered (peer %s)", handle.call_id, peer)
+        cb = self._on_incoming_cb
+        self._post(lambda: cb(handle))
+
+    def _notify_rejected(self, peer: str, status: int, reason: str) -> None:
+        if self._on_rejected_cb is not None:
+            cb = self._on_rejected_cb
+            self._post(lambda: cb(peer, status, reason))
+
+    def _on_disconnected(self, call: _Call, status: int, reason: str) -> None:
+        handle = call.handle
+        handle.ended_at = time.time()
+        handle.end_status = status
+        handle.bridge.close()
+        self._post(handle.disconnected.set)
+        if handle.on_disconnected is not None and call.accepted:
+            cb = handle.on_disconnected
+            self._post(lambda: cb(status, reason))
+        self._dead.append(call)
+
+    def _reap(self) -> None:
+        dead, self._dead = self._dead, []
+        for call in dead:
+            self._calls.pop(call.handle._pj_id, None)
+            call.port = None  # destroys the port and removes it from the bridge
+
+    def _hangup(self, pj_id: int, status: int) -> None:
+        call = self._calls.get(pj_id)
+        if call is None:
+            return
+        op = pj.CallOpParam(True)
+        op.statusCode = status
+        try:
+            call.hangup(op)
+        except pj.Error:
+            pass
+
+    def make_call(self, uri: str, handle: CallHandle) -> None:
+        """Place an outgoing call (client mode); must be submitted to the pjsua2 thread."""
+
+        def place() -> None:
+            call = _Call(self, self._acc, pj.PJSUA_INVALID_ID, handle)  # type: ignore[arg-type]
+            call.accepted = True
+            op = pj.CallOpParam(True)
+            call.makeCall(uri, op)
+            handle._pj_id = call.getId()
+            handle._ua = self
+            self._calls[handle._pj_id] = call
+
+        self.submit(place)
+
+    def _destroy(self) -> None:
+        ep = self._ep
+        if ep is None:
+            return
+        try:
+            ep.hangupAllCalls()
+            for _ in range(30):
+                ep.libHandleEvents(10)
+        except Exception:  # noqa: BLE001
+            pass
+        for call in list(self._calls.values()):
+            call.port = None
+        self._calls.clear()
+        self._dead.clear()
+        gc.collect()
+        if self._acc is not None:
+            try:
+                self._acc.shutdown()
+            except Exception:  # noqa: BLE001
+                pass
+            self._acc = None
+        gc.collect()
+        try:
+            ep.libDestroy()
+        except Exception:  # noqa: BLE001
+            pass
+        self._ep = None

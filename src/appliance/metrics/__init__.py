@@ -1,0 +1,1 @@
+"""Metrics: per-turn latency breakdown (observer) and call metadata without content."""

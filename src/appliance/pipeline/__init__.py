@@ -1,0 +1,1 @@
+"""Agent plane on pipecat-ai: the pjsua2 transport, local model services, call pipeline."""

@@ -1,0 +1,186 @@
+"""Builds one call's pipecat pipeline from the shared engines.
+
+::
+
+    pjsua-in ─► STT ─► user aggregator (Silero VAD, smart-turn v3, mute until disclosure)
+      ─► receptionist (templates | LLM) ─► disclosure opener ─► LLM ─► TTS ─► pjsua-out
+      ─► played-text tracker ─► assistant aggregator
+
+The composition of media and pipeline happens in :mod:`appliance.app`; this module only needs
+an :class:`~appliance.media.bridge.AudioBridge`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
+from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
+from pipecat.audio.vad.vad_analyzer import VADParams
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import (
+    LLMContextAggregatorPair,
+    LLMUserAggregatorParams,
+)
+from pipecat.turns.user_mute import MuteUntilFirstBotCompleteUserMuteStrategy
+from pipecat.turns.user_stop import TurnAnalyzerUserTurnStopStrategy
+from pipecat.turns.user_turn_strategies import UserTurnStrategies
+
+from appliance.agent.receptionist import Receptionist
+from appliance.agent.templates import Action
+from appliance.config.settings import ApplianceSettings
+from appliance.events import Event
+from appliance.media.bridge import AudioBridge
+from appliance.metrics.latency import TurnLatencyObserver
+from appliance.models.engines import ModelSet
+from appliance.pipeline.played import PlayedTextTracker
+from appliance.pipeline.services import (
+    LocalKokoroTTSService,
+    LocalLlamaLLMService,
+    LocalWhisperSTTService,
+)
+from appliance.pipeline.transport import PjsuaTransport
+from appliance.policy.disclosure import DisclosureOpener, disclosure_text
+
+#: Silero VAD hangover before "stopped speaking", in seconds (pipecat's default is 0.2).
+VAD_STOP_SECS = 0.2
+
+#: Few-shot turns that prime the tiny default LLM; part of the cached KV prefix.
+FEW_SHOT = [
+    {"role": "user", "content": "Do you take walk-ins?"},
+    {"role": "assistant", "content": "I'll pass your question to our staff."},
+    {"role": "user", "content": "Is Dr. Patel in today?"},
+    {"role": "assistant", "content": "I'm not sure, so I'll pass your question to our staff."},
+]
+
+
+class StoreSileroVADAnalyzer(SileroVADAnalyzer):
+    """Silero VAD loaded from the verified model store instead of pipecat's package data."""
+
+    def __init__(self, model_path: Path, params: VADParams) -> None:
+        super().__init__(params=params)
+        self._model = SileroOnnxModel(str(model_path), force_onnx_cpu=True)
+
+
+def system_prompt(settings: ApplianceSettings) -> str:
+    """The LLM system prompt, filled with the clinic's facts."""
+    clinic = settings.clinic
+    return (
+        settings.agent.system_prompt.replace("{clinic}", clinic.name)
+        .replace("{hours}", clinic.hours)
+        .replace("{address}", clinic.address)
+        .replace("{parking}", clinic.parking)
+    )
+
+
+def initial_messages(settings: ApplianceSettings) -> list[dict[str, str]]:
+    """System prompt plus few-shot examples: the shared, KV-cached prompt prefix."""
+    return [{"role": "system", "content": system_prompt(settings)}, *FEW_SHOT]
+
+
+@dataclass
+class CallPipeline:
+    """One call's pipeline, its task and the pieces tests and the server look at."""
+
+    task: PipelineWorker
+    transport: PjsuaTransport
+    receptionist: Receptionist
+    latency: TurnLatencyObserver
+    tracker: PlayedTextTracker
+    context: LLMContext
+
+
+def build_call_pipeline(
+    call_id: str,
+    bridge: AudioBridge,
+    models: ModelSet,
+    settings: ApplianceSettings,
+    emit: Callable[[Event], None],
+    on_action: Callable[[Action], Awaitable[None]],
+) -> CallPipeline:
+    """Assemble the pipeline for one answered call.
+
+    Args:
+        call_id: Opaque call id for events and logs.
+        bridge: The call's audio bridge (16-bit mono PCM at ``bridge.sample_rate`` Hz).
+        models: Engines shared by all calls.
+        settings: Appliance settings.
+        emit: Event sink.
+        on_action: Awaited for follow-up actions (transfer, hang up) after a reply is played.
+    """
+    dropped = {"ms": 0.0}
+
+    def on_cleared(ms: float) -> None:
+        dropped["ms"] = ms
+
+    transport = PjsuaTransport(bridge, on_cleared=on_cleared)
+    stt = LocalWhisperSTTService(models.stt, name="STT")
+    context = LLMContext(messages=initial_messages(settings))  # type: ignore[arg-type]
+    aggregators = LLMContextAggregatorPair(
+        context,
+        user_params=LLMUserAggregatorParams(
+            vad_analyzer=StoreSileroVADAnalyzer(models.vad_path, VADParams(stop_secs=VAD_STOP_SECS)),
+            user_turn_strategies=UserTurnStrategies(
+                stop=[
+                    TurnAnalyzerUserTurnStopStrategy(
+                        turn_analyzer=LocalSmartTurnAnalyzerV3(
+                            smart_turn_model_path=str(models.turn_path)
+                        )
+                    )
+                ]
+            ),
+            user_mute_strategies=[MuteUntilFirstBotCompleteUserMuteStrategy()],
+        ),
+    )
+    receptionist = Receptionist(
+        call_id,
+        settings.clinic,
+        emit,
+        on_action,
+        templates_enabled=settings.agent.templates_enabled,
+        name="Receptionist",
+    )
+    disclosure = disclosure_text(settings.agent.disclosure, settings.clinic.name)
+    opener = DisclosureOpener(disclosure, settings.agent.greeting, name="Disclosure")
+    llm = LocalLlamaLLMService(models.llm, max_tokens=settings.agent.max_reply_tokens, name="LLM")
+    tts = LocalKokoroTTSService(models.tts, speed=settings.models.tts_speed, name="TTS")
+    tracker = PlayedTextTracker(
+        call_id,
+        emit,
+        disclosure,
+        source=lambda: receptionist.last_source,
+        dropped_ms=lambda: dropped["ms"],
+        name="Played",
+    )
+    pipeline = Pipeline(
+        [
+            transport.input(),
+            stt,
+            aggregators.user(),
+            receptionist,
+            opener,
+            llm,
+            tts,
+            transport.output(),
+            tracker,
+            aggregators.assistant(),
+        ]
+    )
+    latency = TurnLatencyObserver(call_id, emit, vad_stop_secs=VAD_STOP_SECS)
+    task = PipelineWorker(
+        pipeline,
+        params=PipelineParams(
+            audio_in_sample_rate=bridge.sample_rate,
+            audio_out_sample_rate=bridge.sample_rate,
+            enable_metrics=True,
+        ),
+        observers=[latency],
+        idle_timeout_secs=None,
+        cancel_on_idle_timeout=False,
+        enable_rtvi=False,
+    )
+    return CallPipeline(task, transport, receptionist, latency, tracker, context)

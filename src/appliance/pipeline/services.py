@@ -1,0 +1,203 @@
+"""pipecat services over the shared in-process engines of :mod:`appliance.models.engines`.
+
+* :class:`LocalWhisperSTTService`: a :class:`SegmentedSTTService`; the segment between VAD
+  start and stop (16 kHz 16-bit mono PCM) is transcribed in a worker thread.
+* :class:`LocalLlamaLLMService`: streams llama.cpp tokens as :class:`LLMTextFrame`; an
+  interruption cancels the task awaiting the next token and the worker stops within one token.
+* :class:`LocalKokoroTTSService`: sentence-by-sentence synthesis (pipecat's sentence
+  aggregation), 24 kHz output resampled with soxr to the transport rate.
+
+None of these log content: transcripts and replies travel only in frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import numpy as np
+from pipecat.frames.frames import (
+    ErrorFrame,
+    Frame,
+    LLMContextFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    TranscriptionFrame,
+    TTSAudioRawFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection
+from pipecat.services.llm_service import LLMService
+from pipecat.services.stt_service import SegmentedSTTService
+from pipecat.services.tts_service import TTSService
+from pipecat.utils.time import time_now_iso8601
+
+from appliance.errors import ApplianceError
+from appliance.models.engines import KokoroEngine, LlamaEngine, WhisperEngine
+
+_SENTENCE_END = re.compile(r"[.!?](\s|$)")
+
+
+class LocalWhisperSTTService(SegmentedSTTService):
+    """faster-whisper STT on VAD-delimited segments.
+
+    Args:
+        engine: The process-wide Whisper engine (expects 16 kHz input).
+    """
+
+    def __init__(self, engine: WhisperEngine, **kwargs: Any) -> None:
+        super().__init__(sample_rate=engine.sample_rate, **kwargs)
+        self._engine = engine
+        self.last_confidence: float | None = None
+
+    @property
+    def wants_wav_segments(self) -> bool:
+        """Segments arrive as raw PCM (no WAV header)."""
+        return False
+
+    def can_generate_metrics(self) -> bool:
+        """Processing-time metrics are reported."""
+        return True
+
+    async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame, None]:
+        """Transcribe one segment; yields a :class:`TranscriptionFrame` if speech was heard."""
+        await self.start_processing_metrics()
+        try:
+            result = await asyncio.to_thread(self._engine.transcribe, audio)
+        except ApplianceError as exc:
+            yield ErrorFrame(error=f"stt failed: {exc.code}")
+            return
+        finally:
+            await self.stop_processing_metrics()
+        self.last_confidence = result.confidence
+        if result.text:
+            yield TranscriptionFrame(result.text, "caller", time_now_iso8601(), finalized=True)
+
+
+def _message_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+class LocalLlamaLLMService(LLMService):
+    """In-process llama.cpp chat completion, streamed, cancellable.
+
+    Args:
+        engine: The process-wide llama.cpp engine.
+        max_tokens: Reply budget in tokens.
+        one_sentence: Stop after the first complete sentence (keeps tiny models grounded).
+    """
+
+    def __init__(
+        self, engine: LlamaEngine, *, max_tokens: int = 40, one_sentence: bool = True, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self._engine = engine
+        self._max_tokens = max_tokens
+        self._one_sentence = one_sentence
+
+    def can_generate_metrics(self) -> bool:
+        """TTFB (time to first token) metrics are reported."""
+        return True
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Run a completion for each :class:`LLMContextFrame`; pass everything else on."""
+        await super().process_frame(frame, direction)
+        if isinstance(frame, LLMContextFrame):
+            await self.push_frame(LLMFullResponseStartFrame())
+            try:
+                await self._generate(frame.context.get_messages())
+            finally:
+                await self.push_frame(LLMFullResponseEndFrame())
+        else:
+            await self.push_frame(frame, direction)
+
+    async def _generate(self, raw_messages: list[Any]) -> None:
+        messages = [
+            {"role": str(m.get("role")), "content": _message_text(m.get("content"))}
+            for m in raw_messages
+            if isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
+        ]
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
+        cancelled = threading.Event()
+
+        def produce() -> None:
+            try:
+                for piece in self._engine.stream(
+                    messages, max_tokens=self._max_tokens, cancelled=cancelled.is_set
+                ):
+                    loop.call_soon_threadsafe(pieces.put_nowait, piece)
+            except BaseException as exc:  # noqa: BLE001 - forwarded to the loop
+                loop.call_soon_threadsafe(pieces.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(pieces.put_nowait, None)
+
+        await self.start_ttfb_metrics()
+        worker = loop.run_in_executor(None, produce)
+        text = ""
+        first = True
+        try:
+            while True:
+                piece = await pieces.get()
+                if piece is None:
+                    break
+                if isinstance(piece, BaseException):
+                    await self.push_error(error_msg="llm generation failed", exception=piece)
+                    break
+                if first:
+                    await self.stop_ttfb_metrics()
+                    first = False
+                text += piece
+                await self._push_llm_text(piece)
+                if self._one_sentence and len(text.split()) >= 3 and _SENTENCE_END.search(text):
+                    break
+        finally:
+            cancelled.set()  # barge-in or early stop: free the model within one token
+            if first:
+                await self.stop_ttfb_metrics()
+        await asyncio.shield(worker)
+
+
+class LocalKokoroTTSService(TTSService):
+    """Kokoro TTS on the shared engine, one sentence per :meth:`run_tts` call.
+
+    Args:
+        engine: The process-wide Kokoro engine (24 kHz output).
+        speed: Speaking rate multiplier.
+    """
+
+    def __init__(self, engine: KokoroEngine, *, speed: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(push_start_frame=True, push_stop_frames=True, **kwargs)
+        self._engine = engine
+        self._speed = speed
+        from pipecat.audio.utils import create_stream_resampler
+
+        self._resampler = create_stream_resampler()
+
+    def can_generate_metrics(self) -> bool:
+        """TTFB (time to first audio) metrics are reported."""
+        return True
+
+    async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
+        """Synthesise one sentence and yield it as a :class:`TTSAudioRawFrame`."""
+        if not text.strip():
+            return
+        await self.start_tts_usage_metrics(text)
+        try:
+            samples = await asyncio.to_thread(self._engine.synthesize, text, self._speed)
+        except ApplianceError as exc:
+            yield ErrorFrame(error=f"tts failed: {exc.code}")
+            return
+        finally:
+            await self.stop_ttfb_metrics()
+        pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16).tobytes()
+        audio = await self._resampler.resample(pcm, self._engine.sample_rate, self.sample_rate)
+        yield TTSAudioRawFrame(
+            audio=audio, sample_rate=self.sample_rate, num_channels=1, context_id=context_id
+        )

@@ -1,0 +1,1 @@
+"""Governance enforced in code: AI disclosure first and uninterruptible."""
