@@ -26,7 +26,11 @@ def _serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, **overrides)
     from appliance.app.server import ApplianceServer
 
-    server = ApplianceServer(settings, test_events=args.test_events)
+    server = ApplianceServer(
+        settings,
+        test_events=args.test_events,
+        reload=lambda: load_settings(args.config, **overrides),
+    )
     return asyncio.run(server.run())
 
 

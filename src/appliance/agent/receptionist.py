@@ -17,6 +17,7 @@ from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
     Frame,
+    InputDTMFFrame,
     InterruptionFrame,
     LLMContextFrame,
     LLMFullResponseEndFrame,
@@ -27,7 +28,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from appliance.agent.templates import Action, match
 from appliance.config.settings import ClinicSettings
-from appliance.events import Event, TurnEnded
+from appliance.events import DtmfReceived, Event, TurnEnded
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class Receptionist(FrameProcessor):
         self._templates = templates_enabled
         self._pending: Action | None = None
         self._pending_started = False
-        self.last_source = "llm"
+        self.last_source = "opening"
         self.last_intent: str | None = None
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
@@ -82,7 +83,10 @@ class Receptionist(FrameProcessor):
         if isinstance(frame, LLMContextFrame) and direction == FrameDirection.DOWNSTREAM:
             await self._handle_turn(frame)
             return
-        if isinstance(frame, InterruptionFrame):
+        if isinstance(frame, InputDTMFFrame):
+            method = str(getattr(frame, "method", "unknown"))
+            self._emit(DtmfReceived(self._call_id, digit=frame.button.value, method=method))
+        elif isinstance(frame, InterruptionFrame):
             self._pending_started = False  # the reply was cut: re-arm for its next playout
         elif isinstance(frame, BotStartedSpeakingFrame) and self._pending is not None:
             self._pending_started = True

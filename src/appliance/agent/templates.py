@@ -121,3 +121,14 @@ def match(text: str, clinic: ClinicSettings) -> Answer | None:
         if pattern.search(said):
             return Answer(intent=intent, text=template.format(**facts), action=action)
     return None
+
+
+def all_answers(clinic: ClinicSettings) -> list[str]:
+    """Every templated answer text for ``clinic`` (to pre-render their audio)."""
+    facts = {
+        "name": clinic.name,
+        "hours": clinic.hours,
+        "address": clinic.address,
+        "parking": clinic.parking,
+    }
+    return [template.format(**facts) for _, _, template, _ in _RULES]

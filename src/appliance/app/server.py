@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pipecat.frames.frames import TTSSpeakFrame
@@ -18,19 +20,20 @@ from pipecat.workers.runner import WorkerRunner
 
 from appliance.agent.templates import Action
 from appliance.config.settings import ApplianceSettings
+from appliance.errors import ConfigError
 from appliance.events import (
     CallAnswered,
     CallEnded,
     CallOffered,
     CallRejected,
-    DtmfReceived,
     EventBus,
     JsonlEventSink,
 )
 from appliance.media.sip import CallHandle, SipUserAgent
 from appliance.metrics.store import CallMetadataStore
 from appliance.models.engines import ModelSet, load_models
-from appliance.pipeline.builder import build_call_pipeline, initial_messages
+from appliance.pipeline.builder import build_call_pipeline, fixed_phrases, initial_messages
+from appliance.pipeline.services import PhraseCache
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -51,6 +54,7 @@ class ApplianceServer:
         test_events: If set, write every event (content included) as JSON lines here.
             For tests only; never in production.
         models: Pre-loaded engines (tests share them); loaded from settings when ``None``.
+        reload: Re-reads the settings on SIGHUP; a bad file is refused and serving goes on.
     """
 
     def __init__(
@@ -59,15 +63,19 @@ class ApplianceServer:
         *,
         test_events: Path | None = None,
         models: ModelSet | None = None,
+        reload: Callable[[], ApplianceSettings] | None = None,
     ) -> None:
         self.settings = settings
+        self._reload = reload
         self.bus = EventBus()
         self.models = models
         self._test_events = test_events
         self._ua: SipUserAgent | None = None
         self._calls: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
+        self._bg: set[asyncio.Task[None]] = set()
         self.store: CallMetadataStore | None = None
+        self.phrases: PhraseCache | None = None
 
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT, then drain. Returns the process exit code.
@@ -79,7 +87,7 @@ class ApplianceServer:
         loop = asyncio.get_running_loop()
         if self.models is None:
             self.models = await asyncio.to_thread(load_models, self.settings.models)
-            await asyncio.to_thread(self._warm)
+        await asyncio.to_thread(self._warm)
         self.store = CallMetadataStore(self.settings.store.metadata_db)
         self.bus.subscribe(self.store.on_event)
         sink = JsonlEventSink(self._test_events) if self._test_events else None
@@ -92,6 +100,7 @@ class ApplianceServer:
         self._ua.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_settings)
         _LOGGER.info(
             "ready: accepting SIP calls on %s (max %d concurrent)",
             self.settings.sip.bind,
@@ -108,6 +117,26 @@ class ApplianceServer:
         _LOGGER.info("stopped")
         return 0
 
+    def reload_settings(self) -> bool:
+        """Re-read the configuration (SIGHUP). New calls use it; SIP changes need a restart.
+
+        A missing, corrupt or invalid file is refused with an error naming it, and the
+        process keeps serving with the settings it has.
+        """
+        if self._reload is None:
+            return False
+        try:
+            new = self._reload()
+        except ConfigError as exc:
+            _LOGGER.error("configuration reload refused, still serving: %s", exc.message)
+            return False
+        if new.sip != self.settings.sip or new.models != self.settings.models:
+            _LOGGER.warning("configuration reloaded; [sip] and [models] changes need a restart")
+            new = new.model_copy(update={"sip": self.settings.sip, "models": self.settings.models})
+        self.settings = new
+        _LOGGER.info("configuration reloaded")
+        return True
+
     def request_stop(self) -> None:
         """Begin draining (what SIGTERM does)."""
         self._stop.set()
@@ -117,6 +146,27 @@ class ApplianceServer:
         t0 = time.perf_counter()
         self.models.llm.warm_messages(initial_messages(self.settings))
         _LOGGER.info("LLM prompt prefix cached in %.2f s", time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        self.phrases = PhraseCache(self.models.tts, self.settings.models.tts_speed)
+        phrases = fixed_phrases(self.settings, [NO_TRANSFER_TEXT])
+        # The opening (disclosure, greeting) is rendered before "ready"; the rest in the
+        # background so start-up stays short. A phrase not yet cached is synthesised live.
+        count = self.phrases.render(phrases[:2])
+        _LOGGER.info("%d opening phrases pre-rendered in %.2f s", count, time.perf_counter() - t0)
+        self._prerender = threading.Thread(
+            target=self._render_rest, args=(phrases[2:],), name="prerender", daemon=True
+        )
+        self._prerender.start()
+
+    def _render_rest(self, phrases: list[str]) -> None:
+        assert self.phrases is not None
+        t0 = time.perf_counter()
+        try:
+            count = self.phrases.render(phrases)
+        except Exception:  # noqa: BLE001 - live synthesis remains the fallback
+            _LOGGER.exception("pre-rendering fixed phrases failed")
+            return
+        _LOGGER.info("%d fixed phrases pre-rendered in %.2f s", count, time.perf_counter() - t0)
 
     async def _drain(self) -> None:
         assert self._ua is not None
@@ -166,14 +216,16 @@ class ApplianceServer:
                 await worker.queue_frame(TTSSpeakFrame(NO_TRANSFER_TEXT))  # type: ignore[attr-defined]
 
         call = build_call_pipeline(
-            handle.call_id, handle.bridge, self.models, self.settings, emit, on_action
+            handle.call_id, handle.bridge, self.models, self.settings, emit, on_action,
+            self.phrases,
         )
         holder["worker"] = call.task
         transport_in = call.transport.input()
 
         def on_dtmf(digit: str, method: str) -> None:
-            emit(DtmfReceived(handle.call_id, digit=digit, method=method))
-            asyncio.ensure_future(transport_in.push_dtmf(digit))
+            task = asyncio.create_task(transport_in.push_dtmf(digit, method))
+            self._bg.add(task)
+            task.add_done_callback(self._bg.discard)
 
         handle.on_dtmf = on_dtmf
         runner = WorkerRunner(handle_sigint=False, handle_sigterm=False)

@@ -18,9 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from appliance.errors import ConfigError
 
-#: Calls one pjsua2 process can hold: the PyPI wheel compiles ``PJSUA_MAX_CALLS=4`` and one
-#: slot stays free to answer ``503`` ourselves (docs/decisions/0001-scaling-past-four-calls.md).
-MAX_CALLS_PER_PROCESS = 3
+#: Calls one pjsua2 process can hold: the PyPI wheel compiles ``PJSUA_MAX_CALLS=4``. With
+#: ``max_calls`` at 3 or less a slot stays free to answer ``503`` + ``Retry-After`` ourselves;
+#: at 4, pjsua itself answers further INVITEs with ``486 Busy Here``
+#: (docs/decisions/0001-scaling-past-four-calls.md).
+MAX_CALLS_PER_PROCESS = 4
 
 
 class _Section(BaseModel):
@@ -37,7 +39,7 @@ class SipSettings(_Section):
         description="Trunk peers (IP or CIDR) allowed to send INVITEs; others get 403.",
     )
     max_calls: int = Field(
-        2, ge=1, le=MAX_CALLS_PER_PROCESS, description="Concurrent calls; more get 503."
+        2, ge=1, le=MAX_CALLS_PER_PROCESS, description="Concurrent calls (<=3 keeps 503 answers); more get 503."
     )
     retry_after_s: int = Field(30, ge=1, description="Retry-After seconds sent with 503.")
     codecs: list[str] = Field(
@@ -112,8 +114,7 @@ class AgentSettings(_Section):
     """Conversation behaviour."""
 
     disclosure: str = Field(
-        "Hello, you've reached {clinic}. I'm an automated assistant, not a person, "
-        "and this call is handled by a computer.",
+        "Hello, you've reached {clinic}. I'm an automated assistant, not a person.",
         description="AI disclosure, played first and uninterruptibly. {clinic} is replaced.",
     )
     greeting: str = Field("How can I help you today?", description="Said after the disclosure.")

@@ -40,6 +40,7 @@ from appliance.models.engines import ModelSet
 from appliance.pipeline.played import PlayedTextTracker
 from appliance.pipeline.services import (
     LocalKokoroTTSService,
+    PhraseCache,
     LocalLlamaLLMService,
     LocalWhisperSTTService,
 )
@@ -101,6 +102,7 @@ def build_call_pipeline(
     settings: ApplianceSettings,
     emit: Callable[[Event], None],
     on_action: Callable[[Action], Awaitable[None]],
+    phrases: PhraseCache | None = None,
 ) -> CallPipeline:
     """Assemble the pipeline for one answered call.
 
@@ -111,6 +113,7 @@ def build_call_pipeline(
         settings: Appliance settings.
         emit: Event sink.
         on_action: Awaited for follow-up actions (transfer, hang up) after a reply is played.
+        phrases: Pre-rendered fixed phrases served without synthesis.
     """
     dropped = {"ms": 0.0}
 
@@ -147,7 +150,9 @@ def build_call_pipeline(
     disclosure = disclosure_text(settings.agent.disclosure, settings.clinic.name)
     opener = DisclosureOpener(disclosure, settings.agent.greeting, name="Disclosure")
     llm = LocalLlamaLLMService(models.llm, max_tokens=settings.agent.max_reply_tokens, name="LLM")
-    tts = LocalKokoroTTSService(models.tts, speed=settings.models.tts_speed, name="TTS")
+    tts = LocalKokoroTTSService(
+        models.tts, speed=settings.models.tts_speed, cache=phrases, name="TTS"
+    )
     tracker = PlayedTextTracker(
         call_id,
         emit,
@@ -184,3 +189,13 @@ def build_call_pipeline(
         enable_rtvi=False,
     )
     return CallPipeline(task, transport, receptionist, latency, tracker, context)
+
+
+def fixed_phrases(settings: ApplianceSettings, extra: list[str] | None = None) -> list[str]:
+    """The fixed utterances of a call: disclosure, greeting and templated answers."""
+    from appliance.agent.templates import all_answers
+
+    phrases = [disclosure_text(settings.agent.disclosure, settings.clinic.name)]
+    if settings.agent.greeting:
+        phrases.append(settings.agent.greeting)
+    return phrases + all_answers(settings.clinic) + list(extra or [])

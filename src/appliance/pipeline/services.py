@@ -30,6 +30,7 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.llm_service import LLMService
+from pipecat.services.settings import LLMSettings, STTSettings, TTSSettings
 from pipecat.services.stt_service import SegmentedSTTService
 from pipecat.services.tts_service import TTSService
 from pipecat.utils.time import time_now_iso8601
@@ -48,7 +49,11 @@ class LocalWhisperSTTService(SegmentedSTTService):
     """
 
     def __init__(self, engine: WhisperEngine, **kwargs: Any) -> None:
-        super().__init__(sample_rate=engine.sample_rate, **kwargs)
+        super().__init__(
+            sample_rate=engine.sample_rate,
+            settings=STTSettings(model="faster-whisper", language="en"),
+            **kwargs,
+        )
         self._engine = engine
         self.last_confidence: float | None = None
 
@@ -96,7 +101,12 @@ class LocalLlamaLLMService(LLMService):
     def __init__(
         self, engine: LlamaEngine, *, max_tokens: int = 40, one_sentence: bool = True, **kwargs: Any
     ) -> None:
-        super().__init__(**kwargs)
+        settings = LLMSettings(
+            model="llama.cpp", system_instruction=None, temperature=0.2, max_tokens=max_tokens,
+            top_p=0.9, top_k=None, frequency_penalty=None, presence_penalty=None, seed=None,
+            filter_incomplete_user_turns=False, user_turn_completion_config=None,
+        )
+        super().__init__(settings=settings, **kwargs)
         self._engine = engine
         self._max_tokens = max_tokens
         self._one_sentence = one_sentence
@@ -110,10 +120,8 @@ class LocalLlamaLLMService(LLMService):
         await super().process_frame(frame, direction)
         if isinstance(frame, LLMContextFrame):
             await self.push_frame(LLMFullResponseStartFrame())
-            try:
-                await self._generate(frame.context.get_messages())
-            finally:
-                await self.push_frame(LLMFullResponseEndFrame())
+            await self._generate(frame.context.get_messages())
+            await self.push_frame(LLMFullResponseEndFrame())
         else:
             await self.push_frame(frame, direction)
 
@@ -164,18 +172,67 @@ class LocalLlamaLLMService(LLMService):
         await asyncio.shield(worker)
 
 
+def split_sentences(text: str) -> list[str]:
+    """Split text at sentence ends (``.``, ``!``, ``?`` followed by a space)."""
+    return [p.strip() for p in re.split(r"(?<=[.!?])\s+", text) if p.strip()]
+
+
+class PhraseCache:
+    """Pre-rendered audio for fixed phrases (disclosure, greeting, templated answers).
+
+    The "hybrid pre-recorded + TTS" technique: fixed utterances are synthesised once per
+    process and voice, then play with no TTS latency. Keys are the stripped text of a whole
+    phrase and of each of its sentences. Values are 24 kHz 16-bit mono PCM.
+    """
+
+    def __init__(self, engine: KokoroEngine, speed: float) -> None:
+        self._engine = engine
+        self._speed = speed
+        self._audio: dict[str, bytes] = {}
+
+    def render(self, phrases: list[str]) -> int:
+        """Synthesise phrases (and their sentences) not yet cached; returns how many were."""
+        done = 0
+        for phrase in phrases:
+            for key in {phrase.strip(), *split_sentences(phrase)}:
+                if key and key not in self._audio:
+                    samples = self._engine.synthesize(key, self._speed)
+                    self._audio[key] = (np.clip(samples, -1, 1) * 32767).astype(np.int16).tobytes()
+                    done += 1
+        return done
+
+    def get(self, text: str) -> bytes | None:
+        """Cached 24 kHz PCM for ``text``, or ``None``."""
+        return self._audio.get(text.strip())
+
+
 class LocalKokoroTTSService(TTSService):
     """Kokoro TTS on the shared engine, one sentence per :meth:`run_tts` call.
 
     Args:
         engine: The process-wide Kokoro engine (24 kHz output).
         speed: Speaking rate multiplier.
+        cache: Pre-rendered fixed phrases, served without synthesis.
     """
 
-    def __init__(self, engine: KokoroEngine, *, speed: float = 1.0, **kwargs: Any) -> None:
-        super().__init__(push_start_frame=True, push_stop_frames=True, **kwargs)
+    def __init__(
+        self,
+        engine: KokoroEngine,
+        *,
+        speed: float = 1.0,
+        cache: PhraseCache | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            push_start_frame=True,
+            push_stop_frames=True,
+            settings=TTSSettings(model="kokoro-82m", voice=engine.voice, language="en-us"),
+            **kwargs,
+        )
         self._engine = engine
         self._speed = speed
+        self._cache = cache
+        self.cache_hits = 0
         from pipecat.audio.utils import create_stream_resampler
 
         self._resampler = create_stream_resampler()
@@ -185,18 +242,22 @@ class LocalKokoroTTSService(TTSService):
         return True
 
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
-        """Synthesise one sentence and yield it as a :class:`TTSAudioRawFrame`."""
+        """Synthesise one sentence (or serve it from the cache) as a :class:`TTSAudioRawFrame`."""
         if not text.strip():
             return
         await self.start_tts_usage_metrics(text)
+        pcm = self._cache.get(text) if self._cache is not None else None
         try:
-            samples = await asyncio.to_thread(self._engine.synthesize, text, self._speed)
+            if pcm is not None:
+                self.cache_hits += 1
+            else:
+                samples = await asyncio.to_thread(self._engine.synthesize, text, self._speed)
+                pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16).tobytes()
         except ApplianceError as exc:
             yield ErrorFrame(error=f"tts failed: {exc.code}")
             return
         finally:
             await self.stop_ttfb_metrics()
-        pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16).tobytes()
         audio = await self._resampler.resample(pcm, self._engine.sample_rate, self.sample_rate)
         yield TTSAudioRawFrame(
             audio=audio, sample_rate=self.sample_rate, num_channels=1, context_id=context_id

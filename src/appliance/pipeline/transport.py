@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from pipecat.audio.dtmf.types import KeypadEntry
 from pipecat.frames.frames import (
@@ -36,6 +37,13 @@ from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import BaseTransport, TransportParams
 
 from appliance.media.bridge import AudioBridge, loop_notifier
+
+@dataclass
+class SipDTMFFrame(InputDTMFFrame):
+    """A DTMF digit from the call; ``method`` is ``"rfc4733"`` or ``"sip-info"``."""
+
+    method: str = "rfc4733"
+
 
 #: Agent audio kept queued ahead of the wire, in ms. Bounds barge-in reaction on our side.
 DEFAULT_LEAD_MS = 60
@@ -96,8 +104,8 @@ class PjsuaInputTransport(BaseInputTransport):
                     InputAudioRawFrame(audio=pcm, sample_rate=rate, num_channels=1)
                 )
 
-    async def push_dtmf(self, digit: str) -> None:
-        """Push one DTMF digit (``0-9``, ``*``, ``#``) as an :class:`InputDTMFFrame`.
+    async def push_dtmf(self, digit: str, method: str) -> None:
+        """Push one DTMF digit (``0-9``, ``*``, ``#``) as a :class:`SipDTMFFrame`.
 
         Unknown symbols (e.g. ``A``-``D``) are ignored.
         """
@@ -105,7 +113,7 @@ class PjsuaInputTransport(BaseInputTransport):
             entry = KeypadEntry(digit)
         except ValueError:
             return
-        await self.push_frame(InputDTMFFrame(button=entry))
+        await self.push_frame(SipDTMFFrame(button=entry, method=method))
 
 
 class PjsuaOutputTransport(BaseOutputTransport):

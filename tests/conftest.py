@@ -1,0 +1,58 @@
+"""Shared fixtures: paths to the shared speech data and the verified model store."""
+
+from __future__ import annotations
+
+import os
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soxr
+
+REPO = Path(__file__).resolve().parents[1]
+SPEECH = REPO.parent / "shared" / "data" / "speech"
+try:  # pipecat logs through loguru at DEBUG, including content: keep test output readable.
+    from loguru import logger as _loguru
+
+    _loguru.remove()
+    _loguru.add(sys.stderr, level="WARNING")
+except ImportError:  # pragma: no cover
+    pass
+
+STORE = Path(os.environ.get("APPLIANCE_MODEL_STORE", REPO / "models" / "store"))
+
+
+def speech_dir() -> Path:
+    """The shared telephone-speech directory, or skip the test with a clear reason."""
+    if not (SPEECH / "manifest.tsv").exists():
+        pytest.skip(f"shared speech data not found at {SPEECH} (clone next to shared/)")
+    return SPEECH
+
+
+def read_pcm(path: Path, rate: int = 16000) -> np.ndarray:
+    """Read a mono 16-bit WAV as int16 samples resampled (soxr) to ``rate`` Hz."""
+    with wave.open(str(path), "rb") as w:
+        src = w.getframerate()
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+    if src != rate:
+        pcm = soxr.resample(pcm, src, rate).astype(np.int16)
+    return pcm
+
+
+@pytest.fixture(scope="session")
+def store() -> Path:
+    """The assembled model store (./build.sh setup), or skip."""
+    if not (STORE / "llm" / "SmolLM2-135M-Instruct.Q4_1.gguf").exists():
+        pytest.skip(f"model store not assembled at {STORE}; run ./build.sh setup")
+    return STORE
+
+
+@pytest.fixture(scope="session")
+def models(store: Path):  # noqa: ANN201 - returns appliance.models.engines.ModelSet
+    """The default engines, loaded once for the whole test session."""
+    from appliance.config.settings import ModelSettings
+    from appliance.models.engines import load_models
+
+    return load_models(ModelSettings(store=store))
