@@ -1,0 +1,130 @@
+"""End-to-end calls over real SIP/RTP on loopback, placed by sipp (a peer we did not write).
+
+The appliance runs as a subprocess (`appliance serve`); sipp plays real recorded speech from a
+pcap; tshark captures the loopback traffic. Assertions are made on the wire: the decoded RTP
+the agent sent is transcribed with the same Whisper model and compared with the text the agent
+reported in its test-only event stream.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soxr
+
+from appliance.audio.pcap import read_rtp_streams, stream_pcm, voiced_intervals
+from appliance.metrics.wer import normalise_for_wer, word_error_rate
+from tests.e2e.capture import LoopbackCapture
+from tests.e2e.server import ApplianceProcess, free_udp_port
+from tests.e2e.sipp import InfoDtmf, Pause, Play, Rfc2833, render_uac_scenario, run_sipp
+from tests.e2e.speech import sentence_pcap
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(shutil.which("sipp") is None and shutil.which("sip-tester") is None,
+                       reason="sipp (Debian sip-tester) is not installed"),
+    pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed"),
+]
+
+DISCLOSURE = "Hello, you've reached Maple Street Family Clinic. I'm an automated assistant, not a person."
+
+
+@pytest.fixture(scope="module")
+def appliance(tmp_path_factory, store):  # noqa: ANN001, ANN201
+    work = tmp_path_factory.mktemp("appliance")
+    proc = ApplianceProcess(work, sip_port=free_udp_port(), rtp_port=43000)
+    proc.start()
+    yield proc
+    code = proc.stop()
+    assert code == 0, proc.log()[-3000:]
+
+
+def agent_stream(streams, appliance_rtp_base: int):  # noqa: ANN001, ANN201
+    """The audio stream sent by the appliance (source port in its RTP range)."""
+    cands = [s for s in streams if appliance_rtp_base <= s.src[1] < appliance_rtp_base + 1000
+             and s.audio_packets]
+    assert cands, f"no agent RTP stream among {[ (s.src, s.dst) for s in streams]}"
+    return max(cands, key=lambda s: len(s.audio_packets))
+
+
+def caller_stream(streams, appliance_rtp_base: int):  # noqa: ANN001, ANN201
+    cands = [s for s in streams if appliance_rtp_base <= s.dst[1] < appliance_rtp_base + 1000
+             and s.audio_packets]
+    assert cands, "no caller RTP stream"
+    return max(cands, key=lambda s: len(s.audio_packets))
+
+
+def transcribe_interval(models, stream, start: float, end: float) -> str:  # noqa: ANN001
+    """Transcribe the agent audio between two arrival times (8 kHz RTP -> 16 kHz)."""
+    pcm = np.frombuffer(stream_pcm(stream), dtype=np.int16)
+    t0 = stream.audio_packets[0][0]
+    a, b = int((start - t0 - 0.1) * 8000), int((end - t0 + 0.2) * 8000)
+    seg = soxr.resample(pcm[max(0, a) : b], 8000, 16000).astype(np.int16)
+    return models.stt.transcribe(seg.tobytes()).text
+
+
+def test_call_answered_disclosure_first_reply_intelligible_bye_clean(
+    appliance: ApplianceProcess, models, tmp_path: Path  # noqa: ANN001
+) -> None:
+    pcap, said, seconds = sentence_pcap(0, tmp_path / "caller.pcap")
+    steps = [Pause(6500), Play(str(pcap)), Pause(9000)]
+    cap = tmp_path / "call.pcap"
+    before = len(appliance.events())
+    with LoopbackCapture(cap, bpf="udp"):
+        result = run_sipp(render_uac_scenario(steps=steps), appliance.uri, timeout_s=60)
+    assert result.returncode == 0, result.messages[-2000:]
+    assert 200 in result.received_status_codes()
+
+    events = appliance.events()[before:]
+    kinds = [e["kind"] for e in events]
+    assert "CallAnswered" in kinds and "DisclosurePlayed" in kinds
+    ended = appliance.wait_event("CallEnded")[-1]
+    assert ended["disposition"] == "caller_hangup"
+
+    streams = read_rtp_streams(cap)
+    agent = agent_stream(streams, 43000)
+    caller = caller_stream(streams, 43000)
+    speech = voiced_intervals(agent, threshold_dbfs=-40, min_gap_ms=800)
+    assert speech, "the agent sent only silence"
+    first_start = agent.audio_packets[0][0]
+    # 1. The first thing the caller hears is the disclosure, starting promptly.
+    d_start, d_end = speech[0]
+    assert d_start - first_start < 1.5
+    heard = transcribe_interval(models, agent, d_start, d_end)
+    # The greeting may follow without a long pause: compare the opening words.
+    opening = " ".join(normalise_for_wer(heard).split()[: len(DISCLOSURE.split())])
+    assert word_error_rate([DISCLOSURE], [opening]) <= 0.2, heard
+    answered_at = next(e for e in events if e["kind"] == "CallAnswered")["t"]
+    disclosed_at = next(e for e in events if e["kind"] == "DisclosurePlayed")["t"]
+    assert disclosed_at - answered_at < 10.0
+
+    # 2. The reply to the caller's sentence is non-silent and says what the agent logged.
+    caller_speech = voiced_intervals(caller, threshold_dbfs=-40)
+    caller_end = caller_speech[-1][1]
+    replies = [iv for iv in speech if iv[0] > caller_end]
+    assert replies, "no agent audio after the caller spoke"
+    spoke = [e for e in events if e["kind"] == "AgentSpoke" and e["source"] != "opening"]
+    assert spoke, "agent logged no reply"
+    wire = transcribe_interval(models, agent, replies[0][0], replies[-1][1])
+    logged = spoke[-1]["text"]
+    assert word_error_rate([logged], [wire]) <= 0.35, (logged, wire)
+    turn = [e for e in events if e["kind"] == "TurnEnded"]
+    assert turn and word_error_rate([said], [turn[-1]["user_text"]]) <= 0.3
+
+
+def test_rfc4733_and_sip_info_dtmf_reach_the_pipeline(
+    appliance: ApplianceProcess, tmp_path: Path
+) -> None:
+    before = len(appliance.events())
+    steps = [Pause(1500), Rfc2833("1"), Pause(600), InfoDtmf("5"), Pause(600), Rfc2833("9"),
+             Pause(1000)]
+    result = run_sipp(render_uac_scenario(steps=steps), appliance.uri, timeout_s=40)
+    assert result.returncode == 0, result.messages[-2000:]
+    appliance.wait_event("CallEnded", count=2)
+    got = [(e["digit"], e["method"]) for e in appliance.events()[before:]
+           if e["kind"] == "DtmfReceived"]
+    assert got == [("1", "rfc4733"), ("5", "sip-info"), ("9", "rfc4733")]
+    assert "DTMF" not in appliance.log() or "digit" not in appliance.log().lower()
