@@ -99,7 +99,7 @@ class ApplianceServer:
         )
         self._ua.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
+            loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload_settings)
         _LOGGER.info(
             "ready: accepting SIP calls on %s (max %d concurrent)",
@@ -138,7 +138,9 @@ class ApplianceServer:
         return True
 
     def request_stop(self) -> None:
-        """Begin draining (what SIGTERM does)."""
+        """Begin draining (what SIGTERM does): refuse new calls at once, then wait."""
+        if self._ua is not None:
+            self._ua.draining = True
         self._stop.set()
 
     def _warm(self) -> None:
@@ -215,7 +217,9 @@ class ApplianceServer:
                 worker = holder["worker"]
                 await worker.queue_frame(TTSSpeakFrame(NO_TRANSFER_TEXT))  # type: ignore[attr-defined]
 
-        call = build_call_pipeline(
+        # Building loads per-call ONNX sessions (VAD, smart-turn): keep it off the event loop.
+        call = await asyncio.to_thread(
+            build_call_pipeline,
             handle.call_id, handle.bridge, self.models, self.settings, emit, on_action,
             self.phrases,
         )

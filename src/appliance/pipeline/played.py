@@ -88,7 +88,7 @@ class PlayedTextTracker(FrameProcessor):
         text = " ".join(p.strip() for p in self._parts if p.strip())
         source = "opening" if self._opening else self._source()
         self._opening = False
-        if text:
+        if text or self._interrupted:
             self._emit(
                 AgentSpoke(self._call_id, text=text, interrupted=self._interrupted, source=source)
             )

@@ -16,6 +16,8 @@ from typing import Any
 from pipecat.frames.frames import Frame, StartFrame, TTSSpeakFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
+from appliance.pipeline.services import split_sentences
+
 
 def disclosure_text(template: str, clinic_name: str) -> str:
     """Fill the configured disclosure template with the clinic's name."""
@@ -43,5 +45,6 @@ class DisclosureOpener(FrameProcessor):
             speak = TTSSpeakFrame(self.disclosure)
             speak.interruptible = False
             await self.push_frame(speak)
-            if self.greeting:
-                await self.push_frame(TTSSpeakFrame(self.greeting))
+            # One frame per sentence: a barge-in then keeps the sentences already played.
+            for sentence in split_sentences(self.greeting):
+                await self.push_frame(TTSSpeakFrame(sentence))
