@@ -40,8 +40,13 @@ def _call(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level)
     report = asyncio.run(
-        place_call(args.uri, [Path(p) for p in args.wav], args.out, bind=args.bind,
-                   silence_ms=args.silence_ms)
+        place_call(
+            args.uri,
+            [Path(p) for p in args.wav],
+            args.out,
+            bind=args.bind,
+            silence_ms=args.silence_ms,
+        )
     )
     print(report_json(report))
     return 0 if report.status == "completed" else 1
@@ -57,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, default=None, help="TOML settings file")
     serve.add_argument("--sip-bind", default=None, help="HOST:PORT, overrides [sip] bind")
     serve.add_argument(
-        "--test-events", type=Path, default=None,
+        "--test-events",
+        type=Path,
+        default=None,
         help="TESTS ONLY: write every event, caller content included, as JSON lines",
     )
     serve.set_defaults(func=_serve)
@@ -67,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--wav", action="append", default=[], help="caller turn (repeatable)")
     call.add_argument("--out", type=Path, default=None, help="save the agent's audio here")
     call.add_argument("--bind", default="127.0.0.1:0", help="local SIP HOST:PORT")
-    call.add_argument("--silence-ms", type=int, default=1500,
-                      help="agent silence that ends its turn")
+    call.add_argument(
+        "--silence-ms", type=int, default=1500, help="agent silence that ends its turn"
+    )
     call.set_defaults(func=_call)
     return parser
 

@@ -167,6 +167,7 @@ class JsonlEventSink:
         self._file = path.open("a", buffering=1, encoding="utf-8")
 
     def __call__(self, event: Event) -> None:
+        """Append one event as a JSON line."""
         line = json.dumps(event_to_dict(event), default=str)
         with self._lock:
             self._file.write(line + "\n")

@@ -31,8 +31,15 @@ class ApplianceProcess:
         extra_toml: Extra TOML appended to the config (e.g. a ``[agent]`` section).
     """
 
-    def __init__(self, workdir: Path, *, sip_port: int, rtp_port: int, extra_toml: str = "",
-                 max_calls: int = 2) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        sip_port: int,
+        rtp_port: int,
+        extra_toml: str = "",
+        max_calls: int = 2,
+    ) -> None:
         self.workdir = workdir
         self.sip_port = sip_port
         self.config = workdir / "appliance.toml"
@@ -56,9 +63,19 @@ class ApplianceProcess:
         """Start and wait for the ``ready`` log line."""
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "appliance.cli", "serve", "--config", str(self.config),
-             "--test-events", str(self.events_path)],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            [
+                sys.executable,
+                "-m",
+                "appliance.cli",
+                "serve",
+                "--config",
+                str(self.config),
+                "--test-events",
+                str(self.events_path),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -52,6 +52,7 @@ def osr_sentences() -> tuple[list[np.ndarray], list[str]]:
 def sentence_pcap(index: int, path: Path, *, trailing_ms: int = 0) -> tuple[Path, str, float]:
     """Write OSR sentence ``index`` as an RTP/PCMU pcap; returns (path, transcript, seconds)."""
     parts, texts = osr_sentences()
-    seconds = pcm_to_rtp_pcap(parts[index].tobytes(), RATE, path, codec="PCMU",
-                              trailing_silence_ms=trailing_ms)
+    seconds = pcm_to_rtp_pcap(
+        parts[index].tobytes(), RATE, path, codec="PCMU", trailing_silence_ms=trailing_ms
+    )
     return path, texts[index], seconds

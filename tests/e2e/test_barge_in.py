@@ -38,7 +38,9 @@ BARGE_IN_BOUND_S = 1.0
 def test_caller_interrupts_long_greeting(tmp_path: Path, store: Path) -> None:
     rtp = 44000
     proc = ApplianceProcess(
-        tmp_path, sip_port=free_udp_port(), rtp_port=rtp,
+        tmp_path,
+        sip_port=free_udp_port(),
+        rtp_port=rtp,
         extra_toml=f'[agent]\ngreeting = "{LONG_GREETING}"\n',
     )
     proc.start()

@@ -24,12 +24,16 @@ from tests.e2e.speech import sentence_pcap
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(shutil.which("sipp") is None and shutil.which("sip-tester") is None,
-                       reason="sipp (Debian sip-tester) is not installed"),
+    pytest.mark.skipif(
+        shutil.which("sipp") is None and shutil.which("sip-tester") is None,
+        reason="sipp (Debian sip-tester) is not installed",
+    ),
     pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed"),
 ]
 
-DISCLOSURE = "Hello, you've reached Maple Street Family Clinic. I'm an automated assistant, not a person."
+DISCLOSURE = (
+    "Hello, you've reached Maple Street Family Clinic. I'm an automated assistant, not a person."
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,15 +48,21 @@ def appliance(tmp_path_factory, store):  # noqa: ANN001, ANN201
 
 def agent_stream(streams, appliance_rtp_base: int):  # noqa: ANN001, ANN201
     """The audio stream sent by the appliance (source port in its RTP range)."""
-    cands = [s for s in streams if appliance_rtp_base <= s.src[1] < appliance_rtp_base + 1000
-             and s.audio_packets]
-    assert cands, f"no agent RTP stream among {[ (s.src, s.dst) for s in streams]}"
+    cands = [
+        s
+        for s in streams
+        if appliance_rtp_base <= s.src[1] < appliance_rtp_base + 1000 and s.audio_packets
+    ]
+    assert cands, f"no agent RTP stream among {[(s.src, s.dst) for s in streams]}"
     return max(cands, key=lambda s: len(s.audio_packets))
 
 
 def caller_stream(streams, appliance_rtp_base: int):  # noqa: ANN001, ANN201
-    cands = [s for s in streams if appliance_rtp_base <= s.dst[1] < appliance_rtp_base + 1000
-             and s.audio_packets]
+    cands = [
+        s
+        for s in streams
+        if appliance_rtp_base <= s.dst[1] < appliance_rtp_base + 1000 and s.audio_packets
+    ]
     assert cands, "no caller RTP stream"
     return max(cands, key=lambda s: len(s.audio_packets))
 
@@ -67,7 +77,9 @@ def transcribe_interval(models, stream, start: float, end: float) -> str:  # noq
 
 
 def test_call_answered_disclosure_first_reply_intelligible_bye_clean(
-    appliance: ApplianceProcess, models, tmp_path: Path  # noqa: ANN001
+    appliance: ApplianceProcess,
+    models,
+    tmp_path: Path,  # noqa: ANN001
 ) -> None:
     pcap, said, seconds = sentence_pcap(0, tmp_path / "caller.pcap")
     steps = [Pause(6500), Play(str(pcap)), Pause(9000)]
@@ -119,12 +131,22 @@ def test_rfc4733_and_sip_info_dtmf_reach_the_pipeline(
     appliance: ApplianceProcess, tmp_path: Path
 ) -> None:
     before = len(appliance.events())
-    steps = [Pause(1500), Rfc2833("1"), Pause(600), InfoDtmf("5"), Pause(600), Rfc2833("9"),
-             Pause(1000)]
+    steps = [
+        Pause(1500),
+        Rfc2833("1"),
+        Pause(600),
+        InfoDtmf("5"),
+        Pause(600),
+        Rfc2833("9"),
+        Pause(1000),
+    ]
     result = run_sipp(render_uac_scenario(steps=steps), appliance.uri, timeout_s=40)
     assert result.returncode == 0, result.messages[-2000:]
     appliance.wait_event("CallEnded", count=2)
-    got = [(e["digit"], e["method"]) for e in appliance.events()[before:]
-           if e["kind"] == "DtmfReceived"]
+    got = [
+        (e["digit"], e["method"])
+        for e in appliance.events()[before:]
+        if e["kind"] == "DtmfReceived"
+    ]
     assert got == [("1", "rfc4733"), ("5", "sip-info"), ("9", "rfc4733")]
     assert "DTMF" not in appliance.log() or "digit" not in appliance.log().lower()

@@ -1,5 +1,8 @@
-"""Refusals and lifecycle: trunk ACL (403), capacity (503 + Retry-After), bad config and
-missing models at start, config reload on SIGHUP, and drain on SIGTERM."""
+"""Refusals and lifecycle over real SIP.
+
+Trunk ACL (403), capacity (503 + Retry-After), bad config and missing models at start, config
+reload on SIGHUP, and drain on SIGTERM.
+"""
 
 from __future__ import annotations
 
@@ -24,8 +27,9 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def single(tmp_path_factory, store):  # noqa: ANN001, ANN201
     """An appliance with capacity for one call."""
-    proc = ApplianceProcess(tmp_path_factory.mktemp("single"), sip_port=free_udp_port(),
-                            rtp_port=45000, max_calls=1)
+    proc = ApplianceProcess(
+        tmp_path_factory.mktemp("single"), sip_port=free_udp_port(), rtp_port=45000, max_calls=1
+    )
     proc.start()
     yield proc
     proc.stop()
@@ -33,8 +37,9 @@ def single(tmp_path_factory, store):  # noqa: ANN001, ANN201
 
 def test_non_allowlisted_source_gets_403(single: ApplianceProcess) -> None:
     # 127.0.0.2 is loopback too, but not in the trunk allowlist (only 127.0.0.1/32).
-    result = run_sipp(render_uac_scenario(expect_status=403), single.uri, local_ip="127.0.0.2",
-                      timeout_s=20)
+    result = run_sipp(
+        render_uac_scenario(expect_status=403), single.uri, local_ip="127.0.0.2", timeout_s=20
+    )
     assert result.returncode == 0, result.messages[-2000:]
     assert 200 not in result.received_status_codes()
     assert "not a trunk peer" in single.log()
@@ -46,9 +51,23 @@ def test_svwar_invite_scan_is_not_answered(single: ApplianceProcess) -> None:
         pytest.skip("sipvicious is not installed")
     before = len([e for e in single.events() if e["kind"] == "CallAnswered"])
     subprocess.run(
-        [str(svwar), "-m", "INVITE", "-e", "100-104", "-b", "127.0.0.2", "-p", "0",
-         single.uri, "-t", "0.2"],
-        capture_output=True, timeout=60, check=False,
+        [
+            str(svwar),
+            "-m",
+            "INVITE",
+            "-e",
+            "100-104",
+            "-b",
+            "127.0.0.2",
+            "-p",
+            "0",
+            single.uri,
+            "-t",
+            "0.2",
+        ],
+        capture_output=True,
+        timeout=60,
+        check=False,
     )
     time.sleep(1)
     after = len([e for e in single.events() if e["kind"] == "CallAnswered"])
@@ -71,18 +90,28 @@ def test_call_beyond_capacity_gets_503_with_retry_after(single: ApplianceProcess
 def test_corrupt_config_exits_nonzero_naming_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "broken.toml"
     bad.write_text("[sip]\nbind = \n")
-    out = subprocess.run([sys.executable, "-m", "appliance.cli", "serve", "--config", str(bad)],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "appliance.cli", "serve", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2
     assert str(bad) in out.stderr and "configuration error" in out.stderr
 
 
 def test_missing_model_exits_nonzero_naming_the_file(tmp_path: Path) -> None:
     cfg = tmp_path / "appliance.toml"
-    cfg.write_text(f'[models]\nstore = "{tmp_path / "empty-store"}"\n'
-                   f'[sip]\nbind = "127.0.0.1:{free_udp_port()}"\n')
-    out = subprocess.run([sys.executable, "-m", "appliance.cli", "serve", "--config", str(cfg)],
-                         capture_output=True, text=True, timeout=60)
+    cfg.write_text(
+        f'[models]\nstore = "{tmp_path / "empty-store"}"\n'
+        f'[sip]\nbind = "127.0.0.1:{free_udp_port()}"\n'
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "appliance.cli", "serve", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 3
     assert str(tmp_path / "empty-store") in out.stderr and "not found" in out.stderr
 

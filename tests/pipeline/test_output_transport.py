@@ -13,7 +13,7 @@ import pytest
 from pipecat.frames.frames import InterruptionFrame, TTSAudioRawFrame
 from pipecat.tests.utils import SleepFrame, run_test
 
-from appliance.media.bridge import AudioBridge
+from appliance.audio.bridge import AudioBridge
 from appliance.pipeline.transport import PjsuaOutputTransport, transport_params
 
 RATE = 16000
@@ -46,7 +46,7 @@ class MediaClock:
 
 
 def tone(seconds: float) -> bytes:
-    return (b"\x10\x20" * int(RATE * seconds))
+    return b"\x10\x20" * int(RATE * seconds)
 
 
 @pytest.mark.asyncio
@@ -88,8 +88,12 @@ async def test_protected_audio_survives_interruption() -> None:
     with MediaClock(bridge) as clock:
         await run_test(
             out,
-            frames_to_send=[disclosure, SleepFrame(sleep=0.3), InterruptionFrame(),
-                            SleepFrame(sleep=1.8)],
+            frames_to_send=[
+                disclosure,
+                SleepFrame(sleep=0.3),
+                InterruptionFrame(),
+                SleepFrame(sleep=1.8),
+            ],
             expected_down_frames=None,
         )
     played_s = len(clock.voiced) * 0.02

@@ -39,7 +39,9 @@ def test_digits_wer(models) -> None:  # noqa: ANN001
     rows = [r for r in manifest() if r["path"].startswith("fsdd/")]
     subset = [r for r in rows if r["path"].rsplit("_", 1)[1] in ("0.wav", "4.wav", "8.wav")]
     assert len(subset) == 90
-    hyps = [models.stt.transcribe(read_pcm(speech_dir() / r["path"]).tobytes()).text for r in subset]
+    hyps = [
+        models.stt.transcribe(read_pcm(speech_dir() / r["path"]).tobytes()).text for r in subset
+    ]
     wer = word_error_rate([r["transcript"] for r in subset], hyps)
     # tiny.en on isolated 8 kHz digits: measured 20-30%; a regression beyond 40% fails.
     assert wer <= 0.40, f"digit WER {wer:.1%}"

@@ -46,8 +46,9 @@ def speech_frames(pcm: np.ndarray, lead_s: float = 0.4, tail_s: float = 2.5) -> 
     frames: list[Frame] = []
     for i in range(0, len(audio) - FRAME + 1, FRAME):
         frames.append(
-            InputAudioRawFrame(audio=audio[i : i + FRAME].tobytes(), sample_rate=RATE,
-                               num_channels=1)
+            InputAudioRawFrame(
+                audio=audio[i : i + FRAME].tobytes(), sample_rate=RATE, num_channels=1
+            )
         )
         frames.append(SleepFrame(sleep=0.02))
     return frames
@@ -58,11 +59,17 @@ def build(models, *, mute: bool) -> Pipeline:  # noqa: ANN001
     pair = LLMContextAggregatorPair(
         context,
         user_params=LLMUserAggregatorParams(
-            vad_analyzer=StoreSileroVADAnalyzer(models.vad_path, VADParams(stop_secs=VAD_STOP_SECS)),
+            vad_analyzer=StoreSileroVADAnalyzer(
+                models.vad_path, VADParams(stop_secs=VAD_STOP_SECS)
+            ),
             user_turn_strategies=UserTurnStrategies(
-                stop=[TurnAnalyzerUserTurnStopStrategy(
-                    turn_analyzer=LocalSmartTurnAnalyzerV3(
-                        smart_turn_model_path=str(models.turn_path)))]
+                stop=[
+                    TurnAnalyzerUserTurnStopStrategy(
+                        turn_analyzer=LocalSmartTurnAnalyzerV3(
+                            smart_turn_model_path=str(models.turn_path)
+                        )
+                    )
+                ]
             ),
             user_mute_strategies=[MuteUntilFirstBotCompleteUserMuteStrategy()] if mute else [],
         ),
@@ -106,8 +113,13 @@ async def test_speech_during_the_disclosure_is_muted(models, sentence) -> None: 
 
 @pytest.mark.asyncio
 async def test_after_the_disclosure_speech_interrupts_and_is_a_turn(models, sentence) -> None:  # noqa: ANN001
-    frames = [BotStartedSpeakingFrame(), SleepFrame(sleep=0.05), BotStoppedSpeakingFrame(),
-              BotStartedSpeakingFrame(), *speech_frames(sentence)]
+    frames = [
+        BotStartedSpeakingFrame(),
+        SleepFrame(sleep=0.05),
+        BotStoppedSpeakingFrame(),
+        BotStartedSpeakingFrame(),
+        *speech_frames(sentence),
+    ]
     down, up = await run_test(build(models, mute=True), frames_to_send=frames)
     assert any(isinstance(f, InterruptionFrame) for f in down + up), "no barge-in"
     said = contexts(down)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from appliance.media.bridge import AudioBridge
+from appliance.audio.bridge import AudioBridge
 
 FRAME = 640  # 20 ms of 16-bit mono PCM at 16 kHz
 

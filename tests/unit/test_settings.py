@@ -46,9 +46,9 @@ def test_missing_file_names_the_file(tmp_path: Path) -> None:
     [
         ('[sip]\nbind = "nonsense"', "sip.bind"),
         ('[sip]\ncodecs = ["G729/8000"]', "sip.codecs"),
-        ('[sip]\nmax_calls = 9', "sip.max_calls"),
+        ("[sip]\nmax_calls = 9", "sip.max_calls"),
         ('[sip]\nallowed_peers = ["300.1.1.1"]', "sip.allowed_peers"),
-        ('[sip]\nunknown_key = 1', "sip.unknown_key"),
+        ("[sip]\nunknown_key = 1", "sip.unknown_key"),
     ],
 )
 def test_invalid_values_name_file_and_key(tmp_path: Path, body: str, where: str) -> None:

@@ -55,3 +55,14 @@ def test_all_answers_lists_every_template() -> None:
     texts = all_answers(CLINIC)
     assert "We're open nine to five." in texts and "Park in the rear." in texts
     assert len(texts) == len(set(texts))
+
+
+def test_first_clause_split() -> None:
+    from appliance.pipeline.services import first_clause_split
+
+    assert first_clause_split("I'm sorry, but I can't help with that.") == [
+        "I'm sorry,",
+        "but I can't help with that.",
+    ]
+    assert first_clause_split("Yes, ok.") == ["Yes, ok."]
+    assert first_clause_split("No commas here at all.") == ["No commas here at all."]

@@ -96,6 +96,11 @@ _RULES: list[tuple[str, re.Pattern[str], str, Action]] = [
 ]
 
 
+def split_sentences(text: str) -> list[str]:
+    """Split text at sentence ends (``.``, ``!``, ``?`` followed by white space)."""
+    return [p.strip() for p in re.split(r"(?<=[.!?])\s+", text) if p.strip()]
+
+
 def normalise(text: str) -> str:
     """Lower-case, collapse whitespace and straighten apostrophes."""
     return " ".join(text.lower().replace("\u2019", "'").split())

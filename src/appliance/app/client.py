@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import soxr
 
+from appliance.audio.bridge import AudioBridge
 from appliance.config.settings import SipSettings
-from appliance.media.bridge import AudioBridge
 from appliance.media.sip import CallHandle, SipUserAgent
 
 _LOGGER = logging.getLogger(__name__)
@@ -146,12 +146,16 @@ async def place_call(
             seconds = len(pcm) / 2 / CLOCK_RATE
             await asyncio.sleep(seconds + 0.04)
             end = listener.now()
-            ok = await listener.wait_agent_done(after=end, silence_s=silence, timeout_s=turn_timeout_s)
+            ok = await listener.wait_agent_done(
+                after=end, silence_s=silence, timeout_s=turn_timeout_s
+            )
             first = listener.first_speech_after(end)
             report.turns.append(
-                {"caller_end_s": round(end, 3),
-                 "agent_start_s": None if first is None else round(first, 3),
-                 "response_s": None if first is None else round(first - end, 3)}
+                {
+                    "caller_end_s": round(end, 3),
+                    "agent_start_s": None if first is None else round(first, 3),
+                    "response_s": None if first is None else round(first - end, 3),
+                }
             )
         report.status = "completed" if ok else "agent silent"
         handle.hangup()

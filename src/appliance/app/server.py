@@ -176,7 +176,7 @@ class ApplianceServer:
         active = len(self._calls)
         _LOGGER.info("draining: refusing new calls, waiting for %d active call(s)", active)
         deadline = time.monotonic() + self.settings.sip.drain_timeout_s
-        while self._calls and time.monotonic() < deadline:
+        while self._calls and time.monotonic() < deadline:  # noqa: ASYNC110 - bounded poll
             await asyncio.sleep(0.2)
         if self._calls:
             _LOGGER.warning("drain timeout: ending %d call(s)", len(self._calls))
@@ -220,7 +220,12 @@ class ApplianceServer:
         # Building loads per-call ONNX sessions (VAD, smart-turn): keep it off the event loop.
         call = await asyncio.to_thread(
             build_call_pipeline,
-            handle.call_id, handle.bridge, self.models, self.settings, emit, on_action,
+            handle.call_id,
+            handle.bridge,
+            self.models,
+            self.settings,
+            emit,
+            on_action,
             self.phrases,
         )
         holder["worker"] = call.task
@@ -258,6 +263,11 @@ class ApplianceServer:
                 except (TimeoutError, asyncio.CancelledError):
                     run.cancel()
             handle.hangup()
-            emit(CallEnded(handle.call_id, disposition=disposition,
-                           duration_s=round(time.time() - started, 3)))
+            emit(
+                CallEnded(
+                    handle.call_id,
+                    disposition=disposition,
+                    duration_s=round(time.time() - started, 3),
+                )
+            )
             _LOGGER.info("call %s ended (%s)", handle.call_id, disposition)

@@ -39,7 +39,10 @@ class SipSettings(_Section):
         description="Trunk peers (IP or CIDR) allowed to send INVITEs; others get 403.",
     )
     max_calls: int = Field(
-        2, ge=1, le=MAX_CALLS_PER_PROCESS, description="Concurrent calls (<=3 keeps 503 answers); more get 503."
+        2,
+        ge=1,
+        le=MAX_CALLS_PER_PROCESS,
+        description="Concurrent calls (<=3 keeps 503 answers); more get 503.",
     )
     retry_after_s: int = Field(30, ge=1, description="Retry-After seconds sent with 503.")
     codecs: list[str] = Field(

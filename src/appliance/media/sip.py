@@ -4,7 +4,7 @@ One dedicated thread owns the pjsua2 :class:`Endpoint` (``threadCnt=0``,
 ``mainThreadOnly=True``) and polls ``libHandleEvents``; every pjsua2 API call is marshalled
 onto it through :meth:`SipUserAgent.submit`. Call events reach asyncio through
 ``loop.call_soon_threadsafe``. Media callbacks run on the conference-bridge clock thread and
-only touch the call's :class:`~appliance.media.bridge.AudioBridge`.
+only touch the call's :class:`~appliance.audio.bridge.AudioBridge`.
 
 Pitfalls handled (measured, see ``shared/TELEPHONY.md``): ``Call`` objects are kept in one
 dict and dropped only after DISCONNECTED; every callback body is wrapped in ``try/except``;
@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 
 import pjsua2 as pj
 
+from appliance.audio.bridge import PTIME_MS, AudioBridge
 from appliance.config.settings import SipSettings
 from appliance.errors import MediaError
-from appliance.media.bridge import PTIME_MS, AudioBridge
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -306,7 +306,10 @@ class SipUserAgent:
         cfg.logConfig.consoleLevel = 1
         ep.libInit(cfg)
         ep.audDevManager().setNullDev()
-        wanted = {c.split("/")[0].upper(): len(self.settings.codecs) - i for i, c in enumerate(self.settings.codecs)}
+        wanted = {
+            c.split("/")[0].upper(): len(self.settings.codecs) - i
+            for i, c in enumerate(self.settings.codecs)
+        }
         for codec in ep.codecEnum2():
             name = codec.codecId.split("/")[0].upper()
             ep.codecSetPriority(codec.codecId, 128 + wanted[name] if name in wanted else 0)
@@ -316,7 +319,9 @@ class SipUserAgent:
         try:
             ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
         except pj.Error as exc:
-            raise MediaError("sip_bind_failed", f"cannot bind SIP to {self.settings.bind}: {exc.reason}") from exc
+            raise MediaError(
+                "sip_bind_failed", f"cannot bind SIP to {self.settings.bind}: {exc.reason}"
+            ) from exc
         ep.libStart()
         acfg = pj.AccountConfig()
         acfg.idUri = f"sip:appliance@{self.settings.bind}"
@@ -327,7 +332,9 @@ class SipUserAgent:
         acc.create(acfg, True)
         self._acc = acc
 
-    def _reject(self, call: _Call, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
+    def _reject(
+        self, call: _Call, status: int, reason: str, headers: dict[str, str] | None = None
+    ) -> None:
         op = pj.CallOpParam(True)
         op.statusCode = status
         op.reason = reason
@@ -341,7 +348,13 @@ class SipUserAgent:
 
     def _on_incoming(self, acc: _Account, prm: pj.OnIncomingCallParam) -> None:
         peer = _source_ip(prm.rdata.srcAddress)
-        handle = CallHandle(call_id=uuid.uuid4().hex[:12], bridge=AudioBridge(self.clock_rate), peer_ip=peer, _ua=self, _pj_id=prm.callId)
+        handle = CallHandle(
+            call_id=uuid.uuid4().hex[:12],
+            bridge=AudioBridge(self.clock_rate),
+            peer_ip=peer,
+            _ua=self,
+            _pj_id=prm.callId,
+        )
         call = _Call(self, acc, prm.callId, handle)
         self._calls[prm.callId] = call
         if self._on_incoming_cb is None or not self.settings.peer_allowed(peer):
@@ -352,7 +365,9 @@ class SipUserAgent:
         if self.draining or self.active_calls >= self.settings.max_calls:
             why = "draining" if self.draining else "at_capacity"
             _LOGGER.warning("call %s refused with 503: %s", handle.call_id, why)
-            self._reject(call, 503, "Service Unavailable", {"Retry-After": str(self.settings.retry_after_s)})
+            self._reject(
+                call, 503, "Service Unavailable", {"Retry-After": str(self.settings.retry_after_s)}
+            )
             self._notify_rejected(peer, 503, why)
             return
         call.accepted = True

@@ -75,9 +75,7 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
             continue
         with db.conn:
             fn(db)
-            db.execute(
-                "INSERT INTO _migrations VALUES (?, datetime('now'))", [name]
-            )
+            db.execute("INSERT INTO _migrations VALUES (?, datetime('now'))", [name])
         applied.append(name)
     return applied
 
@@ -105,8 +103,10 @@ class CallMetadataStore:
 
     def on_event(self, event: Event) -> None:
         """Queue an event for the writer (content fields are never stored)."""
-        if isinstance(event, CallAnswered | CallEnded | CallRejected | TurnLatency | BargeIn
-                      | DisclosurePlayed):
+        if isinstance(
+            event,
+            CallAnswered | CallEnded | CallRejected | TurnLatency | BargeIn | DisclosurePlayed,
+        ):
             self._queue.put(event)
 
     def close(self) -> None:
@@ -132,26 +132,42 @@ class CallMetadataStore:
         calls = db["calls"]
         if isinstance(event, CallAnswered):
             calls.upsert(  # type: ignore[union-attr]
-                {"call_id": event.call_id, "answered_at": event.t, "codec": event.codec,
-                 "turns": 0, "barge_ins": 0},
+                {
+                    "call_id": event.call_id,
+                    "answered_at": event.t,
+                    "codec": event.codec,
+                    "turns": 0,
+                    "barge_ins": 0,
+                },
                 pk="call_id",
             )
         elif isinstance(event, DisclosurePlayed):
             calls.upsert({"call_id": event.call_id, "disclosure_at": event.t}, pk="call_id")  # type: ignore[union-attr]
         elif isinstance(event, TurnLatency):
             db["turn_latency"].insert(  # type: ignore[union-attr]
-                {"call_id": event.call_id, "t": event.t, "endpointing_s": event.endpointing_s,
-                 "stt_s": event.stt_s, "llm_ttft_s": event.llm_ttft_s,
-                 "tts_ttfa_s": event.tts_ttfa_s, "voice_to_voice_s": event.voice_to_voice_s}
+                {
+                    "call_id": event.call_id,
+                    "t": event.t,
+                    "endpointing_s": event.endpointing_s,
+                    "stt_s": event.stt_s,
+                    "llm_ttft_s": event.llm_ttft_s,
+                    "tts_ttfa_s": event.tts_ttfa_s,
+                    "voice_to_voice_s": event.voice_to_voice_s,
+                }
             )
             db.execute("UPDATE calls SET turns = turns + 1 WHERE call_id = ?", [event.call_id])
         elif isinstance(event, BargeIn):
-            db.execute("UPDATE calls SET barge_ins = barge_ins + 1 WHERE call_id = ?",
-                       [event.call_id])
+            db.execute(
+                "UPDATE calls SET barge_ins = barge_ins + 1 WHERE call_id = ?", [event.call_id]
+            )
         elif isinstance(event, CallEnded):
             calls.upsert(  # type: ignore[union-attr]
-                {"call_id": event.call_id, "ended_at": event.t, "duration_s": event.duration_s,
-                 "disposition": event.disposition},
+                {
+                    "call_id": event.call_id,
+                    "ended_at": event.t,
+                    "duration_s": event.duration_s,
+                    "disposition": event.disposition,
+                },
                 pk="call_id",
             )
         elif isinstance(event, CallRejected):

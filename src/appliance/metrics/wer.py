@@ -18,8 +18,10 @@ def normalise_for_wer(text: str) -> str:
     from num2words import num2words
 
     text = text.lower().replace("-", " ")
-    text = _NUMBER.sub(lambda m: " " + num2words(float(m.group()) if "." in m.group()
-                                                 else int(m.group())) + " ", text)
+    text = _NUMBER.sub(
+        lambda m: " " + num2words(float(m.group()) if "." in m.group() else int(m.group())) + " ",
+        text,
+    )
     text = text.replace("-", " ").replace(",", " ")
     text = _PUNCT.sub(" ", text).replace("'", "")
     return " ".join(text.split())

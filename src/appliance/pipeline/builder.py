@@ -7,7 +7,7 @@
       ─► played-text tracker ─► assistant aggregator
 
 The composition of media and pipeline happens in :mod:`appliance.app`; this module only needs
-an :class:`~appliance.media.bridge.AudioBridge`.
+an :class:`~appliance.audio.bridge.AudioBridge`.
 """
 
 from __future__ import annotations
@@ -32,17 +32,17 @@ from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
 from appliance.agent.receptionist import Receptionist
 from appliance.agent.templates import Action
+from appliance.audio.bridge import AudioBridge
 from appliance.config.settings import ApplianceSettings
 from appliance.events import Event
-from appliance.media.bridge import AudioBridge
 from appliance.metrics.latency import TurnLatencyObserver
 from appliance.models.engines import ModelSet
 from appliance.pipeline.played import PlayedTextTracker
 from appliance.pipeline.services import (
     LocalKokoroTTSService,
-    PhraseCache,
     LocalLlamaLLMService,
     LocalWhisperSTTService,
+    PhraseCache,
 )
 from appliance.pipeline.transport import PjsuaTransport
 from appliance.policy.disclosure import DisclosureOpener, disclosure_text
@@ -126,7 +126,9 @@ def build_call_pipeline(
     aggregators = LLMContextAggregatorPair(
         context,
         user_params=LLMUserAggregatorParams(
-            vad_analyzer=StoreSileroVADAnalyzer(models.vad_path, VADParams(stop_secs=VAD_STOP_SECS)),
+            vad_analyzer=StoreSileroVADAnalyzer(
+                models.vad_path, VADParams(stop_secs=VAD_STOP_SECS)
+            ),
             user_turn_strategies=UserTurnStrategies(
                 stop=[
                     TurnAnalyzerUserTurnStopStrategy(

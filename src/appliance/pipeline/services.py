@@ -35,6 +35,7 @@ from pipecat.services.stt_service import SegmentedSTTService
 from pipecat.services.tts_service import TTSService
 from pipecat.utils.time import time_now_iso8601
 
+from appliance.agent.templates import split_sentences
 from appliance.errors import ApplianceError
 from appliance.models.engines import KokoroEngine, LlamaEngine, WhisperEngine
 
@@ -102,9 +103,17 @@ class LocalLlamaLLMService(LLMService):
         self, engine: LlamaEngine, *, max_tokens: int = 40, one_sentence: bool = True, **kwargs: Any
     ) -> None:
         settings = LLMSettings(
-            model="llama.cpp", system_instruction=None, temperature=0.2, max_tokens=max_tokens,
-            top_p=0.9, top_k=None, frequency_penalty=None, presence_penalty=None, seed=None,
-            filter_incomplete_user_turns=False, user_turn_completion_config=None,
+            model="llama.cpp",
+            system_instruction=None,
+            temperature=0.2,
+            max_tokens=max_tokens,
+            top_p=0.9,
+            top_k=None,
+            frequency_penalty=None,
+            presence_penalty=None,
+            seed=None,
+            filter_incomplete_user_turns=False,
+            user_turn_completion_config=None,
         )
         super().__init__(settings=settings, **kwargs)
         self._engine = engine
@@ -172,11 +181,6 @@ class LocalLlamaLLMService(LLMService):
         await asyncio.shield(worker)
 
 
-def split_sentences(text: str) -> list[str]:
-    """Split text at sentence ends (``.``, ``!``, ``?`` followed by a space)."""
-    return [p.strip() for p in re.split(r"(?<=[.!?])\s+", text) if p.strip()]
-
-
 class PhraseCache:
     """Pre-rendered audio for fixed phrases (disclosure, greeting, templated answers).
 
@@ -242,23 +246,51 @@ class LocalKokoroTTSService(TTSService):
         return True
 
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
-        """Synthesise one sentence (or serve it from the cache) as a :class:`TTSAudioRawFrame`."""
+        """Synthesise one sentence (or serve it from the cache) as audio frames.
+
+        A long sentence is synthesised in two pieces split at its first clause boundary, so the
+        first audio leaves sooner; the text frame still covers the whole sentence.
+        """
         if not text.strip():
             return
         await self.start_tts_usage_metrics(text)
-        pcm = self._cache.get(text) if self._cache is not None else None
-        try:
-            if pcm is not None:
-                self.cache_hits += 1
-            else:
-                samples = await asyncio.to_thread(self._engine.synthesize, text, self._speed)
-                pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16).tobytes()
-        except ApplianceError as exc:
-            yield ErrorFrame(error=f"tts failed: {exc.code}")
-            return
-        finally:
-            await self.stop_ttfb_metrics()
-        audio = await self._resampler.resample(pcm, self._engine.sample_rate, self.sample_rate)
-        yield TTSAudioRawFrame(
-            audio=audio, sample_rate=self.sample_rate, num_channels=1, context_id=context_id
-        )
+        cached = self._cache.get(text) if self._cache is not None else None
+        pieces = [cached] if cached is not None else first_clause_split(text)
+        if cached is not None:
+            self.cache_hits += 1
+        first = True
+        for piece in pieces:
+            try:
+                if isinstance(piece, bytes):
+                    pcm = piece
+                else:
+                    samples = await asyncio.to_thread(self._engine.synthesize, piece, self._speed)
+                    pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16).tobytes()
+            except ApplianceError as exc:
+                yield ErrorFrame(error=f"tts failed: {exc.code}")
+                return
+            finally:
+                if first:
+                    await self.stop_ttfb_metrics()
+            first = False
+            audio = await self._resampler.resample(pcm, self._engine.sample_rate, self.sample_rate)
+            yield TTSAudioRawFrame(
+                audio=audio, sample_rate=self.sample_rate, num_channels=1, context_id=context_id
+            )
+
+
+_CLAUSE = re.compile(r"(?<=[,;:])\s+")
+
+
+def first_clause_split(text: str, min_words: int = 2) -> list[str]:
+    """Split a sentence at its first clause boundary (``,`` ``;`` ``:``).
+
+    Only when both sides have at least ``min_words`` words; otherwise it is returned whole.
+    """
+    for match in _CLAUSE.finditer(text):
+        head, tail = text[: match.start()].strip(), text[match.end() :].strip()
+        if len(head.split()) >= min_words and len(tail.split()) >= min_words:
+            return [head, tail]
+        if len(head.split()) >= min_words:
+            break
+    return [text]

@@ -6,7 +6,7 @@ is pushed as :class:`InputDTMFFrame`.
 
 Output: pipecat's :class:`BaseOutputTransport` chunks agent audio into 20 ms pieces
 (``audio_out_10ms_chunks=2``); :meth:`PjsuaOutputTransport.write_audio_frame` queues each on
-the call's :class:`~appliance.media.bridge.AudioBridge` and paces the writer so that at most
+the call's :class:`~appliance.audio.bridge.AudioBridge` and paces the writer so that at most
 ``lead_ms`` of audio is queued ahead of the wire. Text frames that follow the audio therefore
 leave the transport when their audio has (nearly) been played, which is how the assistant
 context records only what the caller heard. On :class:`InterruptionFrame` the queued
@@ -36,7 +36,8 @@ from pipecat.transports.base_input import BaseInputTransport
 from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import BaseTransport, TransportParams
 
-from appliance.media.bridge import AudioBridge, loop_notifier
+from appliance.audio.bridge import AudioBridge, loop_notifier
+
 
 @dataclass
 class SipDTMFFrame(InputDTMFFrame):
@@ -160,7 +161,8 @@ class PjsuaOutputTransport(BaseOutputTransport):
         if self._bridge.closed:
             return False
         self._bridge.put_outbound(frame.audio, interruptible=frame.interruptible)
-        while self._bridge.queued_ms > self._lead_ms and not self._bridge.closed:
+        # Paced by the media clock thread, which does not wake asyncio per frame.
+        while self._bridge.queued_ms > self._lead_ms and not self._bridge.closed:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         return True
 
