@@ -101,7 +101,18 @@ class WaitBye:
     timeout_ms: int = 30000
 
 
-Step = Play | Pause | InfoDtmf | Rfc2833 | WaitBye
+@dataclass(frozen=True)
+class ReInvite:
+    """Send an in-dialog re-INVITE with the same media and ``direction`` (hold/unhold).
+
+    Attributes:
+        direction: SDP direction attribute, e.g. ``"sendonly"`` (hold) or ``"sendrecv"``.
+    """
+
+    direction: str = "sendrecv"
+
+
+Step = Play | Pause | InfoDtmf | Rfc2833 | WaitBye | ReInvite
 
 
 @dataclass
@@ -259,6 +270,11 @@ def render_uac_scenario(
     )
     m_line = " ".join(str(pt) for pt in [*pts, TELEPHONE_EVENT_PT])
     d = _Dialog(service)
+    d.offer_media = (
+        f"      m=audio [auto_media_port] RTP/AVP {m_line}\n{sdp_codecs}"
+        f"      a=rtpmap:{TELEPHONE_EVENT_PT} telephone-event/8000\n"
+        f"      a=fmtp:{TELEPHONE_EVENT_PT} 0-16\n      a=ptime:20\n"
+    )
     parts = [
         '<?xml version="1.0" encoding="ISO-8859-1" ?>',
         '<!DOCTYPE scenario SYSTEM "sipp.dtd">',
@@ -325,6 +341,20 @@ def _render_step(step: Step, d: _Dialog, pts: list[int]) -> str:
         if name is None or not path.is_file():
             raise ValueError(f"sipp has no RFC 2833 pcap for digit {step.digit!r} ({path})")
         return _play(path, extra_ms=step.gap_ms)
+    if isinstance(step, ReInvite):
+        d.sdp_version += 1
+        body = (
+            f"v=0\n      o=sipp 53655765 {d.sdp_version} IN IP[local_ip_type] [local_ip]\n"
+            "      s=-\n      c=IN IP[local_ip_type] [local_ip]\n      t=0 0\n"
+            f"{d.offer_media}      a={step.direction}"
+        )
+        invite = d.request("INVITE", "[next_url]", "Content-Type: application/sdp", body)
+        cseq = d.cseq
+        return (
+            invite
+            + '\n  <recv response="100" optional="true"/>\n  <recv response="200"/>\n'
+            + d.request("ACK", "[next_url]", cseq=cseq)
+        )
     if isinstance(step, WaitBye):
         return (
             f'  <recv request="BYE" timeout="{int(step.timeout_ms)}"/>\n'
@@ -349,6 +379,8 @@ class _Dialog:
     def __init__(self, service: str):
         self.service = service
         self.cseq = 0
+        self.sdp_version = 2353687637
+        self.offer_media = ""
 
     def _headers(self, method: str, cseq: int, in_dialog: bool) -> list[str]:
         to_tag = "[peer_tag_param]" if in_dialog else ""

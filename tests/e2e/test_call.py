@@ -19,7 +19,15 @@ from appliance.audio.pcap import read_rtp_streams, stream_pcm, voiced_intervals
 from appliance.metrics.wer import normalise_for_wer, word_error_rate
 from tests.e2e.capture import LoopbackCapture
 from tests.e2e.server import ApplianceProcess, free_udp_port
-from tests.e2e.sipp import InfoDtmf, Pause, Play, Rfc2833, render_uac_scenario, run_sipp
+from tests.e2e.sipp import (
+    InfoDtmf,
+    Pause,
+    Play,
+    ReInvite,
+    Rfc2833,
+    render_uac_scenario,
+    run_sipp,
+)
 from tests.e2e.speech import sentence_pcap
 
 pytestmark = [
@@ -82,7 +90,7 @@ def test_call_answered_disclosure_first_reply_intelligible_bye_clean(
     tmp_path: Path,  # noqa: ANN001
 ) -> None:
     pcap, said, seconds = sentence_pcap(0, tmp_path / "caller.pcap")
-    steps = [Pause(6500), Play(str(pcap)), Pause(9000)]
+    steps = [Pause(8500), Play(str(pcap)), Pause(10000)]
     cap = tmp_path / "call.pcap"
     before = len(appliance.events())
     with LoopbackCapture(cap, bpf="udp"):
@@ -150,3 +158,38 @@ def test_rfc4733_and_sip_info_dtmf_reach_the_pipeline(
     ]
     assert got == [("1", "rfc4733"), ("5", "sip-info"), ("9", "rfc4733")]
     assert "DTMF" not in appliance.log() or "digit" not in appliance.log().lower()
+
+
+def test_reinvite_hold_and_resume_keeps_the_call_working(
+    appliance: ApplianceProcess, tmp_path: Path
+) -> None:
+    before = len(appliance.events())
+    pcap, said, _ = sentence_pcap(3, tmp_path / "caller.pcap")
+    steps = [
+        Pause(7500),
+        ReInvite("sendonly"),
+        Pause(800),
+        ReInvite("sendrecv"),
+        Pause(800),
+        Play(str(pcap)),
+        Pause(9000),
+    ]
+    result = run_sipp(render_uac_scenario(steps=steps), appliance.uri, timeout_s=60)
+    assert result.returncode == 0, result.messages[-3000:]
+    assert result.received_status_codes().count(200) >= 4  # INVITE, 2 re-INVITEs, BYE
+    appliance.wait_event(
+        "CallEnded", count=1 + sum(e["kind"] == "CallEnded" for e in appliance.events()[:before])
+    )
+    events = appliance.events()[before:]
+    turns = [e["user_text"] for e in events if e["kind"] == "TurnEnded"]
+    assert turns and word_error_rate([said], [turns[-1]]) <= 0.3, turns
+    assert any(e["kind"] == "AgentSpoke" and e["source"] != "opening" for e in events)
+
+
+def test_logs_carry_no_caller_content(appliance: ApplianceProcess) -> None:
+    log = appliance.log().lower()
+    for event in appliance.events():
+        for key in ("user_text", "text"):
+            value = str(event.get(key, "")).lower()
+            if event["kind"] in ("TurnEnded", "AgentSpoke") and len(value.split()) >= 3:
+                assert value not in log, f"{event['kind']} content found in the log"

@@ -161,13 +161,23 @@ class ApplianceServer:
         self._prerender.start()
 
     def _render_rest(self, phrases: list[str]) -> None:
+        """Pre-render the remaining fixed phrases, one at a time, only while no call is up.
+
+        Synthesis competes with live calls for the CPU, so it waits whenever a call is active;
+        a phrase a call needs before it is cached is synthesised live.
+        """
         assert self.phrases is not None
         t0 = time.perf_counter()
-        try:
-            count = self.phrases.render(phrases)
-        except Exception:  # noqa: BLE001 - live synthesis remains the fallback
-            _LOGGER.exception("pre-rendering fixed phrases failed")
-            return
+        count = 0
+        for phrase in phrases:
+            while self._calls and not self._stop.is_set():
+                time.sleep(0.5)
+            if self._stop.is_set():
+                return
+            try:
+                count += self.phrases.render([phrase])
+            except Exception:  # noqa: BLE001 - live synthesis remains the fallback
+                _LOGGER.exception("pre-rendering a fixed phrase failed")
         _LOGGER.info("%d fixed phrases pre-rendered in %.2f s", count, time.perf_counter() - t0)
 
     async def _drain(self) -> None:
@@ -218,16 +228,24 @@ class ApplianceServer:
                 await worker.queue_frame(TTSSpeakFrame(NO_TRANSFER_TEXT))  # type: ignore[attr-defined]
 
         # Building loads per-call ONNX sessions (VAD, smart-turn): keep it off the event loop.
-        call = await asyncio.to_thread(
-            build_call_pipeline,
-            handle.call_id,
-            handle.bridge,
-            self.models,
-            self.settings,
-            emit,
-            on_action,
-            self.phrases,
-        )
+        try:
+            call = await asyncio.to_thread(
+                build_call_pipeline,
+                handle.call_id,
+                handle.bridge,
+                self.models,
+                self.settings,
+                emit,
+                on_action,
+                self.phrases,
+            )
+        except Exception:
+            _LOGGER.exception(
+                "call %s: pipeline could not be built, ending the call", handle.call_id
+            )
+            handle.hangup(500)
+            emit(CallEnded(handle.call_id, disposition="pipeline_error", duration_s=0.0))
+            return
         holder["worker"] = call.task
         transport_in = call.transport.input()
 
@@ -263,6 +281,7 @@ class ApplianceServer:
                 except (TimeoutError, asyncio.CancelledError):
                     run.cancel()
             handle.hangup()
+            call.tracker.finish()
             emit(
                 CallEnded(
                     handle.call_id,

@@ -74,6 +74,12 @@ class PlayedTextTracker(FrameProcessor):
             self._flush()
         await self.push_frame(frame, direction)
 
+    def finish(self) -> None:
+        """The call ended: report a burst still in progress as interrupted."""
+        if self._speaking or self._parts:
+            self._interrupted = True
+            self._flush()
+
     def _check_disclosure(self) -> None:
         if self._disclosure_done:
             return
