@@ -10,12 +10,15 @@ test event stream, never to logs.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+_LOGGER = logging.getLogger(__name__)
 
 
 def _now() -> float:
@@ -140,9 +143,7 @@ class EventBus:
             try:
                 listener(event)
             except Exception:  # noqa: BLE001 - observers must not take the call down
-                import logging
-
-                logging.getLogger(__name__).exception("event listener failed")
+                _LOGGER.exception("event listener failed")
 
 
 def event_to_dict(event: Event) -> dict[str, Any]:

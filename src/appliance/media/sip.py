@@ -371,7 +371,6 @@ class SipUserAgent:
             self._notify_rejected(peer, 503, why)
             return
         call.accepted = True
-        handle.on_media_ready = None
         op = pj.CallOpParam(True)
         op.statusCode = 200
         call.answer(op)
