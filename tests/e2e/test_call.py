@@ -193,3 +193,47 @@ def test_logs_carry_no_caller_content(appliance: ApplianceProcess) -> None:
             value = str(event.get(key, "")).lower()
             if event["kind"] in ("TurnEnded", "AgentSpoke") and len(value.split()) >= 3:
                 assert value not in log, f"{event['kind']} content found in the log"
+
+
+def test_appliance_call_client_plays_turns_and_saves_agent_audio(
+    appliance: ApplianceProcess, tmp_path: Path
+) -> None:
+    import json
+    import subprocess
+    import sys
+    import wave
+
+    from tests.e2e.speech import osr_sentences
+
+    parts, _ = osr_sentences()
+    caller = tmp_path / "caller.wav"
+    with wave.open(str(caller), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(parts[4].tobytes())
+    out = tmp_path / "agent.wav"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "appliance.cli",
+            "call",
+            f"sip:appliance@{appliance.uri}",
+            "--wav",
+            str(caller),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    report = json.loads(run.stdout[run.stdout.index("{") :])
+    assert report["status"] == "completed" and report["answered"]
+    assert len(report["turns"]) == 1 and report["turns"][0]["response_s"] is not None
+    assert 0.2 < report["turns"][0]["response_s"] < 6.0
+    with wave.open(str(out), "rb") as w:
+        assert w.getframerate() == 16000 and w.getnframes() / 16000 > 8.0
+    assert len(report["agent_speech"]) >= 2  # the opening, then the reply

@@ -146,3 +146,35 @@ def test_sigterm_drains_new_calls_refused_active_call_finishes(tmp_path: Path, s
     assert proc.proc.wait(30) == 0
     ended = proc.wait_event("CallEnded")
     assert ended and ended[0]["disposition"] == "caller_hangup"
+
+
+def test_unsupported_codec_is_refused_and_service_continues(single: ApplianceProcess) -> None:
+    xml = render_uac_scenario(codecs=("PCMU",), expect_status=488)
+    xml = xml.replace("RTP/AVP 0 101", "RTP/AVP 18 101").replace(
+        "a=rtpmap:0 PCMU/8000", "a=rtpmap:18 G729/8000"
+    )
+    assert "G729" in xml
+    result = run_sipp(xml, single.uri, timeout_s=20)
+    assert result.returncode == 0, result.messages[-2000:]
+    assert 200 not in result.received_status_codes()
+    ok = run_sipp(render_uac_scenario(steps=[Pause(300)]), single.uri, timeout_s=20)
+    assert ok.returncode == 0
+
+
+def test_malformed_sip_does_not_take_the_agent_down(single: ApplianceProcess) -> None:
+    import socket
+
+    garbage = [
+        b"\x00\xff" * 300,
+        b"INVITE sip:appliance@127.0.0.1 SIP/2.0\r\nVia: broken\r\n\r\n",
+        b"INVITE sip:x SIP/2.0\r\nContent-Length: 99999\r\n\r\nv=0",
+        b"OPTIONS sip:appliance@127.0.0.1 SIP/9.9\r\n\r\n",
+        "REGISTER sip:\u00e9\u00e9 SIP/2.0\r\n\r\n".encode(),
+    ]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for datagram in garbage:
+            s.sendto(datagram, ("127.0.0.1", single.sip_port))
+    time.sleep(0.5)
+    assert single.proc is not None and single.proc.poll() is None, "agent died"
+    ok = run_sipp(render_uac_scenario(steps=[Pause(300)]), single.uri, timeout_s=20)
+    assert ok.returncode == 0 and 200 in ok.received_status_codes()

@@ -24,8 +24,16 @@ def test_events_become_rows_without_content(tmp_path: Path) -> None:
     store.on_event(TurnEnded("c1", user_text="my date of birth is 4 March 1982"))
     store.on_event(DtmfReceived("c1", digit="7", method="rfc4733"))
     store.on_event(AgentSpoke("c1", text="We're open nine to five.", interrupted=False, source="x"))
-    store.on_event(TurnLatency("c1", endpointing_s=0.6, stt_s=0.4, llm_ttft_s=None,
-                               tts_ttfa_s=0.5, voice_to_voice_s=1.4))
+    store.on_event(
+        TurnLatency(
+            "c1",
+            endpointing_s=0.6,
+            stt_s=0.4,
+            llm_ttft_s=None,
+            tts_ttfa_s=0.5,
+            voice_to_voice_s=1.4,
+        )
+    )
     store.on_event(CallRejected("-", status=503, reason="at_capacity"))
     store.on_event(CallEnded("c1", disposition="caller_hangup", duration_s=12.5))
     store.close()
