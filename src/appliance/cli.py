@@ -1,7 +1,8 @@
-"""Command line: ``appliance serve | call | models``.
+"""Command line: ``appliance serve | call | audit verify | audit export``.
 
 Exit codes: 0 success; 2 bad configuration; 3 model files missing or broken; 4 SIP/media
-start failure; 1 anything else. Error messages name the file at fault.
+start failure; 5 audit log unusable; 1 anything else (``audit verify``: 1 = verification
+failed). Error messages name the file at fault.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
+from appliance.audit.store import AuditError
 from appliance.errors import ApplianceError, ConfigError, MediaError, ModelError
 
 _LOGGER = logging.getLogger("appliance")
@@ -52,6 +54,19 @@ def _call(args: argparse.Namespace) -> int:
     return 0 if report.status == "completed" else 1
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from appliance.audit.service import export_call, verify_from_settings
+    from appliance.config import load_settings
+
+    settings = load_settings(args.config).audit
+    if args.audit_command == "verify":
+        report = verify_from_settings(settings, args.public_key, args.witness)
+        print(report.summary())
+        return 0 if report.ok else 1
+    print(export_call(settings, args.call))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser."""
     parser = argparse.ArgumentParser(prog="appliance", description=__doc__)
@@ -78,6 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--silence-ms", type=int, default=1500, help="agent silence that ends its turn"
     )
     call.set_defaults(func=_call)
+
+    audit = sub.add_parser("audit", help="verify or export the encrypted audit log")
+    audit.add_argument("--config", type=Path, default=None, help="TOML settings file")
+    asub = audit.add_subparsers(dest="audit_command", required=True)
+    ver = asub.add_parser("verify", help="check the Merkle tree and signed checkpoints (no key)")
+    ver.add_argument("--public-key", type=Path, default=None, help="hex Ed25519 public key")
+    ver.add_argument(
+        "--witness",
+        type=Path,
+        default=None,
+        help="checkpoint file collected off the box, checked as well",
+    )
+    exp = asub.add_parser("export", help="decrypt one call (recorded in the log)")
+    exp.add_argument("--call", required=True, help="call id")
+    audit.set_defaults(func=_audit)
     return parser
 
 
@@ -95,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     except MediaError as exc:
         print(f"appliance: SIP error: {exc.message}", file=sys.stderr)
         return 4
+    except AuditError as exc:
+        print(f"appliance: audit log error: {exc}", file=sys.stderr)
+        return 5
     except ApplianceError as exc:
         print(f"appliance: {exc}", file=sys.stderr)
         return 1

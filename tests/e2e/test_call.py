@@ -18,7 +18,7 @@ import soxr
 from appliance.audio.pcap import read_rtp_streams, stream_pcm, voiced_intervals
 from appliance.metrics.wer import normalise_for_wer, word_error_rate
 from tests.e2e.capture import LoopbackCapture
-from tests.e2e.server import ApplianceProcess, free_udp_port
+from tests.e2e.server import ApplianceProcess
 from tests.e2e.sipp import (
     InfoDtmf,
     Pause,
@@ -42,16 +42,6 @@ pytestmark = [
 DISCLOSURE = (
     "Hello, you've reached Maple Street Family Clinic. I'm an automated assistant, not a person."
 )
-
-
-@pytest.fixture(scope="module")
-def appliance(tmp_path_factory, store):  # noqa: ANN001, ANN201
-    work = tmp_path_factory.mktemp("appliance")
-    proc = ApplianceProcess(work, sip_port=free_udp_port(), rtp_port=43000)
-    proc.start()
-    yield proc
-    code = proc.stop()
-    assert code == 0, proc.log()[-3000:]
 
 
 def agent_stream(streams, appliance_rtp_base: int):  # noqa: ANN001, ANN201

@@ -19,6 +19,8 @@ from pipecat.frames.frames import TTSSpeakFrame
 from pipecat.workers.runner import WorkerRunner
 
 from appliance.agent.templates import Action
+from appliance.audit.observer import AuditObserver
+from appliance.audit.service import open_audit
 from appliance.config.settings import ApplianceSettings
 from appliance.errors import ConfigError
 from appliance.events import (
@@ -39,6 +41,11 @@ _LOGGER = logging.getLogger(__name__)
 
 #: How long to wait for RTP media after answering before giving up on a call, in s.
 MEDIA_TIMEOUT_S = 5.0
+
+AUDIT_FAILURE_TEXT = (
+    "I'm sorry, we have a technical problem and can't continue this call. "
+    "Please call back in a few minutes. Goodbye."
+)
 
 NO_TRANSFER_TEXT = (
     "I'm sorry, no one can take your call on this line right now. "
@@ -76,6 +83,8 @@ class ApplianceServer:
         self._bg: set[asyncio.Task[None]] = set()
         self.store: CallMetadataStore | None = None
         self.phrases: PhraseCache | None = None
+        self.audit: AuditObserver | None = None
+        self._active: dict[str, tuple[CallHandle, object]] = {}
 
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT, then drain. Returns the process exit code.
@@ -90,6 +99,12 @@ class ApplianceServer:
         await asyncio.to_thread(self._warm)
         self.store = CallMetadataStore(self.settings.store.metadata_db)
         self.bus.subscribe(self.store.on_event)
+        if self.settings.audit.enabled:
+            log = await asyncio.to_thread(open_audit, self.settings.audit)
+            self.audit = AuditObserver(
+                log, on_failure=lambda _exc: loop.call_soon_threadsafe(self._fail_closed)
+            )
+            self.bus.subscribe(self.audit)
         sink = JsonlEventSink(self._test_events) if self._test_events else None
         if sink is not None:
             _LOGGER.warning("test event stream enabled: caller content is written in clear")
@@ -112,6 +127,9 @@ class ApplianceServer:
         finally:
             self._ua.stop()
             self.store.close()
+            if self.audit is not None:
+                self.audit.close()
+                self.audit.log.close()
             if sink is not None:
                 sink.close()
         _LOGGER.info("stopped")
@@ -194,6 +212,23 @@ class ApplianceServer:
                 task.cancel()
             await asyncio.gather(*self._calls.values(), return_exceptions=True)
 
+    def _fail_closed(self) -> None:
+        """The audit log cannot be written: take no new calls, end current ones politely."""
+        _LOGGER.critical(
+            "audit log unavailable: refusing new calls, ending %d call(s)", len(self._active)
+        )
+        if self._ua is not None:
+            self._ua.draining = True
+        for handle, worker in list(self._active.values()):
+            task = asyncio.create_task(self._end_with_notice(handle, worker))
+            self._bg.add(task)
+            task.add_done_callback(self._bg.discard)
+
+    async def _end_with_notice(self, handle: CallHandle, worker: object) -> None:
+        await worker.queue_frame(TTSSpeakFrame(AUDIT_FAILURE_TEXT))  # type: ignore[attr-defined]
+        await asyncio.sleep(9.0)
+        handle.hangup()
+
     def _on_rejected(self, peer: str, status: int, reason: str) -> None:
         self.bus.emit(CallRejected("-", status=status, reason=reason))
 
@@ -247,6 +282,7 @@ class ApplianceServer:
             emit(CallEnded(handle.call_id, disposition="pipeline_error", duration_s=0.0))
             return
         holder["worker"] = call.task
+        self._active[handle.call_id] = (handle, call.task)
         transport_in = call.transport.input()
 
         def on_dtmf(digit: str, method: str) -> None:
@@ -281,6 +317,7 @@ class ApplianceServer:
                 except (TimeoutError, asyncio.CancelledError):
                     run.cancel()
             handle.hangup()
+            self._active.pop(handle.call_id, None)
             call.tracker.finish()
             emit(
                 CallEnded(

@@ -161,6 +161,27 @@ class StoreSettings(_Section):
     )
 
 
+class AuditSettings(_Section):
+    """Encrypted, tamper-evident audit log (appliance.audit)."""
+
+    enabled: bool = Field(True, description="Write every call to the audit log.")
+    db: Path = Field(Path("var/audit/audit.sqlite"), description="Audit SQLite file.")
+    kek_file: Path = Field(
+        Path("var/keys/audit-kek"),
+        description="KEK file (mode 0600) used when no systemd credential 'audit-kek' exists.",
+    )
+    signing_key_file: Path = Field(
+        Path("var/keys/audit-signing.key"), description="Ed25519 checkpoint signing key (0600)."
+    )
+    checkpoint_file: Path = Field(
+        Path("var/audit/checkpoints.log"), description="Signed checkpoints, collected off-box."
+    )
+    origin: str = Field("clinic-voice-appliance/audit", description="Checkpoint origin line.")
+    create_keys: bool = Field(
+        True, description="Create missing keys at start (first boot); false on a provisioned box."
+    )
+
+
 class ApplianceSettings(_Section):
     """All settings of ``appliance serve``."""
 
@@ -169,6 +190,7 @@ class ApplianceSettings(_Section):
     agent: AgentSettings = Field(default_factory=AgentSettings)
     models: ModelSettings = Field(default_factory=ModelSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
 
 def load_settings(path: Path | str | None, **overrides: object) -> ApplianceSettings:
@@ -218,7 +240,13 @@ def load_settings(path: Path | str | None, **overrides: object) -> ApplianceSett
     store = settings.store.model_copy(
         update={"metadata_db": _rebase(base, settings.store.metadata_db)}
     )
-    return settings.model_copy(update={"models": models, "store": store})
+    audit = settings.audit.model_copy(
+        update={
+            name: _rebase(base, getattr(settings.audit, name))
+            for name in ("db", "kek_file", "signing_key_file", "checkpoint_file")
+        }
+    )
+    return settings.model_copy(update={"models": models, "store": store, "audit": audit})
 
 
 def _rebase(base: Path, p: Path) -> Path:

@@ -1,0 +1,1 @@
+"""Governance plane: encrypted, tamper-evident audit log."""

@@ -1,0 +1,292 @@
+"""The append-only audit store: SQLite (sqlite-utils), one writer, durable appends.
+
+* ``append`` returns record indexes only after the transaction committed with
+  ``PRAGMA synchronous=FULL`` in WAL mode, i.e. after the WAL was fsynced.
+* One writer per database: every write goes through one connection under one lock; the
+  call path never writes directly, it enqueues through :class:`~appliance.audit.observer`.
+* Named migrations, each in its own transaction.
+* Temporary tables and indexes stay in memory (``temp_store=MEMORY``); content is sealed before
+  it reaches SQLite, so neither the database, its WAL nor any temporary file holds it in clear.
+* Signed checkpoints (origin, size, root) are stored and appended to a file the fleet tooling
+  collects off the box.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from appliance.audit import envelope
+from appliance.audit.checkpoint import Checkpoint, sign_note
+from appliance.audit.merkle import TreeBuilder, leaf_hash
+from appliance.audit.record import Record, decode, encode
+
+
+class AuditError(RuntimeError):
+    """The audit log cannot be written (disk full, I/O error, lost key). Fail closed."""
+
+
+def _m001(db: sqlite_utils.Database) -> None:
+    # root: RFC 6962 root of records 0..idx inclusive, kept outside the leaf to locate tampering.
+    db.execute(
+        "CREATE TABLE records (idx INTEGER PRIMARY KEY, data BLOB NOT NULL, root BLOB NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE deks (dek_id TEXT PRIMARY KEY, call_id TEXT NOT NULL, kek_id TEXT NOT NULL,"
+        " wrapped BLOB, created REAL NOT NULL, shredded REAL)"
+    )
+    db.execute("CREATE TABLE checkpoints (size INTEGER PRIMARY KEY, note TEXT NOT NULL, t REAL)")
+
+
+MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [("001_audit", _m001)]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One record to append: ``content`` (may hold PHI) is sealed, ``meta`` stays clear."""
+
+    kind: str
+    call_id: str = ""
+    meta: dict[str, Any] | None = None
+    content: dict[str, Any] | None = None
+    t: float | None = None
+
+
+def connect(path: Path, synchronous: str = "FULL") -> sqlite_utils.Database:
+    """Open an audit database with the durability and temp-file settings."""
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    db = sqlite_utils.Database(conn)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"PRAGMA synchronous={synchronous}")
+    db.execute("PRAGMA temp_store=MEMORY")
+    return db
+
+
+def migrate(db: sqlite_utils.Database) -> None:
+    """Apply pending named migrations."""
+    db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, t REAL)")
+    done = {r[0] for r in db.execute("SELECT name FROM _migrations").fetchall()}
+    for name, fn in MIGRATIONS:
+        if name not in done:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                fn(db)
+                db.execute("INSERT INTO _migrations VALUES (?, ?)", [name, time.time()])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+
+def iter_records(db: sqlite_utils.Database) -> Iterator[tuple[int, bytes]]:
+    """All (index, leaf bytes) rows in index order."""
+    yield from db.execute("SELECT idx, data FROM records ORDER BY idx")
+
+
+class AuditLog:
+    """Append-only, encrypted, Merkle-tree audit log (the single writer of its database).
+
+    Args:
+        path: SQLite file.
+        kek: Key-encryption key for per-call data keys.
+        signing_key: Ed25519 key for checkpoints (separate from the KEK).
+        origin: Checkpoint origin line, e.g. ``"clinic-voice-appliance/<box id>/audit"``.
+        checkpoint_file: File the signed checkpoints are appended to (collected off the box).
+        synchronous: SQLite ``synchronous`` level, ``"FULL"`` (default) or ``"NORMAL"``.
+
+    Raises:
+        AuditError: The database cannot be opened or its records are unreadable.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        kek: envelope.Kek,
+        signing_key: Ed25519PrivateKey,
+        *,
+        origin: str,
+        checkpoint_file: Path,
+        key_name: str = "appliance-audit",
+        synchronous: str = "FULL",
+    ) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.kek = kek
+        self.origin = origin
+        self.key_name = key_name
+        self.checkpoint_file = checkpoint_file
+        self._signing_key = signing_key
+        self._lock = threading.Lock()
+        self._deks: dict[str, tuple[str, bytes]] = {}
+        try:
+            self._db = connect(path, synchronous)
+            migrate(self._db)
+            self._tree = TreeBuilder()
+            for _idx, data in iter_records(self._db):
+                self._tree.append(leaf_hash(data))
+        except (sqlite3.Error, OSError) as exc:
+            raise AuditError(f"audit log {path} cannot be opened: {exc}") from exc
+
+    @property
+    def size(self) -> int:
+        """Number of records committed."""
+        return self._tree.size
+
+    def _dek(self, call_id: str) -> tuple[str, bytes]:
+        if call_id in self._deks:
+            return self._deks[call_id]
+        row = self._db.execute(
+            "SELECT dek_id, wrapped FROM deks WHERE call_id = ? AND shredded IS NULL "
+            "ORDER BY created DESC LIMIT 1",
+            [call_id],
+        ).fetchone()
+        if row is not None:
+            dek = envelope.unwrap(self.kek, row[1])
+            self._deks[call_id] = (row[0], dek)
+            return row[0], dek
+        dek = envelope.new_dek()
+        dek_id = f"{call_id or 'system'}-{int(time.time() * 1000)}"
+        self._db.execute(
+            "INSERT INTO deks (dek_id, call_id, kek_id, wrapped, created) VALUES (?, ?, ?, ?, ?)",
+            [dek_id, call_id, self.kek.kek_id, envelope.wrap(self.kek, dek), time.time()],
+        )
+        self._deks[call_id] = (dek_id, dek)
+        return dek_id, dek
+
+    def append(self, entries: Sequence[Entry]) -> list[int]:
+        """Append entries in one durable transaction; returns their indexes after commit.
+
+        Raises:
+            AuditError: The write failed (disk full, I/O error, key problem). Nothing of the
+                batch is acknowledged, and everything acknowledged before stays intact.
+        """
+        with self._lock:
+            start = self._tree.size
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                rows = []
+                hashes = []
+                tree = copy.deepcopy(self._tree)  # O(log n) state; committed only on success
+                for entry in entries:
+                    sealed = dek_id = None
+                    if entry.content is not None:
+                        dek_id, dek = self._dek(entry.call_id)
+                        plaintext = json.dumps(entry.content, sort_keys=True).encode()
+                        sealed = envelope.seal(
+                            dek, plaintext, envelope.aad_for(entry.call_id, entry.kind)
+                        )
+                    record = Record(
+                        t=entry.t if entry.t is not None else time.time(),
+                        kind=entry.kind,
+                        call_id=entry.call_id,
+                        meta=entry.meta or {},
+                        sealed=sealed,
+                        dek_id=dek_id,
+                    )
+                    data = encode(record)
+                    h = leaf_hash(data)
+                    tree.append(h)
+                    hashes.append(h)
+                    rows.append((start + len(rows), data, tree.root()))
+                self._db.conn.executemany(
+                    "INSERT INTO records (idx, data, root) VALUES (?, ?, ?)", rows
+                )
+                self._db.execute("COMMIT")
+            except (sqlite3.Error, OSError, envelope.EnvelopeError) as exc:
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                self._deks.clear()  # a DEK row may have been rolled back
+                raise AuditError(f"audit append failed: {exc}") from exc
+            for h in hashes:
+                self._tree.append(h)
+            return [row[0] for row in rows]
+
+    def checkpoint(self) -> Checkpoint:
+        """Sign (origin, size, root), store it and append it to the checkpoint file.
+
+        Raises:
+            AuditError: The checkpoint could not be written.
+        """
+        with self._lock:
+            cp = Checkpoint(self.origin, self._tree.size, self._tree.root())
+            note = sign_note(cp.body(), self._signing_key, self.key_name)
+            try:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)",
+                    [cp.size, note, time.time()],
+                )
+                self.checkpoint_file.parent.mkdir(parents=True, exist_ok=True)
+                with self.checkpoint_file.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps({"size": cp.size, "note": note}) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+            except (sqlite3.Error, OSError) as exc:
+                raise AuditError(f"checkpoint failed: {exc}") from exc
+            return cp
+
+    def shred(self, *, call_id: str | None = None, before: float | None = None) -> int:
+        """Destroy data keys (crypto-shredding); returns how many were destroyed."""
+        with self._lock:
+            where, args = (
+                ("call_id = ?", [call_id])
+                if call_id is not None
+                else ("created < ?", [before if before is not None else time.time()])
+            )
+            cur = self._db.execute(
+                f"UPDATE deks SET wrapped = NULL, shredded = ? WHERE {where} AND shredded IS NULL",
+                [time.time(), *args],
+            )
+            self._deks.clear()
+            return cur.rowcount
+
+    def export_call(self, call_id: str) -> list[dict[str, Any]]:
+        """Decrypt one call's records (for an authorised user; the caller logs the export).
+
+        Raises:
+            AuditError: The call's data key was shredded.
+        """
+        keys: dict[str, bytes | None] = {}
+        for dek_id, wrapped in self._db.execute(
+            "SELECT dek_id, wrapped FROM deks WHERE call_id = ?", [call_id]
+        ):
+            keys[dek_id] = None if wrapped is None else envelope.unwrap(self.kek, wrapped)
+        out = []
+        for idx, data in self._db.execute("SELECT idx, data FROM records ORDER BY idx"):
+            record = decode(data)
+            if record.call_id != call_id:
+                continue
+            item: dict[str, Any] = {
+                "index": idx,
+                "t": record.t,
+                "kind": record.kind,
+                "meta": record.meta,
+            }
+            if record.sealed is not None:
+                dek = keys.get(record.dek_id or "")
+                if dek is None:
+                    raise AuditError(f"call {call_id}: content was shredded")
+                item["content"] = json.loads(
+                    envelope.open_sealed(
+                        dek, record.sealed, envelope.aad_for(record.call_id, record.kind)
+                    )
+                )
+            out.append(item)
+        return out
+
+    def close(self) -> None:
+        """Close the database connection."""
+        with self._lock:
+            self._db.conn.close()

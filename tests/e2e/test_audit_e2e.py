@@ -1,0 +1,121 @@
+"""The audit log written by real end-to-end calls.
+
+Nothing in clear on disk, export with the key, verification without it, and tamper detection
+on the real log.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.server import ApplianceProcess
+from tests.e2e.sipp import Pause, Play, Rfc2833, render_uac_scenario, run_sipp
+from tests.e2e.speech import sentence_pcap
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp is not installed"),
+]
+
+
+def cli(proc: ApplianceProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "appliance.cli", "audit", "--config", str(proc.config), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture(scope="module")
+def audited_call(appliance: ApplianceProcess, tmp_path_factory):  # noqa: ANN001, ANN201
+    work = tmp_path_factory.mktemp("audited")
+    pcap, said, _ = sentence_pcap(5, work / "caller.pcap")
+    steps = [Pause(8500), Play(str(pcap)), Pause(9000), Rfc2833("7"), Pause(800)]
+    result = run_sipp(render_uac_scenario(steps=steps), appliance.uri, timeout_s=60)
+    assert result.returncode == 0, result.messages[-2000:]
+    ended = appliance.wait_event("CallEnded", count=1)
+    call_id = ended[-1]["call_id"]
+    events = [e for e in appliance.events() if e["call_id"] == call_id]
+    heard = [e["user_text"] for e in events if e["kind"] == "TurnEnded"]
+    spoke = [e["text"] for e in events if e["kind"] == "AgentSpoke" and e["text"]]
+    assert heard and spoke
+    return call_id, heard, spoke
+
+
+def audit_files(proc: ApplianceProcess) -> list[Path]:
+    return sorted((proc.workdir / "var" / "audit").glob("audit.sqlite*"))
+
+
+def test_no_caller_or_agent_words_in_clear_on_disk(appliance, audited_call) -> None:  # noqa: ANN001
+    _, heard, spoke = audited_call
+    files = [*audit_files(appliance), appliance.workdir / "calls.sqlite", appliance.log_path]
+    assert any(f.name == "audit.sqlite" for f in files)
+    phrases = [p for p in heard + spoke if len(p.split()) >= 3]
+    for f in files:
+        blob = f.read_bytes().lower()
+        for phrase in phrases:
+            assert phrase.lower().encode() not in blob, f"content in clear in {f.name}"
+
+
+def test_verify_passes_without_the_key_and_export_shows_the_words(
+    appliance,
+    audited_call,  # noqa: ANN001
+) -> None:
+    call_id, heard, spoke = audited_call
+    out = cli(appliance, "verify")
+    assert out.returncode == 0 and out.stdout.startswith("OK"), out.stdout + out.stderr
+    exported = cli(appliance, "export", "--call", call_id)
+    assert exported.returncode == 0, exported.stderr
+    assert heard[-1] in exported.stdout and spoke[-1] in exported.stdout
+    assert '"digit": "7"' in exported.stdout
+    db = audit_files(appliance)[0]
+    kinds = [
+        r[0]
+        for r in sqlite3.connect(db).execute(
+            "SELECT json_extract(substr(data, 2), '$.kind') FROM records"
+        )
+    ]
+    assert "AuditExport" in kinds  # the export itself is on the record
+
+
+def test_tampering_with_the_real_log_is_detected(appliance, audited_call, tmp_path: Path) -> None:  # noqa: ANN001
+    src = audit_files(appliance)[0]
+    conn = sqlite3.connect(src)
+    conn.execute("PRAGMA wal_checkpoint(FULL)")
+    conn.close()
+    copy = tmp_path / "var" / "audit" / "audit.sqlite"
+    copy.parent.mkdir(parents=True)
+    shutil.copy(src, copy)
+    conn = sqlite3.connect(copy)
+    data = bytearray(conn.execute("SELECT data FROM records WHERE idx=3").fetchone()[0])
+    data[-5] ^= 0x04
+    conn.execute("UPDATE records SET data=? WHERE idx=3", (bytes(data),))
+    conn.commit()
+    conn.close()
+    pub = appliance.workdir / "var" / "keys" / "audit-signing.pub"
+    cfg = tmp_path / "appliance.toml"
+    cfg.write_text(f'[audit]\ndb = "{copy}"\n')
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "appliance.cli",
+            "audit",
+            "--config",
+            str(cfg),
+            "verify",
+            "--public-key",
+            str(pub),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1 and "at index 3" in out.stdout, out.stdout + out.stderr
