@@ -118,7 +118,7 @@ def test_full_disk_fails_closed_and_loses_nothing(tmp_path: Path, tiny_fs: Path)
                 f.write(b"\0" * 4096)
         except OSError:
             pass
-    for i in range(200):
+    for _ in range(200):
         observer(TurnEnded("call9", user_text="this must not be acknowledged " * 20))
     assert observer.flush(10)
     assert not observer.healthy and failures, "a full disk did not fail closed"
