@@ -63,6 +63,17 @@ def _audit(args: argparse.Namespace) -> int:
         report = verify_from_settings(settings, args.public_key, args.witness)
         print(report.summary())
         return 0 if report.ok else 1
+    if args.audit_command == "retention":
+        from appliance.audit.service import open_audit, retention_sweep
+
+        log = open_audit(settings)
+        try:
+            days = args.days if args.days is not None else settings.transcript_retention_days
+            print(f"{retention_sweep(log, days)} call key(s) destroyed")
+            log.checkpoint()
+        finally:
+            log.close()
+        return 0
     print(export_call(settings, args.call))
     return 0
 
@@ -107,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exp = asub.add_parser("export", help="decrypt one call (recorded in the log)")
     exp.add_argument("--call", required=True, help="call id")
+    ret = asub.add_parser("retention", help="crypto-shred content past its retention period")
+    ret.add_argument("--days", type=float, default=None, help="override the configured days")
     audit.set_defaults(func=_audit)
     return parser
 

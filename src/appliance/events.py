@@ -118,7 +118,22 @@ class CallEnded(Event):
     duration_s: float
 
 
-CONTENT_FIELDS = {"text", "user_text", "digit"}
+@dataclass(frozen=True)
+class ConsentRecorded(Event):
+    """A TCPA consent (or its revocation) for a phone number (content: number and evidence).
+
+    ``call_id`` is the call it was given in, or ``""``. ``scope`` e.g. ``"appointment-reminders"``;
+    ``method`` e.g. ``"verbal-on-call"``, ``"dtmf"``, ``"written"``; ``revoked`` marks a revocation.
+    """
+
+    phone_number: str
+    scope: str
+    method: str
+    evidence: str = ""
+    revoked: bool = False
+
+
+CONTENT_FIELDS = {"text", "user_text", "digit", "phone_number", "evidence"}
 
 Listener = Callable[[Event], None]
 

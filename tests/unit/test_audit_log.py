@@ -241,3 +241,50 @@ def test_raw_kek_with_whitespace_bytes_loads(tmp_path: Path) -> None:
     assert envelope.load_kek(f).key == raw
     f.write_text(raw.hex() + "\n")
     assert envelope.load_kek(f).key == raw
+
+
+def test_retention_sweep_shreds_only_old_calls(tmp_path: Path, keys) -> None:  # noqa: ANN001
+    import time
+
+    from appliance.audit.service import retention_sweep
+
+    log = write_log(tmp_path, keys, calls=2)
+    conn = log._db  # backdate call0's key by 40 days
+    conn.execute("UPDATE deks SET created = ? WHERE call_id = 'call0'", [time.time() - 40 * 86400])
+    assert retention_sweep(log, 30) == 1
+    with pytest.raises(AuditError, match="shredded"):
+        log.export_call("call0")
+    assert log.export_call("call1")[1]["content"]
+    log.checkpoint()
+    log.close()
+    report = check(tmp_path / "audit.sqlite", keys)
+    assert report.ok and report.shredded_calls == ["call0"], report.summary()
+
+
+def test_consent_records_are_sealed_and_exportable(tmp_path: Path, keys) -> None:  # noqa: ANN001
+    from appliance.audit.observer import AuditObserver
+    from appliance.events import ConsentRecorded
+
+    log = write_log(tmp_path, keys, calls=0)
+    observer = AuditObserver(log)
+    observer(
+        ConsentRecorded(
+            "call7",
+            phone_number="+1 555 867 5309",
+            scope="reminders",
+            method="verbal-on-call",
+            evidence="yes you can text me",
+        )
+    )
+    observer(
+        ConsentRecorded(
+            "call7", phone_number="+1 555 867 5309", scope="reminders", method="dtmf", revoked=True
+        )
+    )
+    assert observer.flush(5) and observer.acknowledged == 2
+    records = log.export_call("call7")
+    assert [r["meta"]["revoked"] for r in records] == [False, True]
+    assert records[0]["meta"]["scope"] == "reminders"
+    assert records[0]["content"]["phone_number"] == "+1 555 867 5309"
+    log.close()
+    assert b"867 5309" not in (tmp_path / "audit.sqlite").read_bytes()

@@ -20,7 +20,8 @@ from pipecat.workers.runner import WorkerRunner
 
 from appliance.agent.templates import Action
 from appliance.audit.observer import AuditObserver
-from appliance.audit.service import open_audit
+from appliance.audit.service import open_audit, retention_sweep
+from appliance.audit.store import AuditError
 from appliance.config.settings import ApplianceSettings
 from appliance.errors import ConfigError
 from appliance.events import (
@@ -105,6 +106,9 @@ class ApplianceServer:
                 log, on_failure=lambda _exc: loop.call_soon_threadsafe(self._fail_closed)
             )
             self.bus.subscribe(self.audit)
+            retention = asyncio.create_task(self._retention_loop())
+            self._bg.add(retention)
+            retention.add_done_callback(self._bg.discard)
         sink = JsonlEventSink(self._test_events) if self._test_events else None
         if sink is not None:
             _LOGGER.warning("test event stream enabled: caller content is written in clear")
@@ -211,6 +215,22 @@ class ApplianceServer:
             for task in list(self._calls.values()):
                 task.cancel()
             await asyncio.gather(*self._calls.values(), return_exceptions=True)
+
+    async def _retention_loop(self) -> None:
+        """Crypto-shred content past its retention period, periodically (a timer)."""
+        assert self.audit is not None
+        while True:
+            try:
+                count = await asyncio.to_thread(
+                    retention_sweep, self.audit.log, self.settings.audit.transcript_retention_days
+                )
+                if count:
+                    _LOGGER.info("retention: %d call key(s) destroyed", count)
+            except AuditError:
+                _LOGGER.exception("retention sweep failed")
+                self._fail_closed()
+                return
+            await asyncio.sleep(self.settings.audit.retention_sweep_s)
 
     def _fail_closed(self) -> None:
         """The audit log cannot be written: take no new calls, end current ones politely."""

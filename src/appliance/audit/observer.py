@@ -36,6 +36,7 @@ AUDITED = {
     "DtmfReceived",
     "TurnLatency",
     "CallEnded",
+    "ConsentRecorded",
 }
 
 
@@ -76,20 +77,22 @@ class AuditObserver:
         self._on_failure = on_failure
         self._checkpoint = checkpoint_on_call_end
         self._queue: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
-        self._idle = threading.Event()
-        self._idle.set()
+        self._pending = 0
+        self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
 
     def __call__(self, event: Event) -> None:
         """Event-bus listener: enqueue (never blocks the caller)."""
         if event.kind in AUDITED:
-            self._idle.clear()
+            with self._cond:
+                self._pending += 1
             self._queue.put(event)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far was written (or failed)."""
-        return self._idle.wait(timeout)
+        with self._cond:
+            return self._cond.wait_for(lambda: self._pending == 0, timeout)
 
     def close(self) -> None:
         """Write what is queued, sign a final checkpoint and stop the writer."""
@@ -117,8 +120,9 @@ class AuditObserver:
                     break
             if batch:
                 self._write(batch)
-            if self._queue.empty():
-                self._idle.set()
+                with self._cond:
+                    self._pending -= len(batch)
+                    self._cond.notify_all()
 
     def _write(self, batch: list[Event]) -> None:
         if not self.healthy:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -91,3 +92,18 @@ def export_call(settings: AuditSettings, call_id: str, user: str | None = None) 
     finally:
         log.close()
     return json.dumps(records, indent=2)
+
+
+def retention_sweep(log: AuditLog, retention_days: float, now: float | None = None) -> int:
+    """Crypto-shred every data key older than the retention period and record the sweep.
+
+    Records are never deleted (the log stays append-only and verifiable); destroying a call's
+    DEK makes its sealed content unrecoverable.
+
+    Returns:
+        How many data keys were destroyed.
+    """
+    cutoff = (now if now is not None else time.time()) - retention_days * 86400
+    count = log.shred(before=cutoff)
+    log.append([Entry(kind="RetentionSweep", meta={"cutoff": cutoff, "shredded_keys": count})])
+    return count

@@ -177,6 +177,10 @@ class AuditSettings(_Section):
         Path("var/audit/checkpoints.log"), description="Signed checkpoints, collected off-box."
     )
     origin: str = Field("clinic-voice-appliance/audit", description="Checkpoint origin line.")
+    transcript_retention_days: float = Field(
+        30.0, gt=0, description="Content (transcripts, digits) is crypto-shredded after this."
+    )
+    retention_sweep_s: float = Field(3600.0, gt=0, description="How often retention runs.")
     create_keys: bool = Field(
         True, description="Create missing keys at start (first boot); false on a provisioned box."
     )
