@@ -13,6 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
+from appliance.audit.envelope import EnvelopeError
 from appliance.audit.store import AuditError
 from appliance.errors import ApplianceError, ConfigError, MediaError, ModelError
 
@@ -74,6 +75,19 @@ def _audit(args: argparse.Namespace) -> int:
         finally:
             log.close()
         return 0
+    if args.audit_command == "rotate-kek":
+        from appliance.audit import envelope
+        from appliance.audit.service import open_audit
+
+        log = open_audit(settings)
+        try:
+            new = envelope.load_kek(args.new_kek, create=args.create)
+            count = log.rotate_kek(new)
+            log.checkpoint()
+        finally:
+            log.close()
+        print(f"{count} data key(s) re-wrapped; now point [audit] kek_file at {args.new_kek}")
+        return 0
     print(export_call(settings, args.call))
     return 0
 
@@ -120,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--call", required=True, help="call id")
     ret = asub.add_parser("retention", help="crypto-shred content past its retention period")
     ret.add_argument("--days", type=float, default=None, help="override the configured days")
+    rot = asub.add_parser("rotate-kek", help="re-wrap every data key under a new KEK")
+    rot.add_argument("--new-kek", type=Path, required=True, help="new KEK file (mode 0600)")
+    rot.add_argument("--create", action="store_true", help="generate the new KEK file")
     audit.set_defaults(func=_audit)
     return parser
 
@@ -138,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     except MediaError as exc:
         print(f"appliance: SIP error: {exc.message}", file=sys.stderr)
         return 4
-    except AuditError as exc:
+    except (AuditError, EnvelopeError) as exc:
         print(f"appliance: audit log error: {exc}", file=sys.stderr)
         return 5
     except ApplianceError as exc:

@@ -288,3 +288,23 @@ def test_consent_records_are_sealed_and_exportable(tmp_path: Path, keys) -> None
     assert records[0]["content"]["phone_number"] == "+1 555 867 5309"
     log.close()
     assert b"867 5309" not in (tmp_path / "audit.sqlite").read_bytes()
+
+
+def test_kek_rotation_rewraps_keys_and_keeps_content(tmp_path: Path, keys) -> None:  # noqa: ANN001
+    log = write_log(tmp_path, keys, calls=2)
+    old = keys[0]
+    new = envelope.load_kek(tmp_path / "kek2", create=True)
+    assert log.rotate_kek(new) == 2
+    assert log.export_call("call1")[1]["content"]["user_text"].endswith(SECRET_WORDS[0])
+    log.append([Entry("TurnEnded", "call2", content={"user_text": "after rotation"})])
+    log.checkpoint()
+    log.close()
+    with pytest.raises(envelope.EnvelopeError):  # the old KEK no longer opens anything
+        AuditLog(
+            tmp_path / "audit.sqlite",
+            old,
+            keys[1],
+            origin="test/audit",
+            checkpoint_file=tmp_path / "checkpoints.log",
+        ).export_call("call1")
+    assert check(tmp_path / "audit.sqlite", keys).ok

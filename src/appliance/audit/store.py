@@ -237,6 +237,47 @@ class AuditLog:
                 raise AuditError(f"checkpoint failed: {exc}") from exc
             return cp
 
+    def rotate_kek(self, new_kek: envelope.Kek) -> int:
+        """Re-wrap every live data key under ``new_kek`` in one transaction (no downtime).
+
+        Records are untouched (they hold DEK-sealed content only). The rotation itself is
+        appended to the log. Returns the number of keys re-wrapped.
+
+        Raises:
+            AuditError: A key did not unwrap with the current KEK, or the write failed.
+        """
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                rows = self._db.execute(
+                    "SELECT dek_id, wrapped FROM deks WHERE wrapped IS NOT NULL"
+                ).fetchall()
+                for dek_id, wrapped in rows:
+                    dek = envelope.unwrap(self.kek, wrapped)
+                    self._db.execute(
+                        "UPDATE deks SET wrapped = ?, kek_id = ? WHERE dek_id = ?",
+                        [envelope.wrap(new_kek, dek), new_kek.kek_id, dek_id],
+                    )
+                self._db.execute("COMMIT")
+            except (sqlite3.Error, envelope.EnvelopeError) as exc:
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise AuditError(f"KEK rotation failed, old KEK still in use: {exc}") from exc
+            old = self.kek.kek_id
+            self.kek = new_kek
+            self._deks.clear()
+        self.append(
+            [
+                Entry(
+                    kind="KeyRotation",
+                    meta={"from_kek": old, "to_kek": new_kek.kek_id, "rewrapped": len(rows)},
+                )
+            ]
+        )
+        return len(rows)
+
     def shred(self, *, call_id: str | None = None, before: float | None = None) -> int:
         """Destroy data keys (crypto-shredding); returns how many were destroyed."""
         with self._lock:
