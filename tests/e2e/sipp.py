@@ -324,6 +324,9 @@ def _render_step(step: Step, d: _Dialog, pts: list[int]) -> str:
         path = Path(step.pcap_path).resolve()
         streams = read_rtp_streams(path)
         played = {p.payload_type for s in streams for _, p in s.audio_packets}
+        events = {p.payload_type for s in streams for _, p in s.packets}
+        if not played and events == {TELEPHONE_EVENT_PT}:
+            return _play(path)  # an RFC 4733 events-only pcap (dtmf_rtp_pcap)
         if not played or not played <= set(pts):
             raise ValueError(f"{path}: payload types {sorted(played)} not in offer {pts}")
         return _play(path)

@@ -119,3 +119,47 @@ def test_tampering_with_the_real_log_is_detected(appliance, audited_call, tmp_pa
         timeout=60,
     )
     assert out.returncode == 1 and "at index 3" in out.stdout, out.stdout + out.stderr
+
+
+def test_pci_spoken_and_keyed_card_numbers_never_on_disk_in_clear(
+    appliance: ApplianceProcess,
+    tmp_path: Path,  # noqa: ANN001
+) -> None:
+    import numpy as np
+
+    from appliance.audio.pcap import dtmf_rtp_pcap, pcm_to_rtp_pcap
+    from tests.conftest import read_pcm, speech_dir
+
+    card = "4111111111111111"  # a Luhn-valid test PAN
+    gap = np.zeros(800, np.int16)
+    clips = []
+    for d in card:
+        clips += [read_pcm(speech_dir() / "fsdd" / f"{d}_george_0.wav", 8000), gap]
+    pcap = tmp_path / "card.pcap"
+    pcm_to_rtp_pcap(np.concatenate(clips).tobytes(), 8000, pcap, codec="PCMU")
+    before = len(appliance.events())
+    steps = [Pause(8500), Play(str(pcap)), Pause(7000)]
+    # Keyed: RFC 4733 events with distinct timestamps (sipp's own digit pcaps reuse one
+    # timestamp per digit, so a repeated digit would look like a retransmission).
+    keyed_pcap = tmp_path / "card-dtmf.pcap"
+    dtmf_rtp_pcap(card, keyed_pcap)
+    steps += [Play(str(keyed_pcap)), Pause(800)]
+    result = run_sipp(render_uac_scenario(steps=steps), appliance.uri, timeout_s=90)
+    assert result.returncode == 0, result.messages[-2000:]
+    appliance.wait_event(
+        "CallEnded", count=1 + sum(e["kind"] == "CallEnded" for e in appliance.events()[:before])
+    )
+    events = appliance.events()[before:]
+    keyed = "".join(e["digit"] for e in events if e["kind"] == "DtmfReceived")
+    assert keyed == card
+    spoken = [e["user_text"] for e in events if e["kind"] == "TurnEnded"]
+    assert spoken, "the spoken card number was not transcribed at all"
+    needles = [card.encode(), " ".join(card).encode()]
+    needles += [s.encode() for s in spoken if sum(c.isdigit() for c in s) >= 4]
+    files = [*audit_files(appliance), appliance.workdir / "calls.sqlite", appliance.log_path]
+    files += list((appliance.workdir / "var").rglob("*"))
+    for f in files:
+        if f.is_file():
+            blob = f.read_bytes()
+            for needle in needles:
+                assert needle not in blob, f"card data in clear in {f}"

@@ -334,3 +334,16 @@ def test_voiced_intervals_merge_short_gaps() -> None:
         pytest.approx((0.0, 0.38)),
         pytest.approx((0.80, 0.84)),
     ]
+
+
+def test_dtmf_rtp_pcap_round_trip(tmp_path) -> None:  # noqa: ANN001
+    from appliance.audio.pcap import dtmf_rtp_pcap, read_rtp_streams, telephone_events
+
+    path = tmp_path / "dtmf.pcap"
+    seconds = dtmf_rtp_pcap("4111#", path)
+    assert seconds == pytest.approx(5 * (0.1 + 0.2), abs=0.01)
+    streams = read_rtp_streams(path)
+    assert len(streams) == 1
+    assert "".join(d for _, d in telephone_events(streams[0])) == "4111#"
+    stamps = {p.timestamp for _, p in streams[0].packets}
+    assert len(stamps) == 5  # one distinct RTP timestamp per event

@@ -34,6 +34,7 @@ from appliance.audio.rtp import (
     PT_PCMU,
     RtpPacket,
     TelephoneEvent,
+    dtmf_event_code,
     g711_decode,
     g711_encode,
     g711_payload_type,
@@ -162,6 +163,67 @@ def pcm_to_rtp_pcap(
             frame = udp_frame(src_ip, src[1], dst_ip, dst[1], rtp, ip_id=i & 0xFFFF)
             writer.writepkt(frame, ts=start_time + i * ptime_ms / 1000)
     return n_packets * ptime_ms / 1000
+
+
+def dtmf_rtp_pcap(
+    digits: str,
+    pcap_path: str | Path,
+    *,
+    payload_type: int = 101,
+    tone_ms: int = 100,
+    gap_ms: int = 200,
+    ssrc: int = 0x5EED0101,
+    src: Address = ("127.0.0.1", 16000),
+    dst: Address = ("127.0.0.1", 6000),
+    first_timestamp: int = 1000,
+) -> float:
+    """Write DTMF digits as RFC 4733 telephone-event packets in a pcap (for sipp to play).
+
+    Each digit is one event: a packet every 20 ms carrying the growing duration (marker bit on
+    the first), then the end packet sent three times (RFC 4733 §2.5.1.4), all with the event's
+    own RTP timestamp; events are ``gap_ms`` apart. Unlike sipp's bundled ``dtmf_2833_*.pcap``,
+    every event has a distinct timestamp, so repeated digits are not taken for retransmissions.
+
+    Returns:
+        The duration in seconds.
+
+    Raises:
+        ValueError: A character is not a DTMF symbol.
+    """
+    step = 160  # 20 ms at the 8 kHz telephone-event clock
+    src_ip, dst_ip = socket.inet_aton(src[0]), socket.inet_aton(dst[0])
+    seq = 0
+    t = 0.0
+    ts = first_timestamp
+    with open(pcap_path, "wb") as fh:
+        writer = dpkt.pcap.Writer(fh, snaplen=65535, linktype=dpkt.pcap.DLT_EN10MB)
+
+        def emit(event: TelephoneEvent, marker: bool) -> None:
+            nonlocal seq
+            rtp = RtpPacket(
+                payload_type=payload_type,
+                sequence=seq & 0xFFFF,
+                timestamp=ts & 0xFFFFFFFF,
+                ssrc=ssrc,
+                marker=marker,
+                payload=event.to_bytes(),
+            ).to_bytes()
+            writer.writepkt(
+                udp_frame(src_ip, src[1], dst_ip, dst[1], rtp, ip_id=seq & 0xFFFF), ts=t
+            )
+            seq += 1
+
+        for digit in digits:
+            code = dtmf_event_code(digit)
+            n = max(1, tone_ms // 20)
+            for i in range(1, n + 1):
+                emit(TelephoneEvent(code, False, 10, i * step), i == 1)
+                t += 0.02
+            for _ in range(3):
+                emit(TelephoneEvent(code, True, 10, n * step), False)
+            t += gap_ms / 1000
+            ts += (n + gap_ms // 20) * step
+    return t
 
 
 def wav_to_rtp_pcap(
