@@ -133,6 +133,14 @@ class ConsentRecorded(Event):
     revoked: bool = False
 
 
+@dataclass(frozen=True)
+class ConfigChanged(Event):
+    """The configuration was reloaded (``accepted``) or a reload was refused; no content."""
+
+    accepted: bool
+    detail: str
+
+
 CONTENT_FIELDS = {"text", "user_text", "digit", "phone_number", "evidence"}
 
 Listener = Callable[[Event], None]

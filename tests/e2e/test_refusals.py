@@ -125,6 +125,8 @@ def test_corrupt_config_reload_keeps_serving(single: ApplianceProcess) -> None:
         assert str(single.config) in single.log()
         result = run_sipp(render_uac_scenario(steps=[Pause(500)]), single.uri, timeout_s=20)
         assert result.returncode == 0 and 200 in result.received_status_codes()
+        refused = single.wait_event("ConfigChanged")
+        assert refused and refused[-1]["accepted"] is False
     finally:
         single.config.write_text(single.config_text)
 

@@ -29,6 +29,7 @@ from appliance.events import (
     CallEnded,
     CallOffered,
     CallRejected,
+    ConfigChanged,
     EventBus,
     JsonlEventSink,
 )
@@ -151,12 +152,14 @@ class ApplianceServer:
             new = self._reload()
         except ConfigError as exc:
             _LOGGER.error("configuration reload refused, still serving: %s", exc.message)
+            self.bus.emit(ConfigChanged("", accepted=False, detail=exc.code))
             return False
         if new.sip != self.settings.sip or new.models != self.settings.models:
             _LOGGER.warning("configuration reloaded; [sip] and [models] changes need a restart")
             new = new.model_copy(update={"sip": self.settings.sip, "models": self.settings.models})
         self.settings = new
         _LOGGER.info("configuration reloaded")
+        self.bus.emit(ConfigChanged("", accepted=True, detail="reloaded"))
         return True
 
     def request_stop(self) -> None:

@@ -29,6 +29,11 @@ def open_audit(settings: AuditSettings) -> AuditLog:
     Raises:
         AuditError: A key or the database is unusable; the message names the file.
     """
+    created = [
+        name
+        for name, path in (("signing", settings.signing_key_file), ("kek", settings.kek_file))
+        if not path.exists()
+    ]
     try:
         if not settings.create_keys and not settings.signing_key_file.exists():
             raise AuditError(f"signing key missing: {settings.signing_key_file}")
@@ -39,7 +44,7 @@ def open_audit(settings: AuditSettings) -> AuditLog:
     pub = public_key_path(settings)
     if not pub.exists():
         pub.write_text(public_key_bytes(signing).hex() + "\n")
-    return AuditLog(
+    log = AuditLog(
         settings.db,
         kek,
         signing,
@@ -47,6 +52,10 @@ def open_audit(settings: AuditSettings) -> AuditLog:
         checkpoint_file=settings.checkpoint_file,
         key_name=KEY_NAME,
     )
+    if created:  # key operations are audited too
+        meta = {"keys": created, "kek_id": kek.kek_id, "kek_source": kek.source}
+        log.append([Entry(kind="KeyCreated", meta=meta)])
+    return log
 
 
 def verify_from_settings(
