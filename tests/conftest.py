@@ -56,3 +56,22 @@ def models(store: Path):  # noqa: ANN201 - returns appliance.models.engines.Mode
     from appliance.models.engines import load_models
 
     return load_models(ModelSettings(store=store))
+
+
+@pytest.fixture()
+def tiny_fs(tmp_path: Path):  # noqa: ANN201
+    """A 2 MiB tmpfs mounted for one test (to fill the disk), or skip without root."""
+    import shutil
+    import subprocess
+
+    mnt = tmp_path / "tiny-fs"
+    mnt.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    out = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)

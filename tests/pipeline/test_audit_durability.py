@@ -5,16 +5,12 @@ Every record acknowledged (``append`` returned its index) must survive and the l
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
-
-import pytest
 
 from appliance.audit import envelope
 from appliance.audit.checkpoint import load_or_create_signing_key
@@ -75,21 +71,6 @@ def test_kill_9_during_appends_loses_nothing_acknowledged(tmp_path: Path) -> Non
         checkpoint_file=tmp_path / "cp.log",
     )
     assert log.append([Entry("Recovered")]) == [report.size]
-
-
-@pytest.fixture()
-def tiny_fs(tmp_path: Path):  # noqa: ANN201
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    out = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True
-    )
-    if out.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_full_disk_fails_closed_and_loses_nothing(tmp_path: Path, tiny_fs: Path) -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
-from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
@@ -23,14 +21,10 @@ from pipecat.pipeline.pipeline import Pipeline
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import (
     LLMContextAggregatorPair,
-    LLMUserAggregatorParams,
 )
 from pipecat.tests.utils import SleepFrame, run_test
-from pipecat.turns.user_mute import MuteUntilFirstBotCompleteUserMuteStrategy
-from pipecat.turns.user_stop import TurnAnalyzerUserTurnStopStrategy
-from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
-from appliance.pipeline.builder import VAD_STOP_SECS, StoreSileroVADAnalyzer
+from appliance.pipeline.builder import user_turn_params
 from appliance.pipeline.services import LocalWhisperSTTService
 from tests.conftest import read_pcm, speech_dir
 
@@ -55,24 +49,10 @@ def speech_frames(pcm: np.ndarray, lead_s: float = 0.4, tail_s: float = 2.5) -> 
 
 
 def build(models, *, mute: bool) -> Pipeline:  # noqa: ANN001
+    """STT and the production user aggregator (builder.user_turn_params)."""
     context = LLMContext(messages=[{"role": "system", "content": "test"}])
     pair = LLMContextAggregatorPair(
-        context,
-        user_params=LLMUserAggregatorParams(
-            vad_analyzer=StoreSileroVADAnalyzer(
-                models.vad_path, VADParams(stop_secs=VAD_STOP_SECS)
-            ),
-            user_turn_strategies=UserTurnStrategies(
-                stop=[
-                    TurnAnalyzerUserTurnStopStrategy(
-                        turn_analyzer=LocalSmartTurnAnalyzerV3(
-                            smart_turn_model_path=str(models.turn_path)
-                        )
-                    )
-                ]
-            ),
-            user_mute_strategies=[MuteUntilFirstBotCompleteUserMuteStrategy()] if mute else [],
-        ),
+        context, user_params=user_turn_params(models, mute_until_first_bot=mute)
     )
     return Pipeline([LocalWhisperSTTService(models.stt), pair.user()])
 

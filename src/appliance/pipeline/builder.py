@@ -67,6 +67,30 @@ class StoreSileroVADAnalyzer(SileroVADAnalyzer):
         self._model = SileroOnnxModel(str(model_path), force_onnx_cpu=True)
 
 
+def user_turn_params(
+    models: ModelSet, *, mute_until_first_bot: bool = True
+) -> LLMUserAggregatorParams:
+    """Turn-taking for a call: Silero VAD and smart-turn v3 endpointing.
+
+    By default the caller is muted until the first agent utterance (the disclosure) has played.
+    """
+    return LLMUserAggregatorParams(
+        vad_analyzer=StoreSileroVADAnalyzer(models.vad_path, VADParams(stop_secs=VAD_STOP_SECS)),
+        user_turn_strategies=UserTurnStrategies(
+            stop=[
+                TurnAnalyzerUserTurnStopStrategy(
+                    turn_analyzer=LocalSmartTurnAnalyzerV3(
+                        smart_turn_model_path=str(models.turn_path)
+                    )
+                )
+            ]
+        ),
+        user_mute_strategies=(
+            [MuteUntilFirstBotCompleteUserMuteStrategy()] if mute_until_first_bot else []
+        ),
+    )
+
+
 def system_prompt(settings: ApplianceSettings) -> str:
     """The LLM system prompt, filled with the clinic's facts."""
     clinic = settings.clinic
@@ -125,21 +149,7 @@ def build_call_pipeline(
     context = LLMContext(messages=initial_messages(settings))  # type: ignore[arg-type]
     aggregators = LLMContextAggregatorPair(
         context,
-        user_params=LLMUserAggregatorParams(
-            vad_analyzer=StoreSileroVADAnalyzer(
-                models.vad_path, VADParams(stop_secs=VAD_STOP_SECS)
-            ),
-            user_turn_strategies=UserTurnStrategies(
-                stop=[
-                    TurnAnalyzerUserTurnStopStrategy(
-                        turn_analyzer=LocalSmartTurnAnalyzerV3(
-                            smart_turn_model_path=str(models.turn_path)
-                        )
-                    )
-                ]
-            ),
-            user_mute_strategies=[MuteUntilFirstBotCompleteUserMuteStrategy()],
-        ),
+        user_params=user_turn_params(models),
     )
     receptionist = Receptionist(
         call_id,
