@@ -59,7 +59,7 @@ class ApplianceProcess:
         """``HOST:PORT`` target for sipp."""
         return f"127.0.0.1:{self.sip_port}"
 
-    def start(self, timeout_s: float = 120) -> None:
+    def start(self, timeout_s: float = 120, extra_env: dict[str, str] | None = None) -> None:
         """Start and wait for the ``ready`` log line."""
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
@@ -75,7 +75,7 @@ class ApplianceProcess:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})},
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

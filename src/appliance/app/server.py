@@ -19,6 +19,7 @@ from pipecat.frames.frames import TTSSpeakFrame
 from pipecat.workers.runner import WorkerRunner
 
 from appliance.agent.templates import Action
+from appliance.app.sdnotify import SystemdNotifier
 from appliance.audit.observer import AuditObserver
 from appliance.audit.service import open_audit, retention_sweep
 from appliance.audit.store import AuditError
@@ -83,6 +84,7 @@ class ApplianceServer:
         self._calls: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
         self._bg: set[asyncio.Task[None]] = set()
+        self._notifier = SystemdNotifier()
         self.store: CallMetadataStore | None = None
         self.phrases: PhraseCache | None = None
         self.audit: AuditObserver | None = None
@@ -121,6 +123,11 @@ class ApplianceServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload_settings)
+        self._notifier.notify("READY=1", "STATUS=accepting calls")
+        if self._notifier.watchdog_interval_s is not None:
+            watchdog = asyncio.create_task(self._watchdog(self._notifier.watchdog_interval_s))
+            self._bg.add(watchdog)
+            watchdog.add_done_callback(self._bg.discard)
         _LOGGER.info(
             "ready: accepting SIP calls on %s (max %d concurrent)",
             self.settings.sip.bind,
@@ -208,6 +215,7 @@ class ApplianceServer:
     async def _drain(self) -> None:
         assert self._ua is not None
         self._ua.draining = True
+        self._notifier.notify("STOPPING=1", "STATUS=draining")
         active = len(self._calls)
         _LOGGER.info("draining: refusing new calls, waiting for %d active call(s)", active)
         deadline = time.monotonic() + self.settings.sip.drain_timeout_s
@@ -218,6 +226,19 @@ class ApplianceServer:
             for task in list(self._calls.values()):
                 task.cancel()
             await asyncio.gather(*self._calls.values(), return_exceptions=True)
+
+    def media_healthy(self, max_stall_s: float = 2.0) -> bool:
+        """Whether the pjsua2 event loop turned within ``max_stall_s`` seconds."""
+        return self._ua is not None and time.monotonic() - self._ua.health_tick < max_stall_s
+
+    async def _watchdog(self, interval_s: float) -> None:
+        """Pet the systemd watchdog only while the media loop is healthy."""
+        while True:
+            if self.media_healthy():
+                self._notifier.notify("WATCHDOG=1")
+            else:
+                _LOGGER.error("media loop stalled: withholding the watchdog ping")
+            await asyncio.sleep(interval_s)
 
     async def _retention_loop(self) -> None:
         """Crypto-shred content past its retention period, periodically (a timer)."""

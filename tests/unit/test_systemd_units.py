@@ -1,0 +1,90 @@
+"""systemd units: `systemd-analyze verify` is clean and the security exposure meets its target.
+
+Targets (issue 4): the agent at most 2.5 ("OK"), timer-driven services at most 2.0.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+UNITS = Path(__file__).resolve().parents[2] / "systemd"
+SYSTEM_UNITS = Path("/lib/systemd/system")
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed"
+)
+
+
+def install_root(tmp_path: Path) -> Path:
+    """A root tree laid out as on the box: the units, the system units, the agent binary."""
+    root = tmp_path / "root"
+    (root / "etc/systemd/system").mkdir(parents=True)
+    (root / "usr/lib/systemd").mkdir(parents=True)
+    shutil.copytree(SYSTEM_UNITS, root / "usr/lib/systemd/system", symlinks=True)
+    binary = root / "opt/appliance/current/.venv/bin/appliance"
+    binary.parent.mkdir(parents=True)
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    (root / "bin").mkdir()
+    shutil.copy("/bin/kill", root / "bin/kill")
+    for unit in UNITS.glob("*.service"):
+        shutil.copy(unit, root / "etc/systemd/system" / unit.name)
+    for unit in UNITS.glob("*.timer"):
+        shutil.copy(unit, root / "etc/systemd/system" / unit.name)
+    return root
+
+
+def test_units_verify_clean(tmp_path: Path) -> None:
+    if not SYSTEM_UNITS.is_dir():
+        pytest.skip("no system unit directory to verify against")
+    root = install_root(tmp_path)
+    units = sorted(str(p) for p in (root / "etc/systemd/system").iterdir())
+    assert len(units) == 3
+    out = subprocess.run(
+        ["systemd-analyze", "verify", f"--root={root}", *units],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0 and not out.stderr.strip(), out.stderr
+
+
+@pytest.mark.parametrize(
+    ("unit", "limit"),
+    [("appliance-agent.service", 2.5), ("appliance-audit-verify.service", 2.0)],
+)
+def test_security_exposure(unit: str, limit: float) -> None:
+    out = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", str(UNITS / unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out.stdout + out.stderr)
+    assert match, out.stdout[-1000:] + out.stderr[-1000:]
+    assert float(match.group(1)) <= limit, f"{unit} exposure {match.group(1)} > {limit}"
+
+
+def test_agent_unit_contract() -> None:
+    text = (UNITS / "appliance-agent.service").read_text()
+    for line in (
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "StartLimitBurst=",
+        "LoadCredentialEncrypted=audit-kek:",
+        "ProtectSystem=strict",
+        "PrivateTmp=yes",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=\n",
+        "User=appliance",
+    ):
+        assert line in text, line
+    preset = (UNITS / "90-appliance.preset").read_text()
+    assert "enable appliance-agent.service" in preset
+    assert "enable appliance-audit-verify.timer" in preset
