@@ -52,7 +52,8 @@ def test_full_disk_refuses_new_calls_and_ends_current_with_notice(
         assert done.returncode == 0, "the current call was not ended by the agent"
         (tiny_fs / "filler").unlink()  # space returns
     finally:
-        proc.stop()
+        code = proc.stop()
+    assert code == 0, f"agent exited {code} after failing closed:\n{proc.log()[-1500:]}"
     from appliance.audit.service import verify_from_settings
     from appliance.config import load_settings
 

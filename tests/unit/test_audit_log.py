@@ -308,3 +308,23 @@ def test_kek_rotation_rewraps_keys_and_keeps_content(tmp_path: Path, keys) -> No
             checkpoint_file=tmp_path / "checkpoints.log",
         ).export_call("call1")
     assert check(tmp_path / "audit.sqlite", keys).ok
+
+
+def test_a_second_process_appending_does_not_break_the_agents_log(
+    tmp_path: Path,
+    keys,  # noqa: ANN001
+) -> None:
+    agent = write_log(tmp_path, keys, calls=1)
+    other = AuditLog(
+        tmp_path / "audit.sqlite",
+        keys[0],
+        keys[1],
+        origin="test/audit",
+        checkpoint_file=tmp_path / "checkpoints.log",
+    )  # e.g. `audit export`
+    assert other.append([Entry("AuditExport", meta={"call_id": "call0"})]) == [5]
+    other.close()
+    assert agent.append([Entry("CallAnswered", "call1")]) == [6]
+    agent.checkpoint()
+    agent.close()
+    assert check(tmp_path / "audit.sqlite", keys).ok

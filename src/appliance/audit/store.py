@@ -172,9 +172,10 @@ class AuditLog:
                 batch is acknowledged, and everything acknowledged before stays intact.
         """
         with self._lock:
-            start = self._tree.size
             try:
                 self._db.execute("BEGIN IMMEDIATE")
+                self._sync_locked()
+                start = self._tree.size
                 rows = []
                 hashes = []
                 tree = copy.deepcopy(self._tree)  # O(log n) state; committed only on success
@@ -214,6 +215,20 @@ class AuditLog:
                 self._tree.append(h)
             return [row[0] for row in rows]
 
+    def _sync_locked(self) -> None:
+        """Catch up with records appended by another process (e.g. ``audit export``).
+
+        Called inside ``BEGIN IMMEDIATE``, so SQLite's write lock keeps writers serialised;
+        the in-memory compact range then extends over the rows this process did not write.
+        """
+        rows = self._db.execute(
+            "SELECT idx, data FROM records WHERE idx >= ? ORDER BY idx", [self._tree.size]
+        ).fetchall()
+        for idx, data in rows:
+            if idx != self._tree.size:
+                raise sqlite3.IntegrityError(f"audit record {self._tree.size} is missing")
+            self._tree.append(leaf_hash(data))
+
     def checkpoint(self) -> Checkpoint:
         """Sign (origin, size, root), store it and append it to the checkpoint file.
 
@@ -221,13 +236,20 @@ class AuditLog:
             AuditError: The checkpoint could not be written.
         """
         with self._lock:
-            cp = Checkpoint(self.origin, self._tree.size, self._tree.root())
-            note = sign_note(cp.body(), self._signing_key, self.key_name)
             try:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)",
-                    [cp.size, note, time.time()],
-                )
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._sync_locked()
+                    cp = Checkpoint(self.origin, self._tree.size, self._tree.root())
+                    note = sign_note(cp.body(), self._signing_key, self.key_name)
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)",
+                        [cp.size, note, time.time()],
+                    )
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
                 self.checkpoint_file.parent.mkdir(parents=True, exist_ok=True)
                 with self.checkpoint_file.open("a", encoding="utf-8") as f:
                     f.write(json.dumps({"size": cp.size, "note": note}) + "\n")
