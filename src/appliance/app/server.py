@@ -114,7 +114,7 @@ class ApplianceServer:
             retention.add_done_callback(self._bg.discard)
         sink = JsonlEventSink(self._test_events) if self._test_events else None
         if sink is not None:
-            _LOGGER.warning("test event stream enabled: caller content is written in clear")
+            _LOGGER.warning("TEST EVENT STREAM ENABLED: never use --test-events in production")
             self.bus.subscribe(sink)
         self._ua = SipUserAgent(
             self.settings.sip, loop, self._on_call, on_rejected=self._on_rejected
