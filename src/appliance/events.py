@@ -141,7 +141,149 @@ class ConfigChanged(Event):
     detail: str
 
 
-CONTENT_FIELDS = {"text", "user_text", "digit", "phone_number", "evidence"}
+@dataclass(frozen=True)
+class IntentRecognized(Event):
+    """A caller turn was classified: ``intent`` from the workflows' enum, ``confidence`` 0..1.
+
+    ``method`` is ``"embedding"``, ``"rule"`` or ``"llm"``; ``workflow`` and ``node`` say where
+    the dialogue is. No content: intents and node names are fixed identifiers.
+    """
+
+    intent: str
+    confidence: float
+    method: str
+    workflow: str = ""
+    node: str = ""
+
+
+@dataclass(frozen=True)
+class SlotFilled(Event):
+    """A workflow slot was filled (``value`` is content: a name, date of birth, date...).
+
+    ``confidence`` 0..1; ``source`` is ``"speech"`` or ``"dtmf"``; ``confirmed`` is set once the
+    caller confirmed it.
+    """
+
+    workflow: str
+    slot: str
+    value: str
+    confidence: float
+    source: str = "speech"
+    confirmed: bool = False
+
+
+@dataclass(frozen=True)
+class ToolCalled(Event):
+    """A workflow tool ran (``arguments`` and ``result`` are content, JSON text).
+
+    ``tool`` e.g. ``"calendar.reschedule"``; ``ok`` its success; ``idempotency_key`` makes a
+    retried call a no-op (a hash of the call id, tool and arguments, no PHI).
+    """
+
+    tool: str
+    ok: bool
+    idempotency_key: str
+    arguments: str = ""
+    result: str = ""
+
+
+@dataclass(frozen=True)
+class IdentityVerified(Event):
+    """The caller's identity check ran against the record (``ok``); no content."""
+
+    workflow: str
+    ok: bool
+    attempts: int = 1
+
+
+@dataclass(frozen=True)
+class Escalated(Event):
+    """The dialogue decided to hand the caller to a person; ``reason`` is a fixed trigger name.
+
+    Triggers: ``explicit_request``, ``misunderstood_twice``, ``out_of_scope``, ``high_risk``,
+    ``low_confidence``, ``frustration``, ``stage_failure``, ``tier_disabled``, ``emergency``.
+    """
+
+    reason: str
+    workflow: str = ""
+    node: str = ""
+
+
+@dataclass(frozen=True)
+class TransferAttempted(Event):
+    """A SIP REFER was sent (``mode`` ``"blind"`` or ``"attended"``) to ``target`` (a queue or
+    extension URI from the config, not a caller number) with the non-PHI ``handoff_id``."""
+
+    mode: str
+    target: str
+    handoff_id: str
+
+
+@dataclass(frozen=True)
+class TransferResult(Event):
+    """How a transfer ended: ``ok`` or not, the final SIP ``status`` (NOTIFY sipfrag or REFER
+    response, 0 for a timeout), and whether the CTI webhook was delivered."""
+
+    handoff_id: str
+    ok: bool
+    status: int
+    webhook_delivered: bool = False
+
+
+@dataclass(frozen=True)
+class MessageTaken(Event):
+    """The caller left a message for staff (``text`` is content: the message transcript)."""
+
+    reason: str
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class PciPause(Event):
+    """The PCI DTMF pause started (``active``) or ended; when it ends, ``digits`` is how many
+    digits went to the payment handler and ``outcome`` its fixed result name. Never digits."""
+
+    active: bool
+    digits: int = 0
+    outcome: str = ""
+
+
+@dataclass(frozen=True)
+class WorkflowOutcome(Event):
+    """A workflow reached a terminal outcome: ``resolved``, ``transferred`` or ``message_taken``
+    (or ``abandoned`` when the caller hung up first); ``intent`` is the call's main intent."""
+
+    workflow: str
+    outcome: str
+    intent: str = ""
+
+
+@dataclass(frozen=True)
+class CallScored(Event):
+    """Post-call score (no content except ``summary``, which is content)."""
+
+    outcome: str
+    contained: bool
+    transfer_appropriate: bool | None
+    disclosure_ok: bool
+    identity_before_phi_ok: bool
+    no_card_number_ok: bool
+    sentiment: float
+    judge: str
+    summary: str = ""
+
+
+CONTENT_FIELDS = {
+    "text",
+    "user_text",
+    "digit",
+    "phone_number",
+    "evidence",
+    "value",
+    "arguments",
+    "result",
+    "summary",
+}
 
 Listener = Callable[[Event], None]
 

@@ -38,6 +38,17 @@ AUDITED = {
     "CallEnded",
     "ConsentRecorded",
     "ConfigChanged",
+    "IntentRecognized",
+    "SlotFilled",
+    "ToolCalled",
+    "IdentityVerified",
+    "Escalated",
+    "TransferAttempted",
+    "TransferResult",
+    "MessageTaken",
+    "PciPause",
+    "WorkflowOutcome",
+    "CallScored",
 }
 
 
