@@ -1,0 +1,499 @@
+"""Built-in scheduling calendar: identity check, slots, idempotent booking, FHIR shapes."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from datetime import UTC, date, datetime, time, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from appliance.agent.calendar import (
+    Appointment,
+    NotFound,
+    SchedulingAdapter,
+    SchedulingError,
+    SlotUnavailable,
+    SqliteCalendar,
+    idempotency_key,
+    to_fhir_appointment,
+    to_fhir_slot,
+)
+from appliance.errors import ApplianceError
+
+TODAY = date(2025, 3, 3)  # a Monday
+TUESDAY = date(2025, 3, 4)  # first Tuesday after TODAY
+THURSDAY = date(2025, 3, 6)  # first Thursday after TODAY
+NOW = datetime.combine(TODAY, time(12, 0))
+MARIA_DOB = date(1982, 3, 4)
+JAMES_DOB = date(1975, 11, 20)
+AISHA_DOB = date(1990, 7, 15)
+
+# HL7 FHIR R4 value sets and the ``instant`` datatype's regex.
+APPOINTMENT_STATUS = {
+    "proposed",
+    "pending",
+    "booked",
+    "arrived",
+    "fulfilled",
+    "cancelled",
+    "noshow",
+    "entered-in-error",
+    "checked-in",
+    "waitlist",
+}
+SLOT_STATUS = {"busy", "free", "busy-unavailable", "busy-tentative", "entered-in-error"}
+FHIR_INSTANT = re.compile(
+    r"([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)-(0[1-9]|1[0-2])-(0[1-9]|[1-2][0-9]"
+    r"|3[0-1])T([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]{1,9})?"
+    r"(Z|(\+|-)((0[0-9]|1[0-3]):[0-5][0-9]|14:00))"
+)
+
+
+@pytest.fixture
+def cal(tmp_path: Path):
+    calendar = SqliteCalendar.seed_demo(tmp_path / "calendar.sqlite", TODAY)
+    yield calendar
+    calendar.close()
+
+
+def _maria(cal: SqliteCalendar):
+    patient = cal.find_patient("Maria", "Lopez", MARIA_DOB)
+    assert patient is not None
+    return patient
+
+
+def _counts(path: Path) -> dict[str, int]:
+    conn = sqlite3.connect(str(path))
+    try:
+        return {
+            table: conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+            for table in ("providers", "slots", "patients", "appointments", "idempotency")
+        }
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- schema and seed
+
+
+def test_implements_the_adapter_protocol(cal: SqliteCalendar) -> None:
+    assert isinstance(cal, SchedulingAdapter)
+
+
+def test_errors_are_appliance_errors() -> None:
+    assert issubclass(SlotUnavailable, SchedulingError)
+    assert issubclass(NotFound, SchedulingError)
+    assert issubclass(SchedulingError, ApplianceError)
+    assert SlotUnavailable("slot x is taken").code == "slot_unavailable"
+    assert NotFound("no slot x").code == "not_found"
+    assert SchedulingError.stage == "scheduling"
+
+
+def test_database_is_wal_with_named_migrations(cal: SqliteCalendar) -> None:
+    conn = sqlite3.connect(str(cal.path))
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        names = [r[0] for r in conn.execute("SELECT name FROM _migrations")]
+    finally:
+        conn.close()
+    assert names == ["001_calendar"]
+
+
+def test_seed_demo_contents(cal: SqliteCalendar) -> None:
+    assert cal.provider("prov-patel").name == "Dr. Patel"
+    assert cal.provider("prov-nguyen").name == "Dr. Nguyen"
+    counts = _counts(cal.path)
+    # 14 days after a Monday: 10 weekdays; 09:00-16:30 in 30 minutes is 15 slots; 2 providers.
+    assert counts["slots"] == 10 * 15 * 2
+    assert counts["patients"] == 3
+    assert counts["appointments"] == 2
+    all_slots = cal.free_slots(datetime(2000, 1, 1), limit=1000)
+    assert len(all_slots) == 10 * 15 * 2 - 2
+    assert all(s.start.weekday() < 5 for s in all_slots)
+    assert all(TODAY < s.start.date() <= TODAY + timedelta(days=14) for s in all_slots)
+    assert min(s.start.time() for s in all_slots) == time(9, 0)
+    assert max(s.end.time() for s in all_slots) == time(16, 30)
+    assert all(s.end - s.start == timedelta(minutes=30) for s in all_slots)
+
+
+def test_seed_demo_appointments(cal: SqliteCalendar) -> None:
+    maria = _maria(cal)
+    [appt] = cal.upcoming(maria.id, NOW)
+    assert appt.provider_id == "prov-patel"
+    assert appt.start == datetime.combine(TUESDAY, time(10, 30))
+    assert appt.end == datetime.combine(TUESDAY, time(11, 0))
+    assert appt.status == "booked"
+    assert not cal.slot(appt.slot_id).free
+    james = cal.find_patient("James", "Carter", JAMES_DOB)
+    assert james is not None
+    [appt] = cal.upcoming(james.id, NOW)
+    assert appt.start == datetime.combine(THURSDAY, time(14, 0))
+    aisha = cal.find_patient("Aisha", "Khan", AISHA_DOB)
+    assert aisha is not None
+    assert cal.upcoming(aisha.id, NOW) == []
+
+
+def test_seed_demo_first_weekday_is_strictly_after_today(tmp_path: Path) -> None:
+    with SqliteCalendar.seed_demo(tmp_path / "c.sqlite", TUESDAY) as cal:
+        [appt] = cal.upcoming(_maria(cal).id, datetime.combine(TUESDAY, time(0, 0)))
+        assert appt.start == datetime.combine(TUESDAY + timedelta(days=7), time(10, 30))
+
+
+def test_seed_demo_is_idempotent(tmp_path: Path) -> None:
+    path = tmp_path / "calendar.sqlite"
+    SqliteCalendar.seed_demo(path, TODAY).close()
+    first = _counts(path)
+    SqliteCalendar.seed_demo(path, TODAY).close()
+    assert _counts(path) == first
+    with SqliteCalendar(path) as cal:
+        assert len(cal.upcoming(_maria(cal).id, NOW)) == 1
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def test_identity_exact_match(cal: SqliteCalendar) -> None:
+    patient = cal.find_patient("Maria", "Lopez", MARIA_DOB)
+    assert patient is not None
+    assert (patient.given_name, patient.family_name, patient.birth_date) == (
+        "Maria",
+        "Lopez",
+        MARIA_DOB,
+    )
+
+
+@pytest.mark.parametrize(
+    ("given", "family"),
+    [
+        ("maria", "LOPEZ"),  # case
+        ("  María ", "López"),  # accents and whitespace
+        ("Maria", "Lo pez"),  # split by the recogniser
+        ("Maria", "Lopes"),  # spelling difference
+        ("Marie", "Lopez"),
+    ],
+)
+def test_identity_tolerates_case_accents_spaces_and_small_misspellings(
+    cal: SqliteCalendar, given: str, family: str
+) -> None:
+    assert cal.find_patient(given, family, MARIA_DOB) == _maria(cal)
+
+
+def test_identity_fuzzy_jon_john(cal: SqliteCalendar) -> None:
+    john = cal.add_patient("John", "Smith", date(1960, 1, 2))
+    assert cal.find_patient("Jon", "Smith", date(1960, 1, 2)) == john
+
+
+def test_identity_wrong_dob_fails(cal: SqliteCalendar) -> None:
+    assert cal.find_patient("Maria", "Lopez", date(1982, 4, 3)) is None
+    assert cal.find_patient("Maria", "Lopez", date(1983, 3, 4)) is None
+
+
+def test_identity_dob_alone_fails(cal: SqliteCalendar) -> None:
+    assert cal.find_patient("", "", MARIA_DOB) is None
+    assert cal.find_patient("   ", "Lopez", MARIA_DOB) is None
+    assert cal.find_patient("Aisha", "Khan", MARIA_DOB) is None
+    assert cal.find_patient("Marcus", "Lopez", MARIA_DOB) is None
+    assert cal.find_patient("Maria", "Lambert", MARIA_DOB) is None
+
+
+def test_identity_prefers_exact_match_and_refuses_ambiguity(cal: SqliteCalendar) -> None:
+    twins_dob = date(2001, 5, 6)
+    jon = cal.add_patient("Jon", "Reyes", twins_dob)
+    joan = cal.add_patient("Joan", "Reyes", twins_dob)
+    assert cal.find_patient("Jon", "Reyes", twins_dob) == jon
+    assert cal.find_patient("Joan", "Reyes", twins_dob) == joan
+    # "Jo" is close to neither strictly enough; "Jonn" is close to Jon only.
+    assert cal.find_patient("Jonn", "Reyes", twins_dob) == jon
+    cal.add_patient("Joann", "Reyes", twins_dob)
+    # "Joanne" is near both Joan and Joann: ambiguous, so no match.
+    assert cal.find_patient("Joanne", "Reyes", twins_dob) is None
+
+
+# --------------------------------------------------------------------------- reads
+
+
+def test_upcoming_is_booked_future_and_sorted(cal: SqliteCalendar) -> None:
+    maria = _maria(cal)
+    later = cal.free_slots(datetime.combine(TODAY + timedelta(days=9), time(9, 0)), limit=1)[0]
+    cal.book(maria.id, later.id, idempotency_key="k-later")
+    upcoming = cal.upcoming(maria.id, NOW)
+    assert [a.start for a in upcoming] == sorted(a.start for a in upcoming)
+    assert len(upcoming) == 2
+    # An appointment that has started before ``now`` is no longer upcoming.
+    after_first = datetime.combine(TUESDAY, time(10, 31))
+    assert [a.slot_id for a in cal.upcoming(maria.id, after_first)] == [later.id]
+    assert cal.upcoming("pat-unknown", NOW) == []
+
+
+def test_free_slots_ordering_limit_and_provider_filter(cal: SqliteCalendar) -> None:
+    after = datetime.combine(TUESDAY, time(10, 0))
+    slots = cal.free_slots(after, limit=5)
+    assert len(slots) == 5
+    assert all(s.free and s.start >= after for s in slots)
+    assert [(s.start, s.provider_id) for s in slots] == sorted(
+        (s.start, s.provider_id) for s in slots
+    )
+    # Maria's 10:30 with Dr. Patel is taken; Dr. Nguyen's 10:30 is free.
+    starts = [(s.start.time(), s.provider_id) for s in slots]
+    assert (time(10, 30), "prov-patel") not in starts
+    assert (time(10, 30), "prov-nguyen") in starts
+
+    patel = cal.free_slots(after, provider_id="prov-patel")
+    assert len(patel) == 3
+    assert {s.provider_id for s in patel} == {"prov-patel"}
+    assert [s.start.time() for s in patel] == [time(10, 0), time(11, 0), time(11, 30)]
+
+    assert cal.free_slots(after, limit=0) == []
+    assert cal.free_slots(datetime(2100, 1, 1)) == []
+    with pytest.raises(NotFound):
+        cal.free_slots(after, provider_id="prov-nobody")
+
+
+def test_free_slots_default_limit_is_three(cal: SqliteCalendar) -> None:
+    assert len(cal.free_slots(NOW)) == 3
+
+
+def test_timezone_aware_times_are_rejected(cal: SqliteCalendar) -> None:
+    with pytest.raises(ValueError):
+        cal.free_slots(datetime(2025, 3, 4, 9, 0, tzinfo=UTC))
+
+
+def test_provider_not_found(cal: SqliteCalendar) -> None:
+    with pytest.raises(NotFound):
+        cal.provider("prov-nobody")
+    assert [p.name for p in cal.providers()] == ["Dr. Nguyen", "Dr. Patel"]
+
+
+# --------------------------------------------------------------------------- writes
+
+
+def test_book_takes_the_slot(cal: SqliteCalendar) -> None:
+    aisha = cal.find_patient("Aisha", "Khan", AISHA_DOB)
+    assert aisha is not None
+    slot = cal.free_slots(NOW, provider_id="prov-nguyen", limit=1)[0]
+    appt = cal.book(aisha.id, slot.id, idempotency_key="k1")
+    assert appt == Appointment(
+        appt.id, aisha.id, "prov-nguyen", slot.id, slot.start, slot.end, "booked"
+    )
+    assert not cal.slot(slot.id).free
+    assert slot.id not in [s.id for s in cal.free_slots(NOW, limit=1000)]
+    assert cal.upcoming(aisha.id, NOW) == [appt]
+
+
+def test_book_replay_with_same_key_returns_same_appointment(cal: SqliteCalendar) -> None:
+    maria = _maria(cal)
+    slot = cal.free_slots(NOW, limit=1)[0]
+    key = idempotency_key("call-1", "book_appointment", {"slot_id": slot.id})
+    first = cal.book(maria.id, slot.id, idempotency_key=key)
+    before = _counts(cal.path)
+    second = cal.book(maria.id, slot.id, idempotency_key=key)
+    assert second == first
+    assert _counts(cal.path) == before
+    assert len(cal.upcoming(maria.id, NOW)) == 2  # the demo one and this one, not three
+
+
+def test_book_taken_slot_with_different_key_raises(cal: SqliteCalendar) -> None:
+    maria = _maria(cal)
+    aisha = cal.find_patient("Aisha", "Khan", AISHA_DOB)
+    assert aisha is not None
+    slot = cal.free_slots(NOW, limit=1)[0]
+    cal.book(maria.id, slot.id, idempotency_key="k-a")
+    before = _counts(cal.path)
+    with pytest.raises(SlotUnavailable):
+        cal.book(aisha.id, slot.id, idempotency_key="k-b")
+    with pytest.raises(SlotUnavailable):
+        cal.book(maria.id, slot.id, idempotency_key="k-c")
+    assert _counts(cal.path) == before
+    # The demo appointment's slot is taken too.
+    [demo] = cal.upcoming(maria.id, datetime.combine(TUESDAY, time(0, 0)))[:1]
+    with pytest.raises(SlotUnavailable):
+        cal.book(aisha.id, demo.slot_id, idempotency_key="k-d")
+
+
+def test_key_reused_for_a_different_request_is_refused(cal: SqliteCalendar) -> None:
+    maria = _maria(cal)
+    first, second = cal.free_slots(NOW, limit=2)
+    cal.book(maria.id, first.id, idempotency_key="k-same")
+    with pytest.raises(SchedulingError) as info:
+        cal.book(maria.id, second.id, idempotency_key="k-same")
+    assert info.value.code == "idempotency_conflict"
+    assert cal.slot(second.id).free
+
+
+def test_book_unknown_ids(cal: SqliteCalendar) -> None:
+    slot = cal.free_slots(NOW, limit=1)[0]
+    with pytest.raises(NotFound):
+        cal.book("pat-nobody", slot.id, idempotency_key="k1")
+    with pytest.raises(NotFound):
+        cal.book(_maria(cal).id, "slot-nowhere", idempotency_key="k2")
+    assert cal.slot(slot.id).free
+
+
+def test_reschedule_moves_atomically_and_replays(cal: SqliteCalendar) -> None:
+    maria = _maria(cal)
+    [appt] = cal.upcoming(maria.id, NOW)
+    new_slot = cal.free_slots(NOW, provider_id="prov-nguyen", limit=1)[0]
+    moved = cal.reschedule(appt.id, new_slot.id, idempotency_key="r1")
+    assert moved.id == appt.id
+    assert (moved.slot_id, moved.start, moved.provider_id) == (
+        new_slot.id,
+        new_slot.start,
+        "prov-nguyen",
+    )
+    assert cal.slot(appt.slot_id).free
+    assert not cal.slot(new_slot.id).free
+    assert cal.upcoming(maria.id, NOW) == [moved]
+
+    before = _counts(cal.path)
+    assert cal.reschedule(appt.id, new_slot.id, idempotency_key="r1") == moved
+    assert _counts(cal.path) == before
+    assert cal.slot(appt.slot_id).free
+
+
+def test_reschedule_to_taken_slot_changes_nothing(cal: SqliteCalendar) -> None:
+    maria = _maria(cal)
+    james = cal.find_patient("James", "Carter", JAMES_DOB)
+    assert james is not None
+    [mine] = cal.upcoming(maria.id, NOW)
+    [theirs] = cal.upcoming(james.id, NOW)
+    with pytest.raises(SlotUnavailable):
+        cal.reschedule(mine.id, theirs.slot_id, idempotency_key="r-x")
+    assert cal.appointment(mine.id) == mine
+    assert not cal.slot(mine.slot_id).free
+    # The failed attempt did not record the key: a retry after freeing the slot works.
+    cal.cancel(theirs.id, idempotency_key="c-x")
+    assert cal.reschedule(mine.id, theirs.slot_id, idempotency_key="r-x").slot_id == theirs.slot_id
+
+
+def test_reschedule_cancelled_or_unknown(cal: SqliteCalendar) -> None:
+    [appt] = cal.upcoming(_maria(cal).id, NOW)
+    slot = cal.free_slots(NOW, limit=1)[0]
+    with pytest.raises(NotFound):
+        cal.reschedule("appt-nowhere", slot.id, idempotency_key="r1")
+    with pytest.raises(NotFound):
+        cal.reschedule(appt.id, "slot-nowhere", idempotency_key="r2")
+    cal.cancel(appt.id, idempotency_key="c1")
+    with pytest.raises(SchedulingError) as info:
+        cal.reschedule(appt.id, slot.id, idempotency_key="r3")
+    assert info.value.code == "appointment_cancelled"
+    assert cal.slot(slot.id).free
+
+
+def test_cancel_frees_the_slot_and_replays(cal: SqliteCalendar) -> None:
+    maria = _maria(cal)
+    [appt] = cal.upcoming(maria.id, NOW)
+    cancelled = cal.cancel(appt.id, idempotency_key="c1")
+    assert cancelled.status == "cancelled"
+    assert cancelled.slot_id == appt.slot_id
+    assert cal.slot(appt.slot_id).free
+    assert cal.upcoming(maria.id, NOW) == []
+    before = _counts(cal.path)
+    assert cal.cancel(appt.id, idempotency_key="c1") == cancelled
+    assert _counts(cal.path) == before
+    # The freed slot can be booked by someone else.
+    aisha = cal.find_patient("Aisha", "Khan", AISHA_DOB)
+    assert aisha is not None
+    assert cal.book(aisha.id, appt.slot_id, idempotency_key="b1").status == "booked"
+    # A replay of the old cancel does not free the slot again.
+    assert cal.cancel(appt.id, idempotency_key="c1") == cancelled
+    assert not cal.slot(appt.slot_id).free
+    with pytest.raises(NotFound):
+        cal.cancel("appt-nowhere", idempotency_key="c2")
+
+
+def test_missing_idempotency_key_is_refused(cal: SqliteCalendar) -> None:
+    slot = cal.free_slots(NOW, limit=1)[0]
+    with pytest.raises(SchedulingError):
+        cal.book(_maria(cal).id, slot.id, idempotency_key="")
+    assert cal.slot(slot.id).free
+
+
+def test_state_persists_across_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "calendar.sqlite"
+    cal = SqliteCalendar.seed_demo(path, TODAY)
+    maria = _maria(cal)
+    [demo] = cal.upcoming(maria.id, NOW)
+    slot = cal.free_slots(NOW, provider_id="prov-patel", limit=1)[0]
+    booked = cal.book(maria.id, slot.id, idempotency_key="k-persist")
+    cal.cancel(demo.id, idempotency_key="c-persist")
+    cal.close()
+
+    with SqliteCalendar(path) as reopened:
+        assert reopened.upcoming(maria.id, NOW) == [booked]
+        assert not reopened.slot(slot.id).free
+        assert reopened.slot(demo.slot_id).free
+        assert reopened.appointment(demo.id).status == "cancelled"
+        # Idempotency records survive the restart too.
+        assert reopened.book(maria.id, slot.id, idempotency_key="k-persist") == booked
+        assert len(reopened.upcoming(maria.id, NOW)) == 1
+
+
+def test_closed_calendar_raises(tmp_path: Path) -> None:
+    cal = SqliteCalendar(tmp_path / "c.sqlite")
+    cal.close()
+    cal.close()
+    with pytest.raises(SchedulingError):
+        cal.providers()
+
+
+# --------------------------------------------------------------------------- keys and FHIR
+
+
+def test_idempotency_key_is_stable_and_opaque() -> None:
+    args = {"given_name": "Maria", "birth_date": date(1982, 3, 4), "slot_id": "s1"}
+    key = idempotency_key("call-1", "book_appointment", args)
+    assert re.fullmatch(r"[0-9a-f]{64}", key)
+    assert key == idempotency_key("call-1", "book_appointment", dict(reversed(args.items())))
+    assert key != idempotency_key("call-2", "book_appointment", args)
+    assert key != idempotency_key("call-1", "cancel_appointment", args)
+    assert key != idempotency_key("call-1", "book_appointment", {**args, "slot_id": "s2"})
+    assert "maria" not in key.lower() and "1982" not in key
+
+
+def test_fhir_appointment_shape(cal: SqliteCalendar) -> None:
+    maria = _maria(cal)
+    [appt] = cal.upcoming(maria.id, NOW)
+    resource = to_fhir_appointment(appt, maria)
+    assert resource["resourceType"] == "Appointment"
+    assert resource["id"] == appt.id
+    assert resource["status"] == "booked"
+    assert resource["status"] in APPOINTMENT_STATUS
+    assert FHIR_INSTANT.fullmatch(resource["start"])
+    assert FHIR_INSTANT.fullmatch(resource["end"])
+    assert resource["start"].startswith(f"{TUESDAY.isoformat()}T10:30:00")
+    assert resource["minutesDuration"] == 30
+    assert resource["slot"] == [{"reference": f"Slot/{appt.slot_id}"}]
+    actors = {p["actor"]["reference"]: p for p in resource["participant"]}
+    assert set(actors) == {f"Patient/{maria.id}", "Practitioner/prov-patel"}
+    assert all(p["status"] == "accepted" for p in resource["participant"])
+    assert actors[f"Patient/{maria.id}"]["actor"]["display"] == "Maria Lopez"
+
+    cancelled = to_fhir_appointment(cal.cancel(appt.id, idempotency_key="c1"))
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["status"] in APPOINTMENT_STATUS
+    assert "display" not in cancelled["participant"][0]["actor"]
+
+
+def test_fhir_explicit_timezone(cal: SqliteCalendar) -> None:
+    [appt] = cal.upcoming(_maria(cal).id, NOW)
+    tz = timezone(timedelta(hours=-5))
+    resource = to_fhir_appointment(appt, tz=tz)
+    assert resource["start"] == f"{TUESDAY.isoformat()}T10:30:00-05:00"
+    assert resource["end"] == f"{TUESDAY.isoformat()}T11:00:00-05:00"
+
+
+def test_fhir_slot_shape(cal: SqliteCalendar) -> None:
+    slot = cal.free_slots(NOW, provider_id="prov-nguyen", limit=1)[0]
+    resource = to_fhir_slot(slot)
+    assert resource["resourceType"] == "Slot"
+    assert resource["id"] == slot.id
+    assert resource["schedule"] == {"reference": "Schedule/prov-nguyen"}
+    assert resource["status"] == "free"
+    assert FHIR_INSTANT.fullmatch(resource["start"])
+    assert FHIR_INSTANT.fullmatch(resource["end"])
+    [appt] = cal.upcoming(_maria(cal).id, NOW)
+    busy = to_fhir_slot(cal.slot(appt.slot_id))
+    assert busy["status"] == "busy"
+    assert {resource["status"], busy["status"]} <= SLOT_STATUS
