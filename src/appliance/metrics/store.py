@@ -4,6 +4,10 @@ SQLite through sqlite-utils with one writer thread per database (the practice of
 ``simonw/datasette: database.py``'s ``execute_write_fn``): listeners enqueue, the writer
 commits. Named migrations are applied in order, each in a transaction. No transcript, digit or
 caller number is stored here; the encrypted audit log (a later issue) holds content.
+
+Post-call scores (:class:`~appliance.events.CallScored`, made by ``appliance.policy.scoring``)
+go to ``call_scores`` without their ``summary`` (content); :meth:`CallMetadataStore.rates`
+aggregates them into containment, escalation, task completion and compliance failure rates.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import sqlite_utils
@@ -23,6 +28,7 @@ from appliance.events import (
     CallAnswered,
     CallEnded,
     CallRejected,
+    CallScored,
     DisclosurePlayed,
     Event,
     TurnLatency,
@@ -60,9 +66,49 @@ def _m001_calls(db: sqlite_utils.Database) -> None:
     db["rejections"].create({"t": float, "status": int, "reason": str})
 
 
+def _m002_call_scores(db: sqlite_utils.Database) -> None:
+    # Booleans as 0/1; transfer_appropriate is NULL when no transfer was attempted. No summary.
+    db["call_scores"].create(
+        {
+            "call_id": str,
+            "scored_at": float,
+            "outcome": str,
+            "contained": int,
+            "transfer_appropriate": int,
+            "disclosure_ok": int,
+            "identity_before_phi_ok": int,
+            "no_card_number_ok": int,
+            "sentiment": float,
+            "judge": str,
+        },
+        pk="call_id",
+        not_null={
+            "scored_at",
+            "outcome",
+            "contained",
+            "disclosure_ok",
+            "identity_before_phi_ok",
+            "no_card_number_ok",
+            "sentiment",
+            "judge",
+        },
+    )
+    db["call_scores"].create_index(["scored_at"])  # type: ignore[union-attr]
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_calls", _m001_calls),
+    ("002_call_scores", _m002_call_scores),
 ]
+
+
+@dataclass(frozen=True)
+class _ScoreWrite:
+    call_id: str
+    score: CallScored
+
+
+_Item = Event | _ScoreWrite | threading.Event | None
 
 
 def migrate(db: sqlite_utils.Database) -> list[str]:
@@ -93,7 +139,8 @@ class CallMetadataStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._queue: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._closed = False
         db = sqlite_utils.Database(sqlite3.connect(str(path), check_same_thread=False))
         db.execute("PRAGMA journal_mode=WAL")
         migrate(db)
@@ -103,29 +150,135 @@ class CallMetadataStore:
 
     def on_event(self, event: Event) -> None:
         """Queue an event for the writer (content fields are never stored)."""
-        if isinstance(
+        if isinstance(event, CallScored):
+            self._queue.put(_ScoreWrite(event.call_id, event))
+        elif isinstance(
             event,
             CallAnswered | CallEnded | CallRejected | TurnLatency | BargeIn | DisclosurePlayed,
         ):
             self._queue.put(event)
 
+    def record_score(self, call_id: str, score: CallScored, *, timeout: float = 10.0) -> None:
+        """Store a call's score (a re-score replaces it) and wait until the writer has it.
+
+        The ``summary`` is content and is never stored. A failed write is logged, like every
+        metadata write.
+
+        Args:
+            call_id: The call scored (normally ``score.call_id``).
+            score: The post-call score.
+            timeout: Seconds to wait for the writer.
+
+        Raises:
+            RuntimeError: The store is closed.
+            TimeoutError: The writer did not get to it in time.
+        """
+        if self._closed:
+            raise RuntimeError("call metadata store is closed")
+        done = threading.Event()
+        self._queue.put(_ScoreWrite(call_id, score))
+        self._queue.put(done)
+        if not done.wait(timeout):
+            raise TimeoutError("call metadata writer did not record the score")
+
+    def rates(self, since: float | None = None) -> dict[str, float | int | None]:
+        """Aggregate the scores of calls scored at or after ``since`` (epoch seconds; all).
+
+        Returns:
+            ``calls``; ``containment_rate`` (contained / calls); ``escalation_rate``
+            (outcome ``transferred`` / calls); ``task_completion_rate`` (outcome ``resolved``
+            / calls); ``inappropriate_transfer_rate`` (inappropriate / calls with a transfer
+            attempt); ``disclosure_failure_rate``, ``identity_before_phi_failure_rate`` and
+            ``card_number_failure_rate`` (flag false / calls); ``mean_sentiment``. A rate is
+            ``None`` when its denominator is 0.
+        """
+        where, params = ("", []) if since is None else ("WHERE scored_at >= ?", [since])
+        conn = sqlite3.connect(str(self.path))
+        try:
+            row = conn.execute(
+                """
+                SELECT COUNT(*),
+                       SUM(contained),
+                       SUM(outcome = 'transferred'),
+                       SUM(outcome = 'resolved'),
+                       COUNT(transfer_appropriate),
+                       SUM(transfer_appropriate = 0),
+                       SUM(disclosure_ok = 0),
+                       SUM(identity_before_phi_ok = 0),
+                       SUM(no_card_number_ok = 0),
+                       AVG(sentiment)
+                FROM call_scores
+                """
+                + where,
+                params,
+            ).fetchone()
+        finally:
+            conn.close()
+        calls, contained, transferred, resolved, attempted, inappropriate = row[:6]
+        disclosure_bad, identity_bad, card_bad, mood = row[6:]
+
+        def rate(n: int | None, d: int) -> float | None:
+            return (n or 0) / d if d else None
+
+        return {
+            "calls": calls,
+            "containment_rate": rate(contained, calls),
+            "escalation_rate": rate(transferred, calls),
+            "task_completion_rate": rate(resolved, calls),
+            "inappropriate_transfer_rate": rate(inappropriate, attempted),
+            "disclosure_failure_rate": rate(disclosure_bad, calls),
+            "identity_before_phi_failure_rate": rate(identity_bad, calls),
+            "card_number_failure_rate": rate(card_bad, calls),
+            "mean_sentiment": mood,
+        }
+
     def close(self) -> None:
         """Flush queued writes and stop the writer."""
+        self._closed = True
         self._queue.put(None)
         self._thread.join(10)
 
     def _writer(self) -> None:
         db = sqlite_utils.Database(sqlite3.connect(str(self.path)))
         while True:
-            event = self._queue.get()
-            if event is None:
+            item = self._queue.get()
+            if item is None:
                 break
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
             try:
                 with db.conn:
-                    self._write(db, event)
+                    if isinstance(item, _ScoreWrite):
+                        self._write_score(db, item)
+                    else:
+                        self._write(db, item)
             except sqlite3.Error:
-                _LOGGER.exception("call metadata write failed (%s)", event.kind)
+                kind = "CallScored" if isinstance(item, _ScoreWrite) else item.kind
+                _LOGGER.exception("call metadata write failed (%s)", kind)
         db.conn.close()
+
+    @staticmethod
+    def _write_score(db: sqlite_utils.Database, item: _ScoreWrite) -> None:
+        score = item.score
+        db["call_scores"].insert(  # type: ignore[union-attr]
+            {
+                "call_id": item.call_id,
+                "scored_at": score.t,
+                "outcome": score.outcome,
+                "contained": int(score.contained),
+                "transfer_appropriate": (
+                    None if score.transfer_appropriate is None else int(score.transfer_appropriate)
+                ),
+                "disclosure_ok": int(score.disclosure_ok),
+                "identity_before_phi_ok": int(score.identity_before_phi_ok),
+                "no_card_number_ok": int(score.no_card_number_ok),
+                "sentiment": score.sentiment,
+                "judge": score.judge,
+            },
+            pk="call_id",
+            replace=True,
+        )
 
     @staticmethod
     def _write(db: sqlite_utils.Database, event: Event) -> None:
