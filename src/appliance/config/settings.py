@@ -145,6 +145,10 @@ class ModelSettings(_Section):
     tts_speed: float = Field(1.1, gt=0.5, lt=2.0, description="Kokoro speaking rate.")
     vad: str = Field("vad/silero_vad.onnx", description="Silero VAD ONNX file in the store.")
     turn: str = Field("turn/smart-turn-v3.2-cpu.onnx", description="Smart-turn v3 ONNX file.")
+    embedding: str = Field(
+        "embedding/all-MiniLM-L6-v2",
+        description="sentence-transformers model dir (intent matching, knowledge base).",
+    )
     threads: int = Field(2, ge=1, le=64, description="CPU threads per model runtime.")
     llm_context: int = Field(2048, ge=512, description="llama.cpp context length in tokens.")
 

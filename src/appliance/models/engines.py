@@ -9,6 +9,8 @@ Each engine wraps one runtime and is safe to call from worker threads:
   token prefix of consecutive prompts (``Llama.generate``'s prefix match).
 * :class:`KokoroEngine`: Kokoro-82M through kokoro-onnx, 24 kHz float32 out
   (model card: hexgrad/Kokoro-82M).
+* :class:`EmbeddingEngine`: all-MiniLM-L6-v2 sentence embeddings through sentence-transformers
+  on the CPU (384-d, L2-normalised; model card: sentence-transformers/all-MiniLM-L6-v2).
 
 A missing or unreadable model file raises :class:`~appliance.errors.ModelError` naming the
 file, before any call is accepted.
@@ -233,6 +235,67 @@ class KokoroEngine:
         return np.asarray(samples, dtype=np.float32)
 
 
+#: Embedding width of all-MiniLM-L6-v2 (model card).
+EMBEDDING_DIM = 384
+
+
+class EmbeddingEngine:
+    """Sentence embeddings for intent matching and knowledge-base retrieval.
+
+    Args:
+        model_dir: A sentence-transformers model directory (``modules.json`` and weights).
+        threads: Torch intra-op threads.
+
+    Raises:
+        ModelError: The directory is missing or the model cannot be loaded.
+    """
+
+    def __init__(self, model_dir: Path, threads: int = 2) -> None:
+        import os
+
+        # Never reach for a model hub: the store is the only source of weights.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        _require(model_dir / "modules.json", "embedding")
+        try:
+            import torch
+            from sentence_transformers import SentenceTransformer
+
+            torch.set_num_threads(max(1, threads))
+            self._model = SentenceTransformer(
+                str(model_dir), device="cpu", local_files_only=True
+            )
+        except Exception as exc:  # noqa: BLE001 - any load failure is a model error
+            raise ModelError(
+                "embedding_load_failed", f"{model_dir}: {type(exc).__name__}"
+            ) from exc
+        self._lock = threading.Lock()
+        self._cache: dict[str, np.ndarray] = {}
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Embed ``texts``: float32 array of shape ``(len(texts), 384)``, rows L2-normalised.
+
+        Results are memoised per text (workflow examples and KB entries are embedded once).
+        """
+        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        if missing:
+            with self._lock:
+                vectors = self._model.encode(
+                    missing, normalize_embeddings=True, convert_to_numpy=True, batch_size=32
+                )
+            for text, vec in zip(missing, vectors, strict=True):
+                if len(self._cache) < 20000:
+                    self._cache[text] = vec.astype(np.float32)
+        if not texts:
+            return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+        return np.stack([self._cache[t] if t in self._cache else self._encode_one(t) for t in texts])
+
+    def _encode_one(self, text: str) -> np.ndarray:
+        with self._lock:
+            vec = self._model.encode([text], normalize_embeddings=True, convert_to_numpy=True)
+        return vec[0].astype(np.float32)
+
+
 @dataclass
 class ModelSet:
     """The engines shared by every call of one process."""
@@ -242,6 +305,7 @@ class ModelSet:
     tts: KokoroEngine
     vad_path: Path
     turn_path: Path
+    embedder: EmbeddingEngine | None = None
 
 
 def load_models(settings: ModelSettings) -> ModelSet:
@@ -265,5 +329,6 @@ def load_models(settings: ModelSettings) -> ModelSet:
         settings.tts_voice,
         settings.threads,
     )
+    embedder = EmbeddingEngine(settings.path(settings.embedding), settings.threads)
     _LOGGER.info("models loaded in %.1f s", time.perf_counter() - t0)
-    return ModelSet(stt=stt, llm=llm, tts=tts, vad_path=vad, turn_path=turn)
+    return ModelSet(stt=stt, llm=llm, tts=tts, vad_path=vad, turn_path=turn, embedder=embedder)

@@ -36,7 +36,7 @@ _LOGGER = logging.getLogger(__name__)
 UNPINNED = "unpinned"
 """The ``sha256`` value of a file whose digest has not been recorded yet."""
 
-ROLES = frozenset({"stt", "llm", "tts", "tts-voices", "vad", "turn"})
+ROLES = frozenset({"stt", "llm", "tts", "tts-voices", "vad", "turn", "embedding"})
 SCHEMA_VERSION = 1
 STORE_MANIFEST = "manifest.toml"
 """Name of the manifest copy that :func:`assemble` and :func:`fetch` keep inside the store."""

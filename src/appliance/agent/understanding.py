@@ -1,0 +1,352 @@
+"""Understanding that stays correct with a tiny model: embeddings, rules and text normalisation.
+
+* Intents come from cosine similarity between the caller's turn and each intent's example
+  phrases, embedded with all-MiniLM-L6-v2 (nearest example per intent; Reimers & Gurevych 2019,
+  Sentence-BERT). The score is the confidence.
+* Safety cues (a medical emergency, a request for a person, goodbye) are rules and always win.
+* Slots (names, dates of birth, appointment times, digit strings, yes/no) pass through inverse
+  text normalisation (``text2num``'s ``alpha2digit``, plus our rule joining spoken years such as
+  "19 82") and then ``dateparser`` or regular expressions. Every extraction carries a
+  confidence: the STT confidence (``exp(mean avg_logprob)`` of the Whisper segments) times how
+  certain the parse itself is.
+
+Everything here is a pure function of its inputs except :class:`IntentClassifier`, which holds
+the example embeddings.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+
+import numpy as np
+
+from appliance.agent.workflow import SlotSpec, WorkflowSet
+
+#: Intents at or above this cosine similarity start their workflow (measured on the default
+#: workflows' examples against paraphrases; see tests/unit/test_understanding.py).
+INTENT_ACCEPT = 0.5
+
+#: Below INTENT_ACCEPT but at or above this, a turn is "unsure": the knowledge base is tried,
+#: then a confirmation or, with a capable LLM configured, a constrained LLM classification.
+INTENT_UNSURE = 0.35
+
+Embed = Callable[[list[str]], np.ndarray]
+
+
+def normalise(text: str) -> str:
+    """Lower-case, straighten apostrophes, collapse white space."""
+    return " ".join(text.lower().replace("\u2019", "'").split())
+
+
+# --- rules that always win ---------------------------------------------------------------------
+
+_EMERGENCY = re.compile(
+    r"\b(emergenc\w*|chest pains?|can'?t breathe|cannot breathe|not breathing|"
+    r"bleeding (badly|a lot)|overdose\w*|suicid\w*|kill myself|stroke|unconscious)\b"
+)
+_HUMAN = re.compile(
+    r"\b(operator|representative|receptionist|human|real person|a person|live person|"
+    r"someone (real|there)|(speak|talk) (to|with) (a |an |the |some)?(person|human|someone|"
+    r"somebody|staff|nurse|doctor|agent|receptionist|representative|operator)|transfer me|agent)\b"
+)
+_GOODBYE = re.compile(r"\b(good ?bye|bye|that'?s all|that is all|nothing else|hang up)\b")
+_YES = re.compile(
+    r"^\W*(yes|yeah|yep|yup|sure|correct|right|that'?s right|that is right|that'?s correct|"
+    r"ok(ay)?|please do|please|go ahead|do it|sounds good|absolutely|of course)\b"
+)
+_NO = re.compile(
+    r"^\W*(no|nope|nah|not really|that'?s wrong|wrong|incorrect|don'?t|do not|no thanks?)\b"
+)
+
+
+def global_intent(text: str) -> str | None:
+    """Safety-level intents by rule: ``emergency``, ``human``, ``goodbye`` or ``None``.
+
+    Order matters: an emergency cue beats everything, then a request for a person, then goodbye.
+    """
+    said = normalise(text)
+    if _EMERGENCY.search(said):
+        return "emergency"
+    if _HUMAN.search(said):
+        return "human"
+    if _GOODBYE.search(said) and len(said.split()) <= 6:
+        return "goodbye"
+    return None
+
+
+def yes_no(text: str) -> bool | None:
+    """``True`` for yes, ``False`` for no, ``None`` when the turn is neither."""
+    said = normalise(text)
+    if _NO.search(said):
+        return False
+    if _YES.search(said):
+        return True
+    return None
+
+
+# --- intents -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IntentResult:
+    """The best intent for a turn: ``intent`` (or ``None``), cosine ``confidence`` 0..1,
+    ``method`` (``"embedding"``, ``"llm"``), and the top three ``(intent, score)`` pairs.
+    """
+
+    intent: str | None
+    confidence: float
+    method: str
+    candidates: tuple[tuple[str, float], ...]
+
+
+class IntentClassifier:
+    """Nearest-example intent matching over the workflows' example phrases.
+
+    Args:
+        embed: ``texts -> (n, d)`` L2-normalised embeddings.
+        workflows: Supplies intents and their examples.
+    """
+
+    def __init__(self, embed: Embed, workflows: WorkflowSet) -> None:
+        self._embed = embed
+        self._labels: list[str] = []
+        texts: list[str] = []
+        for name, (_wf, spec) in workflows.intents().items():
+            for example in spec.examples:
+                self._labels.append(name)
+                texts.append(example)
+        self._matrix = embed(texts)
+        self._intents = sorted(set(self._labels))
+
+    @property
+    def intents(self) -> list[str]:
+        """All intent names (the enum a constrained LLM may choose from)."""
+        return list(self._intents)
+
+    def classify(self, text: str) -> IntentResult:
+        """Score ``text`` against every intent; accept at :data:`INTENT_ACCEPT`."""
+        if not text.strip():
+            return IntentResult(None, 0.0, "embedding", ())
+        query = self._embed([text])[0]
+        sims = self._matrix @ query
+        best: dict[str, float] = {}
+        for label, score in zip(self._labels, sims, strict=True):
+            best[label] = max(best.get(label, -1.0), float(score))
+        ranked = sorted(best.items(), key=lambda kv: kv[1], reverse=True)[:3]
+        top, score = ranked[0]
+        intent = top if score >= INTENT_ACCEPT else None
+        return IntentResult(intent, round(max(0.0, score), 3), "embedding", tuple(ranked))
+
+
+# --- inverse text normalisation ----------------------------------------------------------------
+
+_YEAR_PAIR = re.compile(r"\b(1[89]|20) ?(\d{2})\b")
+_ORDINAL_WORDS = {
+    "first": "1st", "second": "2nd", "third": "3rd", "fourth": "4th", "fifth": "5th",
+    "sixth": "6th", "seventh": "7th", "eighth": "8th", "ninth": "9th", "tenth": "10th",
+    "eleventh": "11th", "twelfth": "12th", "thirteenth": "13th", "fourteenth": "14th",
+    "fifteenth": "15th", "sixteenth": "16th", "seventeenth": "17th", "eighteenth": "18th",
+    "nineteenth": "19th", "twentieth": "20th", "thirtieth": "30th",
+}  # fmt: skip
+
+
+def itn(text: str) -> str:
+    """Inverse text normalisation for slot parsing: number words to digits, spoken years joined.
+
+    "March fourth, nineteen eighty two" -> "March 4th, 1982"; "twenty first" -> "21st".
+    """
+    from text_to_num import alpha2digit
+
+    words = text.replace("-", " ")
+    words = re.sub(
+        r"\btwenty (first|second|third|fourth|fifth|sixth|seventh|eighth|ninth)\b",
+        lambda m: str(20 + int(_ORDINAL_WORDS[m.group(1)][:-2])) + _ORDINAL_WORDS[m.group(1)][-2:],
+        words,
+        flags=re.IGNORECASE,
+    )
+    words = re.sub(r"\bthirty first\b", "31st", words, flags=re.IGNORECASE)
+    words = re.sub(
+        r"\b(" + "|".join(_ORDINAL_WORDS) + r")\b",
+        lambda m: _ORDINAL_WORDS[m.group(1).lower()],
+        words,
+        flags=re.IGNORECASE,
+    )
+    out = alpha2digit(words, "en")
+    # "19 82" (alpha2digit reads "nineteen eighty two" as two numbers) -> "1982"
+    return _YEAR_PAIR.sub(lambda m: m.group(1) + m.group(2), out)
+
+
+# --- slots -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """A slot value: ``value`` (typed), ``display`` (how the agent reads it back), and
+    ``confidence`` 0..1 (STT confidence times parse certainty).
+    """
+
+    value: object
+    display: str
+    confidence: float
+
+
+_NAME_LEAD = re.compile(
+    r"\b(?:my name is|my name's|name is|this is|it's|it is|i am|i'm|the name is)\s+(.+)$",
+    re.IGNORECASE,
+)
+_FILLERS = {"um", "uh", "er", "ah", "yes", "yeah", "hi", "hello", "so", "well", "okay", "ok"}
+
+
+def extract_name(text: str, stt_confidence: float) -> Extraction | None:
+    """A caller's first and last name, e.g. "My name is Maria Lopez." -> ``"Maria Lopez"``."""
+    match = _NAME_LEAD.search(text)
+    body = match.group(1) if match else text
+    words = [w for w in re.findall(r"[A-Za-z][A-Za-z'\-]*", body) if w.lower() not in _FILLERS]
+    if not 2 <= len(words) <= 4:
+        return None
+    name = " ".join(w[0].upper() + w[1:] for w in words[:3])
+    certainty = 0.95 if match else 0.8
+    return Extraction(name, name, round(stt_confidence * certainty, 3))
+
+
+def _search_date(text: str, *, prefer: str, base: datetime) -> datetime | None:
+    from dateparser.search import search_dates
+
+    found = search_dates(
+        text,
+        languages=["en"],
+        settings={
+            "PREFER_DATES_FROM": prefer,
+            "RELATIVE_BASE": base,
+            "PREFER_DAY_OF_MONTH": "first",
+            "DATE_ORDER": "MDY",
+            "RETURN_AS_TIMEZONE_AWARE": False,
+        },
+    )
+    if not found:
+        return None
+    # The longest matched span is the most specific one.
+    return max(found, key=lambda pair: len(pair[0]))[1]
+
+
+_MONTH = re.compile(
+    r"\b(jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\b", re.IGNORECASE
+)
+
+
+def extract_birth_date(text: str, stt_confidence: float, today: date) -> Extraction | None:
+    """A date of birth from speech ("March 4th, 1982", "3/4/1982") or 8 keypad digits
+    ``MMDDYYYY``. The year must be between 1900 and ``today``.
+    """
+    digits = re.sub(r"\D", "", text)
+    if re.fullmatch(r"\d{8}", text.strip()):
+        try:
+            value = date(int(digits[4:]), int(digits[:2]), int(digits[2:4]))
+        except ValueError:
+            return None
+        certainty = 1.0
+    else:
+        spoken = itn(text)
+        if not re.search(r"\b(18|19|20)\d{2}\b", spoken):
+            return None  # a birth date without a year is not enough to verify anyone
+        found = _search_date(spoken, prefer="past", base=datetime.combine(today, time()))
+        if found is None:
+            return None
+        value = found.date()
+        certainty = 0.95 if _MONTH.search(spoken) else 0.7  # 3/4/1982 is ambiguous
+    if not date(1900, 1, 1) <= value <= today:
+        return None
+    display = f"{value:%B} {value.day}, {value.year}"
+    return Extraction(value, display, round(stt_confidence * certainty, 3))
+
+
+_DAYPART = [
+    (re.compile(r"\bin the morning\b", re.I), " am"),
+    (re.compile(r"\bin the (afternoon|evening)\b", re.I), " pm"),
+    (re.compile(r"\bnoon\b", re.I), "12 pm"),
+    (re.compile(r"\b(\d{1,2})\s*o'?clock\b", re.I), r"\1:00"),
+    (re.compile(r"\b(a\.m\.|a m)\b", re.I), "am"),
+    (re.compile(r"\b(p\.m\.|p m)\b", re.I), "pm"),
+]
+_HAS_TIME = re.compile(r"\b\d{1,2}(:\d{2})?\s*(am|pm)\b|\b\d{1,2}:\d{2}\b|\bat \d{1,2}\b", re.I)
+
+
+def speak_when(when: datetime) -> str:
+    """How the agent says a time: "Wednesday, November 25 at 11 AM"."""
+    hour = when.strftime("%I").lstrip("0")
+    minutes = "" if when.minute == 0 else f":{when.minute:02d}"
+    return f"{when:%A}, {when:%B} {when.day} at {hour}{minutes} {when:%p}"
+
+
+def extract_when(text: str, stt_confidence: float, now: datetime) -> Extraction | None:
+    """A future appointment day and time, e.g. "next Wednesday at eleven in the morning".
+
+    Without a time of day, 9 AM that day is used (the first opening of the day is offered).
+    """
+    spoken = itn(text)
+    for pattern, repl in _DAYPART:
+        spoken = pattern.sub(repl, spoken)
+    found = _search_date(spoken, prefer="future", base=now)
+    if found is None:
+        return None
+    certainty = 0.9
+    if not _HAS_TIME.search(spoken):
+        found = found.replace(hour=9, minute=0)
+        certainty = 0.8
+    at_hour = re.search(r"\bat (\d{1,2})(?::(\d{2}))?\b", spoken)
+    if at_hour and found.time() == now.time() and int(at_hour.group(1)) <= 12:
+        # dateparser matched only the day ("tomorrow"): take the hour said after "at".
+        found = found.replace(
+            hour=int(at_hour.group(1)) % 12 or 12, minute=int(at_hour.group(2) or 0)
+        )
+        if re.search(r"\bpm\b", spoken, re.I) and found.hour < 12:
+            found += timedelta(hours=12)
+    explicit_meridiem = re.search(r"\b(am|pm)\b", spoken, re.I) is not None
+    if _HAS_TIME.search(spoken) and not explicit_meridiem and 1 <= found.hour <= 6:
+        found += timedelta(hours=12)  # "at 2" on a clinic line means 2 PM
+    if found < now:
+        found += timedelta(days=7)  # "Tuesday" said on a Wednesday means next Tuesday
+    return Extraction(
+        found.replace(second=0, microsecond=0),
+        speak_when(found),
+        round(stt_confidence * certainty, 3),
+    )
+
+
+def extract_digits(
+    text: str, stt_confidence: float, minimum: int, maximum: int
+) -> Extraction | None:
+    """A digit string (member id, phone number) from speech or keypad input.
+
+    Spoken digits are hard for small STT models (MODELS.md: 27% WER on isolated digits at
+    8 kHz), so speech gets a certainty of 0.7 and keypad input 1.0.
+    """
+    keyed = re.fullmatch(r"[0-9]+", text.strip()) is not None
+    digits = re.sub(r"\D", "", text if keyed else itn(text))
+    if not minimum <= len(digits) <= maximum:
+        return None
+    display = " ".join(digits)
+    return Extraction(digits, display, round(1.0 if keyed else stt_confidence * 0.7, 3))
+
+
+def extract_slot(
+    spec: SlotSpec, text: str, stt_confidence: float, now: datetime, *, keyed: bool = False
+) -> Extraction | None:
+    """Fill ``spec`` from one caller turn (``keyed`` when ``text`` came from the keypad)."""
+    conf = 1.0 if keyed else stt_confidence
+    if spec.type == "person_name":
+        return extract_name(text, conf)
+    if spec.type == "date_of_birth":
+        return extract_birth_date(text, conf, now.date())
+    if spec.type == "date_time":
+        return extract_when(text, conf, now)
+    if spec.type == "digits":
+        return extract_digits(text, conf, spec.digits_min, spec.digits_max)
+    if spec.type == "yes_no":
+        answer = yes_no(text)
+        return None if answer is None else Extraction(answer, "yes" if answer else "no", conf)
+    said = text.strip()
+    return Extraction(said, said, conf) if said else None

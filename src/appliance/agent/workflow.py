@@ -1,0 +1,420 @@
+"""Workflows as data: versioned YAML files, one per use case, validated by a schema.
+
+A workflow declares its risk tier (``low`` / ``medium`` / ``high``), the intents that start it
+(with example phrases for the embedding matcher), and a graph of nodes. Node types:
+
+=============  ==============================================================================
+``say``        speak ``text``, go to ``next``
+``ask``        speak ``text``, fill ``slot`` from the caller's answer (speech or DTMF), ``next``
+``confirm``    speak a yes/no question, go to ``on_yes`` or ``on_no``
+``tool``       run a registered tool with ``args`` (templates over slots), ``on_ok`` / ``on_fail``
+``branch``     go to ``on_intent[INTENT]`` for the intent that started the workflow, or ``default``
+``kb_answer``  answer the caller's question from the knowledge base, ``on_found`` / ``on_missing``
+``transfer``   escalate with ``reason``: hold prompt, SIP REFER, CTI webhook; else ``on_fail``
+``message``    take a message (the caller's next turn), then ``next``
+``pci``        PCI DTMF pause: card digits go to the payment handler only; ``on_ok``/``on_fail``
+``end``        terminal: ``outcome`` (``resolved``, ``transferred``, ``message_taken``), then
+               back to the top (``hangup: false``) or hang up
+=============  ==============================================================================
+
+Texts are :meth:`str.format` templates over slot names, tool outputs (see :data:`TOOL_OUTPUTS`)
+and clinic facts (:data:`FACTS`). Loading checks every transition, tool, slot type and template
+field, and reports errors as ``FILE: node 'NODE': field 'FIELD': message``.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from appliance.errors import ConfigError
+
+SCHEMA_VERSION = 1
+
+#: Risk tiers in rising order.
+TIERS = ("low", "medium", "high")
+
+#: Terminal outcomes a workflow can reach.
+OUTCOMES = ("resolved", "transferred", "message_taken")
+
+#: Slot types the extractors in :mod:`appliance.agent.understanding` know.
+SLOT_TYPES = ("person_name", "date_of_birth", "date_time", "digits", "yes_no", "free_text")
+
+#: Tools and the template variables their success sets.
+TOOL_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "identity.verify": ("patient_given_name",),
+    "calendar.upcoming": ("appointment_when", "appointment_provider"),
+    "calendar.free_slots": ("slot_when", "slot_provider"),
+    "calendar.reschedule": ("appointment_when", "appointment_provider"),
+    "calendar.book": ("appointment_when", "appointment_provider"),
+    "calendar.cancel": ("appointment_when", "appointment_provider"),
+}
+
+#: Clinic facts available to every template.
+FACTS = ("clinic_name", "clinic_hours", "clinic_address", "clinic_parking", "kb_answer")
+
+#: Escalation reasons (also :class:`appliance.events.Escalated` reasons).
+ESCALATION_REASONS = (
+    "explicit_request",
+    "misunderstood_twice",
+    "out_of_scope",
+    "high_risk",
+    "low_confidence",
+    "frustration",
+    "stage_failure",
+    "tier_disabled",
+    "emergency",
+)
+
+
+class WorkflowError(ConfigError):
+    """A workflow file is unreadable or invalid.
+
+    Attributes:
+        file: The file's path.
+        node: The node id the error is in, or ``""`` for file-level fields.
+        field: The dotted field name, or ``""``.
+    """
+
+    def __init__(self, file: Path, node: str, field: str, message: str) -> None:
+        where = str(file)
+        if node:
+            where += f": node {node!r}"
+        if field:
+            where += f": field {field!r}"
+        super().__init__("workflow_invalid", f"{where}: {message}")
+        self.file = file
+        self.node = node
+        self.field = field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SlotSpec(_Strict):
+    """What an ``ask`` node collects."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    type: Literal["person_name", "date_of_birth", "date_time", "digits", "yes_no", "free_text"]
+    #: Below this extraction confidence (0..1) the agent reads the value back for confirmation.
+    confirm_below: float = Field(0.75, ge=0.0, le=1.0)
+    #: Offer keypad entry when speech fails or is unsure (digit-like slots).
+    dtmf: bool = False
+    #: For ``digits`` slots: how many digits (min, max).
+    digits_min: int = Field(1, ge=1, le=32)
+    digits_max: int = Field(16, ge=1, le=32)
+    #: Words for the DTMF offer, e.g. "your date of birth as eight digits, month day year".
+    dtmf_prompt: str = ""
+
+
+class _Node(_Strict):
+    text: str = ""
+
+
+class SayNode(_Node):
+    """Speak ``text`` and move on."""
+
+    type: Literal["say"]
+    next: str
+
+
+class AskNode(_Node):
+    """Ask for one slot."""
+
+    type: Literal["ask"]
+    slot: SlotSpec
+    next: str
+    #: Failed attempts before escalating with ``low_confidence``.
+    max_attempts: int = Field(2, ge=1, le=5)
+
+
+class ConfirmNode(_Node):
+    """A yes/no question."""
+
+    type: Literal["confirm"]
+    on_yes: str
+    on_no: str
+
+
+class ToolNode(_Node):
+    """Run a tool; ``text`` (optional) is said first."""
+
+    type: Literal["tool"]
+    tool: str
+    args: dict[str, str] = Field(default_factory=dict)
+    on_ok: str
+    on_fail: str
+    #: Failures allowed before ``on_fail`` is final (for identity checks: re-ask).
+    max_attempts: int = Field(1, ge=1, le=5)
+    retry: str = ""
+
+
+class BranchNode(_Node):
+    """Go to ``on_intent[intent]`` for the intent that started the workflow, else ``default``."""
+
+    type: Literal["branch"]
+    on_intent: dict[str, str]
+    default: str
+
+
+class KbAnswerNode(_Node):
+    """Answer from the knowledge base."""
+
+    type: Literal["kb_answer"]
+    on_found: str
+    on_missing: str
+
+
+class TransferNode(_Node):
+    """Escalate to a person; ``text`` is the hold prompt."""
+
+    type: Literal["transfer"]
+    reason: str
+    on_fail: str
+
+    @field_validator("reason")
+    @classmethod
+    def _known_reason(cls, value: str) -> str:
+        if value not in ESCALATION_REASONS:
+            raise ValueError(f"must be one of {', '.join(ESCALATION_REASONS)}")
+        return value
+
+
+class MessageNode(_Node):
+    """Take a message: ``text`` prompts, the caller's next turn is the message."""
+
+    type: Literal["message"]
+    next: str
+
+
+class PciNode(_Node):
+    """PCI DTMF pause: ``text`` prompts for card digits on the keypad."""
+
+    type: Literal["pci"]
+    digits_min: int = Field(13, ge=4, le=19)
+    digits_max: int = Field(19, ge=4, le=19)
+    timeout_s: float = Field(30.0, gt=0, le=120)
+    on_ok: str
+    on_fail: str
+
+
+class EndNode(_Node):
+    """Terminal node."""
+
+    type: Literal["end"]
+    outcome: Literal["resolved", "transferred", "message_taken"]
+    hangup: bool = False
+
+
+Node = Annotated[
+    SayNode
+    | AskNode
+    | ConfirmNode
+    | ToolNode
+    | BranchNode
+    | KbAnswerNode
+    | TransferNode
+    | MessageNode
+    | PciNode
+    | EndNode,
+    Field(discriminator="type"),
+]
+
+
+class IntentSpec(_Strict):
+    """An intent: example phrases for the embedding matcher and the node it starts at."""
+
+    examples: list[str] = Field(min_length=1)
+    start: str
+
+
+class Workflow(_Strict):
+    """One use case."""
+
+    schema_version: int = Field(alias="schema")
+    id: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    version: int = Field(ge=1)
+    title: str
+    risk_tier: Literal["low", "medium", "high"]
+    intents: dict[str, IntentSpec] = Field(min_length=1)
+    nodes: dict[str, Node] = Field(min_length=1)
+
+    @field_validator("schema_version")
+    @classmethod
+    def _schema(cls, value: int) -> int:
+        if value != SCHEMA_VERSION:
+            raise ValueError(f"unsupported schema {value}; this build reads {SCHEMA_VERSION}")
+        return value
+
+
+_TRANSITIONS = (
+    "next",
+    "on_yes",
+    "on_no",
+    "on_ok",
+    "on_fail",
+    "on_found",
+    "on_missing",
+    "retry",
+    "default",
+)
+
+
+def _check_graph(wf: Workflow, file: Path) -> None:
+    """Transitions, tools, template fields: the checks a schema cannot express."""
+    slots = {n.slot.name for n in wf.nodes.values() if isinstance(n, AskNode)}
+    outputs = {
+        v
+        for n in wf.nodes.values()
+        if isinstance(n, ToolNode)
+        for v in TOOL_OUTPUTS.get(n.tool, ())
+    }
+    known = slots | outputs | set(FACTS)
+    for intent, spec in wf.intents.items():
+        if spec.start not in wf.nodes:
+            raise WorkflowError(file, "", f"intents.{intent}.start", f"no node {spec.start!r}")
+    for node_id, node in wf.nodes.items():
+        for attr in _TRANSITIONS:
+            target = getattr(node, attr, None)
+            if target and target not in wf.nodes:
+                raise WorkflowError(file, node_id, attr, f"no node {target!r}")
+        if isinstance(node, BranchNode):
+            for intent, target in node.on_intent.items():
+                if intent not in wf.intents:
+                    raise WorkflowError(
+                        file, node_id, f"on_intent.{intent}", "not an intent of this workflow"
+                    )
+                if target not in wf.nodes:
+                    raise WorkflowError(file, node_id, f"on_intent.{intent}", f"no node {target!r}")
+        if isinstance(node, ToolNode):
+            if node.tool not in TOOL_OUTPUTS:
+                raise WorkflowError(
+                    file,
+                    node_id,
+                    "tool",
+                    f"unknown tool {node.tool!r}; known: {', '.join(TOOL_OUTPUTS)}",
+                )
+            if node.max_attempts > 1 and not node.retry:
+                raise WorkflowError(file, node_id, "retry", "max_attempts > 1 needs a retry node")
+        if isinstance(node, PciNode) and node.digits_min > node.digits_max:
+            raise WorkflowError(file, node_id, "digits_min", "is greater than digits_max")
+        templates = {"text": node.text}
+        if isinstance(node, ToolNode):
+            templates.update({f"args.{k}": v for k, v in node.args.items()})
+        for field, template in templates.items():
+            try:
+                names = {f for _, f, _, _ in string.Formatter().parse(template) if f}
+            except ValueError as exc:
+                raise WorkflowError(file, node_id, field, f"bad template: {exc}") from exc
+            unknown = sorted(names - known)
+            if unknown:
+                raise WorkflowError(
+                    file, node_id, field, f"unknown template field(s) {', '.join(unknown)}"
+                )
+
+
+def load_workflow(path: Path) -> Workflow:
+    """Read and validate one workflow file.
+
+    Raises:
+        WorkflowError: Naming the file, the node and the field at fault.
+    """
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise WorkflowError(path, "", "", f"cannot read: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise WorkflowError(path, "", "", f"not valid YAML{where}") from exc
+    if not isinstance(data, dict):
+        raise WorkflowError(path, "", "", "must be a YAML mapping")
+    try:
+        wf = Workflow.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = [str(p) for p in err["loc"]]
+        node = ""
+        if len(loc) >= 2 and loc[0] == "nodes":
+            node = loc[1]
+            # Skip the discriminated-union tag pydantic inserts (e.g. "ask").
+            rest = loc[3:] if len(loc) > 2 and loc[2] in _NODE_TAGS else loc[2:]
+        else:
+            rest = loc
+        raise WorkflowError(path, node, ".".join(rest), err["msg"]) from exc
+    _check_graph(wf, path)
+    return wf
+
+
+_NODE_TAGS = {
+    "say",
+    "ask",
+    "confirm",
+    "tool",
+    "branch",
+    "kb_answer",
+    "transfer",
+    "message",
+    "pci",
+    "end",
+}
+
+
+@dataclass(frozen=True)
+class WorkflowSet:
+    """All loaded workflows, by id, with where each came from."""
+
+    workflows: dict[str, Workflow]
+    files: dict[str, Path]
+
+    def intents(self) -> dict[str, tuple[Workflow, IntentSpec]]:
+        """Every intent name mapped to its workflow and spec."""
+        return {
+            name: (wf, spec) for wf in self.workflows.values() for name, spec in wf.intents.items()
+        }
+
+
+def default_dir() -> Path:
+    """The workflows shipped with the appliance (package data)."""
+    return Path(__file__).resolve().parent / "workflows"
+
+
+def load_workflows(directory: Path) -> WorkflowSet:
+    """Load every ``*.yaml`` file of ``directory``.
+
+    Raises:
+        WorkflowError: For the first invalid file, a duplicate workflow id or intent name, or
+            an empty directory.
+    """
+    files = sorted(directory.glob("*.yaml"))
+    if not files:
+        raise WorkflowError(directory, "", "", "no workflow files (*.yaml)")
+    workflows: dict[str, Workflow] = {}
+    where: dict[str, Path] = {}
+    intents: dict[str, Path] = {}
+    for path in files:
+        wf = load_workflow(path)
+        if wf.id in workflows:
+            raise WorkflowError(
+                path, "", "id", f"duplicate workflow id {wf.id!r} (also {where[wf.id]})"
+            )
+        for name in wf.intents:
+            if name in intents:
+                raise WorkflowError(
+                    path, "", f"intents.{name}", f"intent also declared in {intents[name]}"
+                )
+            intents[name] = path
+        workflows[wf.id] = wf
+        where[wf.id] = path
+    return WorkflowSet(workflows, where)
+
+
+def as_dict(wf: Workflow) -> dict[str, Any]:
+    """A JSON-able view of a workflow (for the admin page and tests)."""
+    return wf.model_dump(by_alias=True)
