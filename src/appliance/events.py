@@ -211,8 +211,11 @@ class Escalated(Event):
 
 @dataclass(frozen=True)
 class TransferAttempted(Event):
-    """A SIP REFER was sent (``mode`` ``"blind"`` or ``"attended"``) to ``target`` (a queue or
-    extension URI from the config, not a caller number) with the non-PHI ``handoff_id``."""
+    """A SIP REFER was sent.
+
+    ``mode`` is ``"blind"`` or ``"attended"``; ``target`` is a queue or
+    extension URI from the config, not a caller number) with the non-PHI ``handoff_id``.
+    """
 
     mode: str
     target: str
@@ -221,8 +224,11 @@ class TransferAttempted(Event):
 
 @dataclass(frozen=True)
 class TransferResult(Event):
-    """How a transfer ended: ``ok`` or not, the final SIP ``status`` (NOTIFY sipfrag or REFER
-    response, 0 for a timeout), and whether the CTI webhook was delivered."""
+    """How a transfer ended.
+
+    ``ok`` or not, the final SIP ``status`` (NOTIFY sipfrag or REFER
+    response, 0 for a timeout), and whether the CTI webhook was delivered.
+    """
 
     handoff_id: str
     ok: bool
@@ -240,8 +246,11 @@ class MessageTaken(Event):
 
 @dataclass(frozen=True)
 class PciPause(Event):
-    """The PCI DTMF pause started (``active``) or ended; when it ends, ``digits`` is how many
-    digits went to the payment handler and ``outcome`` its fixed result name. Never digits."""
+    """The PCI DTMF pause started (``active``) or ended.
+
+    When it ends, ``digits`` is how many
+    digits went to the payment handler and ``outcome`` its fixed result name. Never digits.
+    """
 
     active: bool
     digits: int = 0
@@ -250,8 +259,10 @@ class PciPause(Event):
 
 @dataclass(frozen=True)
 class WorkflowOutcome(Event):
-    """A workflow reached a terminal outcome: ``resolved``, ``transferred`` or ``message_taken``
-    (or ``abandoned`` when the caller hung up first); ``intent`` is the call's main intent."""
+    """A workflow reached a terminal outcome.
+
+    ``resolved``, ``transferred`` or ``message_taken`` (or ``abandoned`` when the caller hung up first); ``intent`` is the call's main intent.
+    """
 
     workflow: str
     outcome: str

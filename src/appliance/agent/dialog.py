@@ -88,8 +88,10 @@ class Next(Enum):
 
 @dataclass(frozen=True)
 class TransferRequest:
-    """A transfer to a person: non-PHI ``handoff_id``, the escalation ``reason``, and the
-    ``context`` for the CTI webhook (intent, stage, slots, actions, summary; may hold PHI).
+    """A transfer to a person.
+
+    ``handoff_id`` is non-PHI (it goes in a SIP header); ``reason`` is the escalation trigger;
+    ``context`` is for the CTI webhook (intent, stage, slots, actions, summary; may hold PHI).
     """
 
     handoff_id: str
@@ -99,8 +101,9 @@ class TransferRequest:
 
 @dataclass(frozen=True)
 class PciRequest:
-    """Start the PCI DTMF pause: collect ``digits_min``..``digits_max`` digits ending with
-    ``#`` within ``timeout_s`` seconds.
+    """Start the PCI DTMF pause.
+
+    Collect ``digits_min``..``digits_max`` digits, ended by ``#``, within ``timeout_s`` seconds.
     """
 
     digits_min: int

@@ -92,8 +92,10 @@ def yes_no(text: str) -> bool | None:
 
 @dataclass(frozen=True)
 class IntentResult:
-    """The best intent for a turn: ``intent`` (or ``None``), cosine ``confidence`` 0..1,
-    ``method`` (``"embedding"``, ``"llm"``), and the top three ``(intent, score)`` pairs.
+    """The best intent for a turn.
+
+    ``intent`` (or ``None``), cosine ``confidence`` 0..1, ``method`` (``"embedding"``,
+    ``"llm"``), and the top three ``(intent, score)`` pairs.
     """
 
     intent: str | None
@@ -184,8 +186,10 @@ def itn(text: str) -> str:
 
 @dataclass(frozen=True)
 class Extraction:
-    """A slot value: ``value`` (typed), ``display`` (how the agent reads it back), and
-    ``confidence`` 0..1 (STT confidence times parse certainty).
+    """A slot value.
+
+    ``value`` (typed), ``display`` (how the agent reads it back), and ``confidence`` 0..1
+    (STT confidence times parse certainty).
     """
 
     value: object
@@ -238,8 +242,9 @@ _MONTH = re.compile(
 
 
 def extract_birth_date(text: str, stt_confidence: float, today: date) -> Extraction | None:
-    """A date of birth from speech ("March 4th, 1982", "3/4/1982") or 8 keypad digits
-    ``MMDDYYYY``. The year must be between 1900 and ``today``.
+    """A date of birth from speech ("March 4th, 1982", "3/4/1982") or keypad ``MMDDYYYY``.
+
+    The year must be between 1900 and ``today``.
     """
     digits = re.sub(r"\D", "", text)
     if re.fullmatch(r"\d{8}", text.strip()):

@@ -262,13 +262,9 @@ class EmbeddingEngine:
             from sentence_transformers import SentenceTransformer
 
             torch.set_num_threads(max(1, threads))
-            self._model = SentenceTransformer(
-                str(model_dir), device="cpu", local_files_only=True
-            )
+            self._model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
         except Exception as exc:  # noqa: BLE001 - any load failure is a model error
-            raise ModelError(
-                "embedding_load_failed", f"{model_dir}: {type(exc).__name__}"
-            ) from exc
+            raise ModelError("embedding_load_failed", f"{model_dir}: {type(exc).__name__}") from exc
         self._lock = threading.Lock()
         self._cache: dict[str, np.ndarray] = {}
 
@@ -288,7 +284,9 @@ class EmbeddingEngine:
                     self._cache[text] = vec.astype(np.float32)
         if not texts:
             return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-        return np.stack([self._cache[t] if t in self._cache else self._encode_one(t) for t in texts])
+        return np.stack(
+            [self._cache[t] if t in self._cache else self._encode_one(t) for t in texts]
+        )
 
     def _encode_one(self, text: str) -> np.ndarray:
         with self._lock:
