@@ -102,6 +102,24 @@ def _installed_version() -> str:
         return "unknown"
 
 
+def _firstboot(args: argparse.Namespace) -> int:
+    from appliance.app.firstboot import FirstbootError, run_firstboot
+
+    try:
+        report = run_firstboot(
+            args.root,
+            args.config,
+            user=args.user,
+            creds_tool=None if args.no_systemd_creds else "systemd-creds",
+            console=args.console,
+        )
+    except FirstbootError as exc:
+        print(f"appliance: first boot failed: {exc}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser."""
     parser = argparse.ArgumentParser(prog="appliance", description=__doc__)
@@ -149,6 +167,18 @@ def build_parser() -> argparse.ArgumentParser:
     rot.add_argument("--new-kek", type=Path, required=True, help="new KEK file (mode 0600)")
     rot.add_argument("--create", action="store_true", help="generate the new KEK file")
     audit.set_defaults(func=_audit)
+
+    first = sub.add_parser("firstboot", help="provision keys, TLS CA, enrolment code, trunk")
+    first.add_argument("--root", type=Path, default=Path("/"), help="tree to provision")
+    first.add_argument(
+        "--config", type=Path, default=Path("/etc/appliance/appliance.toml"), help="as on the box"
+    )
+    first.add_argument("--user", default="appliance", help="service user owning the agent keys")
+    first.add_argument("--console", type=Path, default=Path("/dev/console"), help="code shown here")
+    first.add_argument(
+        "--no-systemd-creds", action="store_true", help="store the KEK as a key file instead"
+    )
+    first.set_defaults(func=_firstboot)
     return parser
 
 

@@ -1,0 +1,164 @@
+"""`appliance firstboot` on a temporary root: keys made once, never replaced, no plaintext code."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from argon2 import PasswordHasher, extract_parameters
+from argon2 import Type as Argon2Type
+from cryptography import x509
+
+from appliance.app.firstboot import FirstbootError, fingerprint, run_firstboot
+from appliance.cli import main
+from appliance.config import load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATE = REPO / "image/mkosi.extra/usr/share/appliance/appliance.toml"
+ROOT_HASH = (
+    "$6$salt$IxDD3jeSOb5eB1CX5LBsqZFVkJdido3OUILO5Ifz5iwMuTS4XMS130MTSuDDl3aCI6WouIL9AjRbLCelDCy.g."
+)
+
+KEYS = (
+    "var/lib/appliance/keys/audit-signing.key",
+    "var/lib/appliance/keys/audit-kek",
+    "etc/appliance/tls/ca.key",
+    "etc/appliance/tls/server.key",
+    "etc/appliance/enrolment.argon2",
+    "etc/appliance/firstboot/enrolment-code.txt",
+)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    (root / "usr/share/appliance").mkdir(parents=True)
+    (root / "usr/share/appliance/appliance.toml").write_bytes(TEMPLATE.read_bytes())
+    (root / "etc/appliance").mkdir(parents=True)
+    (root / "etc/appliance/trunk.toml").write_text(
+        '[sip]\nallowed_peers = ["192.0.2.10/32"]\n\n[clinic]\nname = "Oak Clinic"\n'
+    )
+    shadow = root / "etc/shadow"
+    shadow.write_text(
+        f"root:{ROOT_HASH}:19000:0:99999:7:::\nguest::19000::::::\nnobody:*:19000::::::\n"
+    )
+    shadow.chmod(0o640)
+    return root
+
+
+def firstboot(root: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    console = root.parent / "console.txt"
+    rc = main(
+        [
+            "firstboot",
+            "--root",
+            str(root),
+            "--user",
+            "",
+            "--console",
+            str(console),
+            "--no-systemd-creds",
+        ]
+    )
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    return out.out
+
+
+def test_firstboot_twice_keeps_keys_and_stores_only_a_hash(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first_out = firstboot(root, capsys)
+    assert "enrolment code" in first_out and "audit signing key" in first_out
+    before = {k: fingerprint(root / k) for k in KEYS}
+    config_before = (root / "etc/appliance/appliance.toml").read_bytes()
+
+    second_out = firstboot(root, capsys)
+    assert "created nothing" in second_out
+    assert {k: fingerprint(root / k) for k in KEYS} == before
+    assert (root / "etc/appliance/appliance.toml").read_bytes() == config_before
+
+    # The code is shown once (console and root-only notice) and stored only as an Argon2id hash.
+    notice = (root / "etc/appliance/firstboot/enrolment-code.txt").read_text()
+    code = notice.splitlines()[1].strip()
+    assert len(code) == 19 and code.count("-") == 3
+    assert code in (root.parent / "console.txt").read_text()
+    stored = (root / "etc/appliance/enrolment.argon2").read_text().strip()
+    assert extract_parameters(stored).type is Argon2Type.ID
+    assert PasswordHasher().verify(stored, code)
+    assert code not in first_out + second_out
+    holders = [
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and code.encode() in p.read_bytes()
+    ]
+    assert holders == ["etc/appliance/firstboot/enrolment-code.txt"]
+
+    # File modes: private keys and the hash are owner-only, their directories too.
+    for key in KEYS:
+        assert stat.S_IMODE((root / key).stat().st_mode) == 0o600, key
+    for directory in ("var/lib/appliance/keys", "etc/appliance/firstboot"):
+        assert stat.S_IMODE((root / directory).stat().st_mode) == 0o700, directory
+    assert stat.S_IMODE((root / "etc/appliance/tls/server.crt").stat().st_mode) == 0o644
+
+
+def test_firstboot_applies_trunk_and_locks_default_passwords(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    firstboot(root, capsys)
+    settings = load_settings(root / "etc/appliance/appliance.toml")
+    assert settings.sip.allowed_peers == ["192.0.2.10/32"]
+    assert settings.sip.bind == "0.0.0.0:5060"
+    assert settings.clinic.name == "Oak Clinic"
+    assert settings.audit.create_keys is False
+    shadow = {
+        line.split(":")[0]: line.split(":")[1]
+        for line in (root / "etc/shadow").read_text().splitlines()
+    }
+    assert shadow == {"root": "!" + ROOT_HASH, "guest": "!*", "nobody": "*"}
+    assert stat.S_IMODE((root / "etc/shadow").stat().st_mode) == 0o640
+
+
+def test_tls_server_certificate_is_issued_by_the_local_ca(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    firstboot(root, capsys)
+    tls = root / "etc/appliance/tls"
+    ca = x509.load_pem_x509_certificate((tls / "ca.crt").read_bytes())
+    server = x509.load_pem_x509_certificate((tls / "server.crt").read_bytes())
+    server.verify_directly_issued_by(ca)
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is True
+    sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in sans.get_values_for_type(x509.DNSName)
+
+
+def test_existing_keys_are_checked_not_replaced(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    firstboot(root, capsys)
+    kek = root / "var/lib/appliance/keys/audit-kek"
+    kek.chmod(0o644)  # a loosened mode is repaired, the key kept
+    before = fingerprint(kek)
+    firstboot(root, capsys)
+    assert stat.S_IMODE(kek.stat().st_mode) == 0o600 and fingerprint(kek) == before
+
+    (root / "etc/appliance/enrolment.argon2").write_text("not-a-hash\n")
+    with pytest.raises(FirstbootError, match="enrolment.argon2"):
+        run_firstboot(root, user=None, creds_tool=None, console=None)
+    signing = root / "var/lib/appliance/keys/audit-signing.key"
+    os.chmod(signing, 0o600)
+    signing.write_bytes(b"garbage")
+    with pytest.raises(FirstbootError, match="audit-signing.key"):
+        run_firstboot(root, user=None, creds_tool=None, console=None)
+
+
+def test_trunk_file_may_not_set_other_sections(root: Path) -> None:
+    (root / "etc/appliance/trunk.toml").write_text("[audit]\ncreate_keys = true\n")
+    with pytest.raises(FirstbootError, match=r"only \[sip\] and \[clinic\]"):
+        run_firstboot(root, user=None, creds_tool=None, console=None)
+    (root / "etc/appliance/trunk.toml").write_text('[sip]\nallowed_peers = ["not-an-ip"]\n')
+    with pytest.raises(FirstbootError, match="invalid"):
+        run_firstboot(root, user=None, creds_tool=None, console=None)
+    assert not (root / "etc/appliance/appliance.toml").exists()
