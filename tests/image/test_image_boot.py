@@ -94,7 +94,13 @@ def _prepare_disk(work: Path, sip_peer: str) -> Path:
     mnt.mkdir()
     root = parts["appliance-root"]
     subprocess.run(
-        ["mount", "-o", f"loop,offset={root['offset']},sizelimit={root['size']}", str(disk), str(mnt)],
+        [
+            "mount",
+            "-o",
+            f"loop,offset={root['offset']},sizelimit={root['size']}",
+            str(disk),
+            str(mnt),
+        ],
         check=True,
     )
     try:
