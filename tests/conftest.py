@@ -75,3 +75,28 @@ def tiny_fs(tmp_path: Path):  # noqa: ANN201
         pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()}")
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture(scope="session")
+def embedder(store: Path):  # noqa: ANN201 - returns appliance.models.engines.EmbeddingEngine
+    """all-MiniLM-L6-v2 from the verified store (loaded once per test session)."""
+    from appliance.models.engines import EmbeddingEngine
+
+    return EmbeddingEngine(store / "embedding" / "all-MiniLM-L6-v2")
+
+
+#: The clock of the dialogue tests: a Sunday morning, so "Tuesday" is the 24th.
+NOW = __import__("datetime").datetime(2026, 11, 22, 10, 0)
+
+
+@pytest.fixture()
+def agent(embedder, tmp_path: Path):  # noqa: ANN001, ANN201 - returns AgentRuntime
+    """The shipped workflows and knowledge base over a demo calendar seeded for :data:`NOW`."""
+    from appliance.agent.calendar import SqliteCalendar
+    from appliance.agent.runtime import load_agent
+    from appliance.config.settings import ApplianceSettings
+
+    calendar = SqliteCalendar.seed_demo(tmp_path / "calendar.sqlite", NOW.date())
+    runtime = load_agent(ApplianceSettings(), embedder.encode, calendar=calendar)
+    yield runtime
+    calendar.close()

@@ -261,7 +261,8 @@ class PciPause(Event):
 class WorkflowOutcome(Event):
     """A workflow reached a terminal outcome.
 
-    ``resolved``, ``transferred`` or ``message_taken`` (or ``abandoned`` when the caller hung up first); ``intent`` is the call's main intent.
+    ``resolved``, ``transferred`` or ``message_taken`` (or ``abandoned`` when the caller
+    hung up first); ``intent`` is the call's main intent.
     """
 
     workflow: str

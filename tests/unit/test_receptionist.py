@@ -15,14 +15,13 @@ from pipecat.frames.frames import (
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.tests.utils import SleepFrame, run_test
 
+from appliance.agent.dialog import Next, Reply
 from appliance.agent.receptionist import Receptionist
-from appliance.agent.templates import Action
-from appliance.config.settings import ClinicSettings
-from appliance.events import DtmfReceived, Event, TurnEnded
+from appliance.agent.runtime import AgentRuntime
+from appliance.events import DtmfReceived, Event, IntentRecognized, SlotFilled, TurnEnded
 from appliance.pipeline.transport import SipDTMFFrame
 from appliance.policy.disclosure import DisclosureOpener, disclosure_text
-
-CLINIC = ClinicSettings(name="Oak Clinic", hours="nine to five")
+from tests.conftest import NOW
 
 
 def ctx(text: str) -> LLMContextFrame:
@@ -31,36 +30,32 @@ def ctx(text: str) -> LLMContextFrame:
     )
 
 
-def make(events: list[Event], actions: list[Action]) -> Receptionist:
-    async def on_action(a: Action) -> None:
-        actions.append(a)
+def make(agent: AgentRuntime, events: list[Event], after: list[Reply]) -> Receptionist:
+    async def on_after(reply: Reply) -> None:
+        after.append(reply)
 
-    return Receptionist("c1", CLINIC, events.append, on_action)
+    dialog = agent.new_dialog("c1", events.append)
+    dialog._now = lambda: NOW  # noqa: SLF001 - the demo calendar is seeded for NOW
+    return Receptionist("c1", dialog, events.append, on_after, stt_confidence=lambda: 0.9)
 
 
 @pytest.mark.asyncio
-async def test_templated_question_never_reaches_the_llm() -> None:
+async def test_knowledge_question_never_reaches_the_llm(agent: AgentRuntime) -> None:
     events: list[Event] = []
     down, _ = await run_test(
-        make(events, []),
+        make(agent, events, []),
         frames_to_send=[ctx("What are your hours?")],
         expected_down_frames=[LLMFullResponseStartFrame, LLMTextFrame, LLMFullResponseEndFrame],
     )
-    assert down[1].text == "We're open nine to five."
-    assert events == [TurnEnded("c1", user_text="What are your hours?", t=events[0].t)]
+    assert down[1].text.startswith("We're open Monday to Friday")
+    assert events[0] == TurnEnded("c1", user_text="What are your hours?", t=events[0].t)
+    assert any(isinstance(e, IntentRecognized) and e.intent == "clinic_question" for e in events)
 
 
 @pytest.mark.asyncio
-async def test_other_questions_go_to_the_llm() -> None:
-    await run_test(
-        make([], []), frames_to_send=[ctx("Tell me a joke")], expected_down_frames=[LLMContextFrame]
-    )
-
-
-@pytest.mark.asyncio
-async def test_goodbye_hangs_up_only_after_the_reply_was_played() -> None:
-    actions: list[Action] = []
-    proc = make([], actions)
+async def test_goodbye_hangs_up_only_after_the_reply_was_played(agent: AgentRuntime) -> None:
+    after: list[Reply] = []
+    proc = make(agent, [], after)
     await run_test(
         proc,
         frames_to_send=[
@@ -72,23 +67,30 @@ async def test_goodbye_hangs_up_only_after_the_reply_was_played() -> None:
             SleepFrame(sleep=0.05),
         ],
     )
-    assert actions == []
+    assert after == []
     await run_test(proc, frames_to_send=[BotStoppedSpeakingFrame(), SleepFrame(sleep=0.05)])
-    assert actions == [Action.HANGUP]
+    assert [r.next for r in after] == [Next.HANGUP]
 
 
 @pytest.mark.asyncio
-async def test_dtmf_frames_are_recorded_with_their_method() -> None:
+async def test_dtmf_frames_are_recorded_and_fill_a_keyed_slot(agent: AgentRuntime) -> None:
     from pipecat.audio.dtmf.types import KeypadEntry
 
     events: list[Event] = []
-    await run_test(
-        make(events, []),
-        frames_to_send=[SipDTMFFrame(button=KeypadEntry.FIVE, method="sip-info")],
-    )
-    assert [(e.digit, e.method) for e in events if isinstance(e, DtmfReceived)] == [
-        ("5", "sip-info")
+    proc = make(agent, events, [])
+    for turn in ("I need to reschedule my appointment.", "My name is Maria Lopez."):
+        await run_test(proc, frames_to_send=[ctx(turn)])
+    assert proc.dialog.expects_dtmf
+    keys = [SipDTMFFrame(button=KeypadEntry(d), method="rfc4733") for d in "03041982#"]
+    down, _ = await run_test(proc, frames_to_send=keys)
+    assert [(e.digit, e.method) for e in events if isinstance(e, DtmfReceived)][:2] == [
+        ("0", "rfc4733"),
+        ("3", "rfc4733"),
     ]
+    filled = [e for e in events if isinstance(e, SlotFilled) and e.slot == "birth_date"]
+    assert filled and filled[0].source == "dtmf" and filled[0].value == "March 4, 1982"
+    spoken = " ".join(f.text for f in down if isinstance(f, LLMTextFrame))
+    assert "Dr. Patel" in spoken and "10:30 AM" in spoken
 
 
 @pytest.mark.asyncio

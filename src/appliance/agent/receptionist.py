@@ -1,10 +1,13 @@
-"""The receptionist processor: templated answers first, the LLM for everything else.
+"""The receptionist processor: the dialogue manager's voice in the pipeline.
 
 Sits between the user context aggregator and the LLM service. For each completed caller turn
-(an :class:`LLMContextFrame`) it emits :class:`~appliance.events.TurnEnded`, then either answers
-from :mod:`appliance.agent.templates` (pushing the reply as one LLM response, so the TTS and
-the assistant aggregator treat it exactly like generated text) or passes the context on to the
-LLM. Follow-up actions (transfer, hang up) run once the reply has been played in full.
+(an :class:`LLMContextFrame`) it emits :class:`~appliance.events.TurnEnded`, asks the
+:class:`~appliance.agent.dialog.DialogManager` for a reply and pushes the reply as one LLM
+response (so the TTS and the assistant aggregator treat it like generated text). Only when the
+dialogue hands an off-script turn to the LLM (``llm_off_script``) does the context go on to it.
+
+Follow-up actions (transfer, hang up) run once the reply has been played in full; a PCI pause
+starts at once, so digits typed during the prompt are already kept from the pipeline.
 """
 
 from __future__ import annotations
@@ -26,8 +29,7 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
-from appliance.agent.templates import Action, match
-from appliance.config.settings import ClinicSettings
+from appliance.agent.dialog import DialogManager, Next, Reply
 from appliance.events import DtmfReceived, Event, TurnEnded
 
 _LOGGER = logging.getLogger(__name__)
@@ -46,70 +48,94 @@ def last_user_text(messages: list[Any]) -> str:
 
 
 class Receptionist(FrameProcessor):
-    """Routes each caller turn to a template or to the LLM.
+    """Routes each caller turn through the dialogue manager.
 
     Args:
         call_id: Opaque call id for events.
-        clinic: Facts for the templates.
+        dialog: The call's dialogue manager.
         emit: Event sink (the call's event bus).
-        on_action: Awaited with the follow-up :class:`Action` after its reply was played.
-        templates_enabled: Turn templates off to send every turn to the LLM.
+        on_after: Awaited with a :class:`Reply` whose ``next`` is not ``CONTINUE``: after it was
+            played (transfer, hang up), or at once (PCI pause).
+        stt_confidence: Returns the last transcript's confidence 0..1 (or ``None``).
     """
 
     def __init__(
         self,
         call_id: str,
-        clinic: ClinicSettings,
+        dialog: DialogManager,
         emit: Callable[[Event], None],
-        on_action: Callable[[Action], Awaitable[None]],
-        *,
-        templates_enabled: bool = True,
+        on_after: Callable[[Reply], Awaitable[None]],
+        stt_confidence: Callable[[], float | None] = lambda: None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self._call_id = call_id
-        self._clinic = clinic
+        self._dialog = dialog
         self._emit = emit
-        self._on_action = on_action
-        self._templates = templates_enabled
-        self._pending: Action | None = None
+        self._on_after = on_after
+        self._stt_confidence = stt_confidence
+        self._pending: Reply | None = None
         self._pending_started = False
         self.last_source = "opening"
         self.last_intent: str | None = None
 
+    @property
+    def dialog(self) -> DialogManager:
+        """The call's dialogue manager."""
+        return self._dialog
+
+    async def speak(self, reply: Reply) -> None:
+        """Say ``reply`` now and arm its follow-up action (also used by the server)."""
+        self.last_source = reply.source
+        if reply.next is Next.PCI:
+            await self._on_after(reply)
+        elif reply.next is not Next.CONTINUE:
+            if not reply.text:
+                await self._on_after(reply)
+                return
+            self._pending = reply
+            self._pending_started = False
+        if not reply.text:
+            return
+        await self.push_frame(LLMFullResponseStartFrame())
+        await self.push_frame(LLMTextFrame(reply.text))
+        await self.push_frame(LLMFullResponseEndFrame())
+
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        """Handle caller turns and the bot-speaking edges that trigger follow-up actions."""
+        """Handle caller turns, keypad digits and the bot-speaking edges of follow-ups."""
         await super().process_frame(frame, direction)
         if isinstance(frame, LLMContextFrame) and direction == FrameDirection.DOWNSTREAM:
             await self._handle_turn(frame)
             return
         if isinstance(frame, InputDTMFFrame):
             method = str(getattr(frame, "method", "unknown"))
-            self._emit(DtmfReceived(self._call_id, digit=frame.button.value, method=method))
-        elif isinstance(frame, InterruptionFrame):
+            digit = str(frame.button.value)
+            self._emit(DtmfReceived(self._call_id, digit=digit, method=method))
+            reply = self._dialog.handle_dtmf(digit)
+            await self.push_frame(frame, direction)
+            if reply is not None:
+                await self.speak(reply)
+            return
+        if isinstance(frame, InterruptionFrame):
             self._pending_started = False  # the reply was cut: re-arm for its next playout
         elif isinstance(frame, BotStartedSpeakingFrame) and self._pending is not None:
             self._pending_started = True
         elif isinstance(frame, BotStoppedSpeakingFrame) and self._pending_started:
-            action, self._pending, self._pending_started = self._pending, None, False
-            if action is not None and action is not Action.CONTINUE:
-                await self.push_frame(frame, direction)
-                await self._on_action(action)
-                return
+            reply, self._pending, self._pending_started = self._pending, None, False
+            await self.push_frame(frame, direction)
+            if reply is not None:
+                await self._on_after(reply)
+            return
         await self.push_frame(frame, direction)
 
     async def _handle_turn(self, frame: LLMContextFrame) -> None:
         text = last_user_text(list(frame.context.get_messages()))
         self._emit(TurnEnded(self._call_id, user_text=text))
-        answer = match(text, self._clinic) if self._templates else None
-        if answer is None:
+        confidence = self._stt_confidence()
+        reply = self._dialog.handle_turn(text, 1.0 if confidence is None else confidence)
+        if reply.use_llm:
             self.last_source, self.last_intent = "llm", None
             await self.push_frame(frame, FrameDirection.DOWNSTREAM)
             return
-        _LOGGER.info("call %s: templated answer (intent %s)", self._call_id, answer.intent)
-        self.last_source, self.last_intent = "template", answer.intent
-        self._pending = answer.action
-        self._pending_started = False
-        await self.push_frame(LLMFullResponseStartFrame())
-        await self.push_frame(LLMTextFrame(answer.text))
-        await self.push_frame(LLMFullResponseEndFrame())
+        self.last_intent = self._dialog.main_intent or None
+        await self.speak(reply)

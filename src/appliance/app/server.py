@@ -18,7 +18,9 @@ from pathlib import Path
 from pipecat.frames.frames import TTSSpeakFrame
 from pipecat.workers.runner import WorkerRunner
 
-from appliance.agent.templates import Action
+from appliance.agent.dialog import Next, Reply, TransferRequest
+from appliance.agent.runtime import AgentRuntime, load_agent
+from appliance.app.cti import post_context
 from appliance.app.sdnotify import SystemdNotifier
 from appliance.audit.observer import AuditObserver
 from appliance.audit.service import open_audit, retention_sweep
@@ -31,14 +33,23 @@ from appliance.events import (
     CallOffered,
     CallRejected,
     ConfigChanged,
+    Event,
     EventBus,
     JsonlEventSink,
+    TransferAttempted,
+    TransferResult,
 )
 from appliance.media.sip import CallHandle, SipUserAgent
 from appliance.metrics.store import CallMetadataStore
 from appliance.models.engines import ModelSet, load_models
-from appliance.pipeline.builder import build_call_pipeline, fixed_phrases, initial_messages
+from appliance.pipeline.builder import (
+    CallPipeline,
+    build_call_pipeline,
+    fixed_phrases,
+    initial_messages,
+)
 from appliance.pipeline.services import PhraseCache
+from appliance.policy.scoring import score_call
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -50,10 +61,6 @@ AUDIT_FAILURE_TEXT = (
     "Please call back in a few minutes. Goodbye."
 )
 
-NO_TRANSFER_TEXT = (
-    "I'm sorry, no one can take your call on this line right now. "
-    "Please call back during our opening hours."
-)
 
 
 class ApplianceServer:
@@ -89,6 +96,8 @@ class ApplianceServer:
         self.phrases: PhraseCache | None = None
         self.audit: AuditObserver | None = None
         self._active: dict[str, tuple[CallHandle, object]] = {}
+        self.agent: AgentRuntime | None = None
+        self._call_events: dict[str, list[Event]] = {}
 
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT, then drain. Returns the process exit code.
@@ -100,9 +109,11 @@ class ApplianceServer:
         loop = asyncio.get_running_loop()
         if self.models is None:
             self.models = await asyncio.to_thread(load_models, self.settings.models)
+        self.agent = await asyncio.to_thread(self._load_agent, self.settings)
         await asyncio.to_thread(self._warm)
         self.store = CallMetadataStore(self.settings.store.metadata_db)
         self.bus.subscribe(self.store.on_event)
+        self.bus.subscribe(self._collect)
         if self.settings.audit.enabled:
             log = await asyncio.to_thread(open_audit, self.settings.audit)
             self.audit = AuditObserver(
@@ -161,6 +172,13 @@ class ApplianceServer:
             _LOGGER.error("configuration reload refused, still serving: %s", exc.message)
             self.bus.emit(ConfigChanged("", accepted=False, detail=exc.code))
             return False
+        try:
+            agent = self._load_agent(new, self.agent)
+        except ConfigError as exc:
+            _LOGGER.error("workflow reload refused, keeping the last good set: %s", exc.message)
+            self.bus.emit(ConfigChanged("", accepted=False, detail=exc.code))
+            return False
+        self.agent = agent
         if new.sip != self.settings.sip or new.models != self.settings.models:
             _LOGGER.warning("configuration reloaded; [sip] and [models] changes need a restart")
             new = new.model_copy(update={"sip": self.settings.sip, "models": self.settings.models})
@@ -175,14 +193,31 @@ class ApplianceServer:
             self._ua.draining = True
         self._stop.set()
 
+    def _load_agent(
+        self, settings: ApplianceSettings, previous: AgentRuntime | None = None
+    ) -> AgentRuntime:
+        assert self.models is not None and self.models.embedder is not None
+        calendar = previous.calendar if previous is not None else None
+        agent = load_agent(settings, self.models.embedder.encode, calendar=calendar)
+        _LOGGER.info(
+            "workflows loaded: %s",
+            ", ".join(f"{w.id} v{w.version}" for w in agent.workflows.workflows.values()),
+        )
+        return agent
+
+    def _collect(self, event: Event) -> None:
+        """Keep each live call's events for its post-call score."""
+        if event.call_id in self._call_events:
+            self._call_events[event.call_id].append(event)
+
     def _warm(self) -> None:
-        assert self.models is not None
+        assert self.models is not None and self.agent is not None
         t0 = time.perf_counter()
         self.models.llm.warm_messages(initial_messages(self.settings))
         _LOGGER.info("LLM prompt prefix cached in %.2f s", time.perf_counter() - t0)
         t0 = time.perf_counter()
         self.phrases = PhraseCache(self.models.tts, self.settings.models.tts_speed)
-        phrases = fixed_phrases(self.settings, [NO_TRANSFER_TEXT])
+        phrases = fixed_phrases(self.settings, self.agent.fixed_phrases())
         # The opening (disclosure, greeting) is rendered before "ready"; the rest in the
         # background so start-up stays short. A phrase not yet cached is synthesised live.
         count = self.phrases.render(phrases[:2])
@@ -295,16 +330,28 @@ class ApplianceServer:
             emit(CallEnded(handle.call_id, disposition="no_media", duration_s=0.0))
             return
         emit(CallAnswered(handle.call_id, codec=handle.codec))
-        holder: dict[str, object] = {}
+        self._call_events[handle.call_id] = []
+        holder: dict[str, CallPipeline] = {}
+        agent = self.agent
+        assert agent is not None
 
-        async def on_action(action: Action) -> None:
+        async def on_after(reply: Reply) -> None:
             nonlocal disposition
-            if action is Action.HANGUP:
+            call = holder["call"]
+            if reply.next is Next.HANGUP:
                 disposition = "agent_hangup"
                 handle.hangup()
-            elif action is Action.TRANSFER:
-                worker = holder["worker"]
-                await worker.queue_frame(TTSSpeakFrame(NO_TRANSFER_TEXT))  # type: ignore[attr-defined]
+            elif reply.next is Next.PCI and reply.pci is not None:
+
+                async def pci_done(ok: bool) -> None:
+                    await call.receptionist.speak(call.receptionist.dialog.pci_done(ok))
+
+                call.pci.start(
+                    pci_done, digits_max=reply.pci.digits_max, timeout_s=reply.pci.timeout_s
+                )
+            elif reply.next is Next.TRANSFER and reply.transfer is not None:
+                if await self._transfer(handle, call, reply.transfer):
+                    disposition = "transferred"
 
         # Building loads per-call ONNX sessions (VAD, smart-turn): keep it off the event loop.
         try:
@@ -315,7 +362,8 @@ class ApplianceServer:
                 self.models,
                 self.settings,
                 emit,
-                on_action,
+                on_after,
+                agent,
                 self.phrases,
             )
         except Exception:
@@ -324,8 +372,9 @@ class ApplianceServer:
             )
             handle.hangup(500)
             emit(CallEnded(handle.call_id, disposition="pipeline_error", duration_s=0.0))
+            self._call_events.pop(handle.call_id, None)
             return
-        holder["worker"] = call.task
+        holder["call"] = call
         self._active[handle.call_id] = (handle, call.task)
         transport_in = call.transport.input()
 
@@ -370,4 +419,68 @@ class ApplianceServer:
                     duration_s=round(time.time() - started, 3),
                 )
             )
+            self._score(handle.call_id)
             _LOGGER.info("call %s ended (%s)", handle.call_id, disposition)
+
+    def _score(self, call_id: str) -> None:
+        """Score the call (100% of calls, rules first) and record it."""
+        events = self._call_events.pop(call_id, [])
+        try:
+            self.bus.emit(score_call(events))
+        except Exception:  # noqa: BLE001 - a scoring bug must not disturb the next call
+            _LOGGER.exception("call %s: scoring failed", call_id)
+
+    async def _transfer(self, handle: CallHandle, call: CallPipeline, req: TransferRequest) -> bool:
+        """Warm transfer: CTI webhook with the context, then a blind SIP REFER.
+
+        Returns whether the transfer succeeded; on failure the dialogue's fallback (a message
+        or the workflow's ``on_fail`` node) is spoken, so the caller is never dropped silently.
+        """
+        cfg = self.settings.transfer
+        emit = self.bus.emit
+        emit(
+            TransferAttempted(
+                handle.call_id, mode="blind", target=cfg.target, handoff_id=req.handoff_id
+            )
+        )
+        delivered = False
+        if cfg.webhook_url:
+            delivered = await asyncio.to_thread(
+                post_context, cfg.webhook_url, req.context, cfg.webhook_timeout_s
+            )
+        status = 0
+        if cfg.target:
+            loop = asyncio.get_running_loop()
+            result: asyncio.Future[int] = loop.create_future()
+
+            def on_status(code: int, final: bool) -> None:
+                if final and not result.done():
+                    result.set_result(code)
+                elif code >= 300 and not result.done():
+                    result.set_result(code)  # REFER refused outright
+
+            handle.on_transfer_status = on_status
+            handle.transfer(cfg.target, {cfg.handoff_header: req.handoff_id})
+            try:
+                status = await asyncio.wait_for(result, cfg.timeout_s)
+            except TimeoutError:
+                status = 0
+        ok = 200 <= status < 300
+        emit(
+            TransferResult(
+                handle.call_id,
+                handoff_id=req.handoff_id,
+                ok=ok,
+                status=status,
+                webhook_delivered=delivered,
+            )
+        )
+        _LOGGER.info(
+            "call %s: transfer %s (status %d)", handle.call_id, "ok" if ok else "failed", status
+        )
+        if ok:
+            call.receptionist.dialog.transfer_succeeded()
+            handle.hangup()
+            return True
+        await call.receptionist.speak(call.receptionist.dialog.transfer_failed())
+        return False

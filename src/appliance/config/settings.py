@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import tomllib
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -131,6 +132,61 @@ class AgentSettings(_Section):
     max_reply_tokens: int = Field(40, ge=8, le=512, description="LLM reply budget in tokens.")
     templates_enabled: bool = Field(True, description="Answer common questions from templates.")
     idle_timeout_s: float = Field(20.0, gt=0, description="Silence before prompting the caller.")
+    workflows_dir: Path | None = Field(
+        None, description="Directory of workflow YAML files; unset: the shipped defaults."
+    )
+    knowledge_file: Path | None = Field(
+        None, description="Knowledge-base YAML file; unset: the shipped default entries."
+    )
+    enabled_tiers: list[Literal["low", "medium", "high"]] = Field(
+        default_factory=lambda: ["low", "medium", "high"],
+        description="Risk tiers whose workflows run; others are refused with a transfer.",
+    )
+    llm_off_script: bool = Field(
+        False,
+        description="Send turns no workflow understood to the LLM (for a capable model); "
+        "false: reprompt, then escalate.",
+    )
+    anything_else: str = Field(
+        "Is there anything else I can help you with?", description="Said after a resolved task."
+    )
+
+
+class TransferSettings(_Section):
+    """Warm transfer to staff: SIP REFER plus a CTI webhook with the call's context."""
+
+    target: str = Field(
+        "",
+        description="SIP URI of the staff queue or extension, e.g. sip:frontdesk@10.0.0.5; "
+        "empty: no transfer, the caller leaves a message.",
+    )
+    timeout_s: float = Field(20.0, gt=0, le=120, description="Wait for the transfer's result.")
+    handoff_header: str = Field(
+        "X-Handoff-ID", pattern=r"^X-[A-Za-z0-9-]+$", description="SIP header for the handoff id."
+    )
+    webhook_url: str = Field(
+        "", description="Local CTI URL that receives the handoff context as JSON (POST)."
+    )
+    webhook_timeout_s: float = Field(2.0, gt=0, le=30, description="CTI webhook timeout.")
+
+
+class SchedulingSettings(_Section):
+    """The built-in calendar (providers, slots, appointments)."""
+
+    db: Path = Field(Path("var/calendar.sqlite"), description="Calendar SQLite file.")
+    demo_seed: bool = Field(
+        False, description="Seed demo providers, slots and patients (development and tests)."
+    )
+
+
+class PaymentSettings(_Section):
+    """Where the PCI DTMF pause hands card digits (never to the LLM, transcript or disk)."""
+
+    handoff_url: str = Field(
+        "",
+        description="Local payment-terminal URL (loopback or LAN) that receives the card "
+        "number as JSON; empty: no processor, the caller is transferred to staff.",
+    )
 
 
 class ModelSettings(_Section):
@@ -199,6 +255,9 @@ class ApplianceSettings(_Section):
     models: ModelSettings = Field(default_factory=ModelSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    transfer: TransferSettings = Field(default_factory=TransferSettings)
+    scheduling: SchedulingSettings = Field(default_factory=SchedulingSettings)
+    payments: PaymentSettings = Field(default_factory=PaymentSettings)
 
 
 def load_settings(path: Path | str | None, **overrides: object) -> ApplianceSettings:
@@ -254,7 +313,25 @@ def load_settings(path: Path | str | None, **overrides: object) -> ApplianceSett
             for name in ("db", "kek_file", "signing_key_file", "checkpoint_file")
         }
     )
-    return settings.model_copy(update={"models": models, "store": store, "audit": audit})
+    scheduling = settings.scheduling.model_copy(
+        update={"db": _rebase(base, settings.scheduling.db)}
+    )
+    agent = settings.agent.model_copy(
+        update={
+            name: _rebase(base, getattr(settings.agent, name))
+            for name in ("workflows_dir", "knowledge_file")
+            if getattr(settings.agent, name) is not None
+        }
+    )
+    return settings.model_copy(
+        update={
+            "models": models,
+            "store": store,
+            "audit": audit,
+            "scheduling": scheduling,
+            "agent": agent,
+        }
+    )
 
 
 def _rebase(base: Path, p: Path) -> Path:

@@ -59,6 +59,8 @@ class CallHandle:
     on_media_ready: Callable[[], None] | None = None
     on_dtmf: Callable[[str, str], None] | None = None
     on_disconnected: Callable[[int, str], None] | None = None
+    #: Called with (SIP status, final) for each transfer progress report (REFER response, NOTIFY).
+    on_transfer_status: Callable[[int, bool], None] | None = None
     media_ready: asyncio.Event = field(default_factory=asyncio.Event)
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
     _ua: SipUserAgent | None = None
@@ -68,6 +70,17 @@ class CallHandle:
         """End the call (BYE, or a final response if not yet answered). Idempotent."""
         if self._ua is not None and not self.disconnected.is_set():
             self._ua.submit(lambda: self._ua._hangup(self._pj_id, status))  # type: ignore[union-attr]
+
+    def transfer(self, target: str, headers: dict[str, str]) -> None:
+        """Blind transfer (RFC 3515 REFER, RFC 5589 call-transfer practice) to ``target``.
+
+        ``target`` is a SIP URI (a queue or extension from the config); ``headers`` are extra
+        SIP headers for the REFER (the non-PHI handoff id only). Progress arrives through
+        :attr:`on_transfer_status` as (status, final): the REFER's response, then the status
+        line of each NOTIFY's ``message/sipfrag`` body.
+        """
+        if self._ua is not None and not self.disconnected.is_set():
+            self._ua.submit(lambda: self._ua._xfer(self._pj_id, target, headers))  # type: ignore[union-attr]
 
 
 class _Port(pj.AudioMediaPort):
@@ -159,6 +172,16 @@ class _Call(pj.Call):
             self._dtmf(str(prm.digit), method)
         except Exception:  # noqa: BLE001
             _LOGGER.exception("call %s: DTMF callback failed", self.handle.call_id)
+
+    def onCallTransferStatus(self, prm: pj.OnCallTransferStatusParam) -> None:  # noqa: N802
+        try:
+            status, final = int(prm.statusCode), bool(prm.finalNotify)
+            prm.cont = not final
+            cb = self.handle.on_transfer_status
+            if cb is not None:
+                self.ua._post(lambda: cb(status, final))
+        except Exception:  # noqa: BLE001
+            _LOGGER.exception("call %s: transfer status callback failed", self.handle.call_id)
 
     def onDtmfEvent(self, prm: pj.OnDtmfEventParam) -> None:  # noqa: N802
         try:
@@ -410,6 +433,27 @@ class SipUserAgent:
             call.hangup(op)
         except pj.Error:
             pass
+
+    def _xfer(self, pj_id: int, target: str, headers: dict[str, str]) -> None:
+        call = self._calls.get(pj_id)
+        if call is None:
+            return
+        op = pj.CallOpParam(True)
+        hdrs = pj.SipHeaderVector()
+        for name, value in headers.items():
+            hdr = pj.SipHeader()
+            hdr.hName, hdr.hValue = name, value
+            hdrs.append(hdr)
+        op.txOption.headers = hdrs
+        try:
+            call.xfer(target, op)
+        except pj.Error as exc:
+            _LOGGER.warning(
+                "call %s: REFER could not be sent (%s)", call.handle.call_id, exc.reason
+            )
+            cb = call.handle.on_transfer_status
+            if cb is not None:
+                self._post(lambda: cb(500, True))
 
     def make_call(self, uri: str, handle: CallHandle) -> None:
         """Place an outgoing call (client mode); must be submitted to the pjsua2 thread."""

@@ -2,8 +2,9 @@
 
 ::
 
-    pjsua-in ─► STT ─► user aggregator (Silero VAD, smart-turn v3, mute until disclosure)
-      ─► receptionist (templates | LLM) ─► disclosure opener ─► LLM ─► TTS ─► pjsua-out
+    pjsua-in ─► PCI gate ─► STT ─► user aggregator (Silero VAD, smart-turn v3, mute until
+      disclosure) ─► receptionist (dialogue manager | LLM) ─► disclosure opener ─► LLM ─► TTS
+      ─► pjsua-out
       ─► played-text tracker ─► assistant aggregator
 
 The composition of media and pipeline happens in :mod:`appliance.app`; this module only needs
@@ -30,13 +31,15 @@ from pipecat.turns.user_mute import MuteUntilFirstBotCompleteUserMuteStrategy
 from pipecat.turns.user_stop import TurnAnalyzerUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
+from appliance.agent.dialog import Reply
 from appliance.agent.receptionist import Receptionist
-from appliance.agent.templates import Action
+from appliance.agent.runtime import AgentRuntime
 from appliance.audio.bridge import AudioBridge
 from appliance.config.settings import ApplianceSettings
 from appliance.events import Event
 from appliance.metrics.latency import TurnLatencyObserver
 from appliance.models.engines import ModelSet
+from appliance.pipeline.pci import LuhnHandoff, PaymentHandler, PciGate
 from appliance.pipeline.played import PlayedTextTracker
 from appliance.pipeline.services import (
     LocalKokoroTTSService,
@@ -117,6 +120,8 @@ class CallPipeline:
     latency: TurnLatencyObserver
     tracker: PlayedTextTracker
     context: LLMContext
+    pci: PciGate
+    stt: LocalWhisperSTTService
 
 
 def build_call_pipeline(
@@ -125,8 +130,10 @@ def build_call_pipeline(
     models: ModelSet,
     settings: ApplianceSettings,
     emit: Callable[[Event], None],
-    on_action: Callable[[Action], Awaitable[None]],
+    on_after: Callable[[Reply], Awaitable[None]],
+    agent: AgentRuntime,
     phrases: PhraseCache | None = None,
+    payments: PaymentHandler | None = None,
 ) -> CallPipeline:
     """Assemble the pipeline for one answered call.
 
@@ -136,8 +143,10 @@ def build_call_pipeline(
         models: Engines shared by all calls.
         settings: Appliance settings.
         emit: Event sink.
-        on_action: Awaited for follow-up actions (transfer, hang up) after a reply is played.
+        on_after: Awaited with replies that end in an action (transfer, hang up, PCI pause).
+        agent: Workflows, intent matcher, knowledge base and calendar (shared by calls).
         phrases: Pre-rendered fixed phrases served without synthesis.
+        payments: Where PCI-pause card digits go (default: Luhn check + ``[payments]`` URL).
     """
     dropped = {"ms": 0.0}
 
@@ -153,11 +162,17 @@ def build_call_pipeline(
     )
     receptionist = Receptionist(
         call_id,
-        settings.clinic,
+        agent.new_dialog(call_id, emit),
         emit,
-        on_action,
-        templates_enabled=settings.agent.templates_enabled,
+        on_after,
+        stt_confidence=lambda: stt.last_confidence,
         name="Receptionist",
+    )
+    pci = PciGate(
+        call_id,
+        emit,
+        payments or LuhnHandoff(settings.payments.handoff_url),
+        name="PCI",
     )
     disclosure = disclosure_text(settings.agent.disclosure, settings.clinic.name)
     opener = DisclosureOpener(disclosure, settings.agent.greeting, name="Disclosure")
@@ -176,6 +191,7 @@ def build_call_pipeline(
     pipeline = Pipeline(
         [
             transport.input(),
+            pci,
             stt,
             aggregators.user(),
             receptionist,
@@ -200,14 +216,12 @@ def build_call_pipeline(
         cancel_on_idle_timeout=False,
         enable_rtvi=False,
     )
-    return CallPipeline(task, transport, receptionist, latency, tracker, context)
+    return CallPipeline(task, transport, receptionist, latency, tracker, context, pci, stt)
 
 
 def fixed_phrases(settings: ApplianceSettings, extra: list[str] | None = None) -> list[str]:
-    """The fixed utterances of a call: disclosure, greeting and templated answers."""
-    from appliance.agent.templates import all_answers
-
+    """The fixed utterances of a call: disclosure and greeting first, then ``extra``."""
     phrases = [disclosure_text(settings.agent.disclosure, settings.clinic.name)]
     if settings.agent.greeting:
         phrases.append(settings.agent.greeting)
-    return phrases + all_answers(settings.clinic) + list(extra or [])
+    return phrases + list(extra or [])
