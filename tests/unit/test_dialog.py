@@ -37,7 +37,9 @@ def test_reschedule_verifies_identity_before_any_appointment_detail(agent: Agent
         "My name is Maria Lopez.",
     )]  # fmt: skip
     assert all("Patel" not in s for s in said)
-    reply = dm.handle_turn("March fourth, nineteen eighty two.", 0.9)
+    check = dm.handle_turn("March fourth, nineteen eighty two.", 0.9)
+    assert check.text == "I heard March 4, 1982. Is that right?"  # spoken DOB: always read back
+    reply = dm.handle_turn("Yes.", 0.9)
     assert "Dr. Patel on Tuesday, November 24 at 10:30 AM" in reply.text
     assert dm.handle_turn("Next Wednesday at eleven in the morning.", 0.9).text.startswith(
         "The first opening is Wednesday, November 25 at 11 AM"
@@ -57,10 +59,11 @@ def test_wrong_birth_date_is_refused_then_escalated(agent: AgentRuntime) -> None
     events: list[Event] = []
     dm = dialog(agent, events)
     for turn in ("I need to cancel my appointment.", "My name is Maria Lopez.",
-                 "January first, nineteen ninety.", "My name is Maria Lopez."):  # fmt: skip
+                 "January first, nineteen ninety.", "Yes.", "My name is Maria Lopez.",
+                 "January first, nineteen ninety."):  # fmt: skip
         reply = dm.handle_turn(turn, 0.9)
         assert "Patel" not in reply.text
-    reply = dm.handle_turn("January first, nineteen ninety.", 0.9)
+    reply = dm.handle_turn("Yes.", 0.9)
     assert reply.next is Next.TRANSFER and reply.transfer is not None
     assert [e.ok for e in events if isinstance(e, IdentityVerified)] == [False, False]
     assert reply.transfer.context["identity_verified"] is False
@@ -72,7 +75,7 @@ def test_low_confidence_slot_is_read_back_and_dtmf_is_offered(agent: AgentRuntim
     dm = dialog(agent, events)
     dm.handle_turn("I need a refill of my blood pressure medication.", 0.9)
     dm.handle_turn("My name is Maria Lopez.", 0.9)
-    check = dm.handle_turn("March fourth, nineteen eighty two.", 0.5)
+    check = dm.handle_turn("March fourth, nineteen eighty two.", 0.3)
     assert check.text == "I heard March 4, 1982. Is that right?"
     offer = dm.handle_turn("No.", 0.9)
     assert "key in your date of birth as eight digits" in offer.text
@@ -123,6 +126,13 @@ def test_explicit_request_and_frustration_escalate(agent: AgentRuntime) -> None:
         "explicit_request",
         "frustration",
     ]
+
+
+def test_unsure_intent_is_confirmed_in_plain_words(agent: AgentRuntime) -> None:
+    dm = dialog(agent, [])
+    reply = dm.handle_turn("I'd like to pay my carpet", 0.6)  # Whisper's "copay"
+    assert reply.text == "Just to be sure, do you want help with paying a copay by card?"
+    assert dm.handle_turn("Yes.", 0.9).next is Next.PCI
 
 
 def test_unknown_question_is_not_invented(agent: AgentRuntime) -> None:

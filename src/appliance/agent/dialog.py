@@ -409,10 +409,11 @@ class DialogManager:
             return self._with_anything_else(Reply([hit.text], source="kb"))
         top = result.candidates[0] if result.candidates else None
         if top is not None and top[1] >= INTENT_UNSURE:
-            wf, _spec = self._workflows.intents()[top[0]]
+            wf, spec = self._workflows.intents()[top[0]]
             s.unsure_intent = top[0]
             s.wait = _Wait.INTENT_CONFIRM
-            return Reply([NOT_SURE_TEXT.format(what=wf.title[0].lower() + wf.title[1:])])
+            what = spec.description or wf.title[0].lower() + wf.title[1:]
+            return Reply([NOT_SURE_TEXT.format(what=what)])
         if self._settings.llm_off_script:
             return Reply(use_llm=True, source="llm")
         return self._misunderstood()

@@ -232,6 +232,8 @@ class IntentSpec(_Strict):
 
     examples: list[str] = Field(min_length=1)
     start: str
+    #: How the agent names it when unsure, e.g. "paying a copay by card".
+    description: str = ""
 
 
 class Workflow(_Strict):
