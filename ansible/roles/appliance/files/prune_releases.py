@@ -48,7 +48,8 @@ def main() -> int:
             if d.is_dir() and not d.name.startswith(".") and d.name not in used[key]:
                 shutil.rmtree(d)
                 removed.append(str(d))
-    print(json.dumps({"changed": bool(removed), "removed": removed, "kept": [str(d) for d in kept]}))
+    report = {"changed": bool(removed), "removed": removed, "kept": [str(d) for d in kept]}
+    print(json.dumps(report))
     return 0
 
 

@@ -55,7 +55,7 @@ def check(old: bytes, new: bytes) -> list[tuple[str, int, bytes]]:
     if len(new) < len(old):
         raise Inconsistent(f"checkpoint file shrank: {len(old)} -> {len(new)} bytes")
     if new[: len(old)] != old:
-        raise Inconsistent("checkpoint file was rewritten: it no longer starts with the witness copy")
+        raise Inconsistent("checkpoint file was rewritten: it does not start with the witness copy")
     if new and not new.endswith(b"\n"):
         raise Inconsistent("checkpoint file ends in a partial line")
     seen: dict[int, bytes] = {}
