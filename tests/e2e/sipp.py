@@ -1,7 +1,8 @@
 """Helpers to place test calls with sipp (SIPp 3.6, Debian package ``sip-tester``).
 
 :func:`render_uac_scenario` writes a UAC scenario from a list of small step objects (play a
-speech pcap, pause, send DTMF as SIP INFO or RFC 4733 RTP, wait for the far end's BYE);
+speech pcap, pause, send DTMF as SIP INFO or RFC 4733 RTP, accept or decline a blind transfer
+(REFER), wait for the far end's BYE);
 :func:`run_sipp` runs it against a target and returns the exit status and the SIP message log,
 and :func:`start_sipp` starts one in the background for concurrent calls.
 
@@ -14,6 +15,11 @@ sipp facts these helpers rely on:
 * sipp's default behaviour answers an unexpected BYE from the far end with 200 OK and ends
   the call as failed, so a far-end hang-up outside :class:`WaitBye` is handled cleanly and
   still fails the run.
+* In-dialog requests the UAC sends (INFO, NOTIFY, re-INVITE, BYE) are written out in full:
+  From is our side with our tag, To the far end with ``[peer_tag_param]`` (the To tag of the
+  last response sipp received: sipp only learns the peer tag from responses), CSeq the
+  dialog's own counter. Responses to requests the far end sends (REFER, BYE) copy the request's
+  headers with ``[last_Via:]``, ``[last_From:]`` and so on.
 """
 
 from __future__ import annotations
@@ -112,7 +118,46 @@ class ReInvite:
     direction: str = "sendrecv"
 
 
-Step = Play | Pause | InfoDtmf | Rfc2833 | WaitBye | ReInvite
+@dataclass(frozen=True)
+class ExpectRefer:
+    """Wait for the far end's in-dialog REFER (blind transfer, RFC 3515/RFC 5589) and answer it.
+
+    The REFER must carry ``Refer-To`` and ``header`` (sipp fails the call otherwise); both are
+    logged (see :func:`parse_refer`). It is answered 202 Accepted, or 603 Decline when
+    ``accept`` is false. After a 202 sipp, standing in for the PBX that carries out the transfer,
+    reports progress with in-dialog NOTIFYs (``Event: refer``, ``message/sipfrag``): first
+    "SIP/2.0 100 Trying" (``Subscription-State: active;expires=60``), then, after
+    ``final_delay_ms``, "SIP/2.0 <notify_status> <reason>" (``terminated;reason=noresource``
+    for a final status), each expecting 200 OK. The transferor then normally hangs up: follow
+    with :class:`WaitBye`. A BYE that arrives before a NOTIFY's 200 fails the call.
+
+    Attributes:
+        accept: Answer 202 and send NOTIFYs (True) or answer 603 Decline and send none.
+        notify_status: Status line of the last NOTIFY (200: the transfer target answered; 486,
+            480, 603...: it failed); None sends only the 100 Trying NOTIFY, so the transfer
+            never completes (the transferor's timeout case). A 1xx keeps the subscription
+            active.
+        header: The header the REFER must carry besides Refer-To (the handoff reference).
+        timeout_ms: Fail the call if no REFER arrives within this many milliseconds.
+        final_delay_ms: Pause between the 100 Trying NOTIFY and the final one.
+    """
+
+    accept: bool = True
+    notify_status: int | None = 200
+    header: str = "X-Handoff-ID"
+    timeout_ms: int = 30000
+    final_delay_ms: int = 200
+
+
+Step = Play | Pause | InfoDtmf | Rfc2833 | WaitBye | ReInvite | ExpectRefer
+
+SIP_REASONS = {
+    100: "Trying", 180: "Ringing", 183: "Session Progress", 200: "OK", 202: "Accepted",
+    404: "Not Found", 408: "Request Timeout", 480: "Temporarily Unavailable",
+    486: "Busy Here", 487: "Request Terminated", 500: "Server Internal Error",
+    503: "Service Unavailable", 600: "Busy Everywhere", 603: "Decline",
+}  # fmt: skip
+_TOKEN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
 
 
 @dataclass
@@ -358,6 +403,8 @@ def _render_step(step: Step, d: _Dialog, pts: list[int]) -> str:
             + '\n  <recv response="100" optional="true"/>\n  <recv response="200"/>\n'
             + d.request("ACK", "[next_url]", cseq=cseq)
         )
+    if isinstance(step, ExpectRefer):
+        return _expect_refer(step, d)
     if isinstance(step, WaitBye):
         return (
             f'  <recv request="BYE" timeout="{int(step.timeout_ms)}"/>\n'
@@ -366,6 +413,94 @@ def _render_step(step: Step, d: _Dialog, pts: list[int]) -> str:
             "      Content-Length: 0\n\n    ]]>\n  </send>"
         )
     raise ValueError(f"unknown step {step!r}")
+
+
+def _expect_refer(step: ExpectRefer, d: _Dialog) -> str:
+    header = step.header
+    if not header or not set(header) <= _TOKEN or header.lower() in ("refer-to", "r"):
+        raise ValueError(f"invalid handoff header name {header!r}")
+    status = step.notify_status
+    if status is not None and not 100 <= status <= 699:
+        raise ValueError(f"notify_status must be a SIP status code, got {status}")
+    var = "refer_hdr"
+    # ereg on a header searches its value; check_it fails the call when it is missing.
+    parts = [
+        f'  <recv request="REFER" timeout="{int(step.timeout_ms)}">\n'
+        "    <action>\n"
+        '      <ereg regexp="[^[:space:]].*" search_in="hdr" header="Refer-To:" check_it="true"'
+        ' assign_to="refer_to"/>\n'
+        f'      <ereg regexp="[^[:space:]].*" search_in="hdr" header="{header}:" check_it="true"'
+        f' assign_to="{var}"/>\n'
+        '      <log message="REFER-TO [$refer_to]"/>\n'
+        f'      <log message="REFER-HEADER {header} [${var}]"/>\n'
+        "    </action>\n"
+        "  </recv>",
+    ]
+    code, reason = (202, "Accepted") if step.accept else (603, "Decline")
+    parts.append(
+        "  <send>\n    <![CDATA[\n\n"
+        f"      SIP/2.0 {code} {reason}\n      [last_Via:]\n      [last_From:]\n"
+        "      [last_To:]\n      [last_Call-ID:]\n      [last_CSeq:]\n"
+        "      Contact: <sip:sipp@[local_ip]:[local_port]>\n      Content-Length: 0\n\n"
+        "    ]]>\n  </send>"
+    )
+    if not step.accept:
+        return "\n".join(parts)
+    notifies = [(100, "active;expires=60")]
+    if status is not None:
+        state = "active;expires=60" if status < 200 else "terminated;reason=noresource"
+        notifies.append((status, state))
+    for i, (code, state) in enumerate(notifies):
+        if i:
+            parts.append(f'  <pause milliseconds="{int(step.final_delay_ms)}"/>')
+        reason = SIP_REASONS.get(code, "OK" if code < 300 else "Failed")
+        parts.append(
+            d.request(
+                "NOTIFY",
+                "[next_url]",
+                "Content-Type: message/sipfrag;version=2.0",
+                f"SIP/2.0 {code} {reason}",
+                headers=("Event: refer", f"Subscription-State: {state}"),
+            )
+        )
+        parts.append('  <recv response="200"/>')
+    return "\n".join(parts)
+
+
+def parse_refer(message_log: str, header: str = "X-Handoff-ID") -> dict[str, str | None]:
+    """Return the Refer-To and handoff header values of the first REFER sipp received.
+
+    Args:
+        message_log: sipp's message log (:attr:`SippResult.messages`); the ``<log>`` lines an
+            :class:`ExpectRefer` step writes (``logs["log"]``) work too.
+        header: The handoff header name (case-insensitive).
+
+    Returns:
+        ``{"Refer-To": value, header: value}``; a value is None when not found.
+    """
+    found: dict[str, str | None] = {"Refer-To": None, header: None}
+    for direction, text in _split_messages(message_log):
+        lines = text.split("\n")
+        if direction != "received" or not lines[0].startswith("REFER "):
+            continue
+        for line in lines[1:]:
+            if not line.strip():
+                break  # end of headers
+            key, sep, value = line.partition(":")
+            key = key.strip().lower()
+            if sep and key in ("refer-to", "r") and found["Refer-To"] is None:
+                found["Refer-To"] = value.strip()
+            elif sep and key == header.lower() and found[header] is None:
+                found[header] = value.strip()
+        return found
+    prefix = f"REFER-HEADER {header} ".lower()
+    for line in message_log.splitlines():
+        line = line.strip()
+        if line.startswith("REFER-TO ") and found["Refer-To"] is None:
+            found["Refer-To"] = line[len("REFER-TO ") :].strip() or None
+        elif line.lower().startswith(prefix) and found[header] is None:
+            found[header] = line[len(prefix) :].strip() or None
+    return found
 
 
 def _play(path: Path, extra_ms: int = 0) -> str:
@@ -406,6 +541,7 @@ class _Dialog:
         *,
         in_dialog: bool = True,
         cseq: int | None = None,
+        headers: tuple[str, ...] = (),
     ) -> str:
         if cseq is None:
             self.cseq += 1
@@ -415,6 +551,7 @@ class _Dialog:
             lines.append("[routes]")
         lines.append("Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]")
         lines += self._headers(method, cseq, in_dialog)
+        lines += headers
         if content_type:
             lines.append(content_type)
         lines.append("Content-Length: [len]" if body else "Content-Length: 0")

@@ -30,12 +30,16 @@ from appliance.audio.pcap import (
 )
 from tests.e2e.capture import LoopbackCapture, capture_binary
 from tests.e2e.sipp import (
+    ExpectRefer,
     InfoDtmf,
     Pause,
     Play,
     Rfc2833,
+    SippResult,
     WaitBye,
+    _split_messages,
     free_udp_port,
+    parse_refer,
     render_uac_scenario,
     run_sipp,
     sipp_binary,
@@ -69,6 +73,143 @@ UAS_503 = """<?xml version="1.0" encoding="ISO-8859-1" ?>
   <recv request="ACK"/>
 </scenario>
 """
+
+UAS_REFER_HEAD = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="answer, then blind-transfer with REFER">
+  <recv request="INVITE" rrs="true">
+    <action>
+      <ereg regexp="tag=([^;>[:space:]]+)" search_in="hdr" header="From:" check_it="true"
+            assign_to="from_tag,caller_tag"/>
+      <log message="caller [$from_tag]"/>
+    </action>
+  </recv>
+  <send>
+    <![CDATA[
+
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:appliance@[local_ip]:[local_port];transport=[transport]>
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=uas 1 1 IN IP[local_ip_type] [local_ip]
+      s=-
+      c=IN IP[local_ip_type] [local_ip]
+      t=0 0
+      m=audio [media_port] RTP/AVP 0 101
+      a=rtpmap:0 PCMU/8000
+      a=rtpmap:101 telephone-event/8000
+
+    ]]>
+  </send>
+  <recv request="ACK"/>
+  <pause milliseconds="200"/>
+  <send retrans="500">
+    <![CDATA[
+
+      REFER [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:appliance@[local_ip]:[local_port]>;tag=[pid]SIPpTag01[call_number]
+      To: sipp <sip:sipp@127.0.0.1>;tag=[$caller_tag]
+      [last_Call-ID:]
+      CSeq: 1 REFER
+      Contact: <sip:appliance@[local_ip]:[local_port]>
+      Max-Forwards: 70
+      Refer-To: <sip:frontdesk@pbx.example;user=phone>
+      Referred-By: <sip:appliance@[local_ip]:[local_port]>
+      {handoff_line}
+      Content-Length: 0
+
+    ]]>
+  </send>
+"""
+UAS_REFER_NOTIFY = """  <recv response="202"/>
+  <recv request="NOTIFY" crlf="true">
+    <action>
+      <ereg regexp="SIP/2.0 100 Trying" search_in="body" check_it="true" assign_to="trying"/>
+      <ereg regexp="active;expires=60" search_in="hdr" header="Subscription-State:"
+            check_it="true" assign_to="active"/>
+      <log message="NOTIFY [$trying] [$active]"/>
+    </action>
+  </recv>
+  <send>
+    <![CDATA[
+
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+"""
+UAS_REFER_FINAL = """  <recv request="NOTIFY">
+    <action>
+      <ereg regexp="{sipfrag}" search_in="body" check_it="true" assign_to="final"/>
+      <ereg regexp="terminated;reason=noresource" search_in="hdr"
+            header="Subscription-State:" check_it="true" assign_to="terminated"/>
+      <log message="NOTIFY [$final] [$terminated]"/>
+    </action>
+  </recv>
+  <send>
+    <![CDATA[
+
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+"""
+UAS_REFER_DECLINED = """  <recv response="603"/>
+"""
+UAS_BYE = """  <send retrans="500">
+    <![CDATA[
+
+      BYE [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:appliance@[local_ip]:[local_port]>;tag=[pid]SIPpTag01[call_number]
+      To: sipp <sip:sipp@127.0.0.1>;tag=[$caller_tag]
+      Call-ID: [call_id]
+      CSeq: 2 BYE
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200" crlf="true"/>
+</scenario>
+"""
+
+
+def _uas_refer(
+    *,
+    accept: bool,
+    handoff_line: str = "X-Handoff-ID: hof-7f3a9c",
+    final_sipfrag: str | None = "SIP/2.0 200 OK",
+) -> str:
+    """A sipp UAS standing in for the appliance: answer, REFER, follow the transfer, hang up.
+
+    ``final_sipfrag`` is the body the last NOTIFY must carry; None expects only 100 Trying.
+    """
+    middle = UAS_REFER_DECLINED
+    if accept:
+        middle = UAS_REFER_NOTIFY
+        if final_sipfrag is not None:
+            middle += UAS_REFER_FINAL.replace("{sipfrag}", final_sipfrag)
+    return UAS_REFER_HEAD.replace("{handoff_line}", handoff_line) + middle + UAS_BYE
 
 
 def _raw_sockets_allowed() -> bool:
@@ -311,3 +452,99 @@ def test_render_rejects_bad_steps(tmp_path: Path) -> None:
     assert "a=fmtp:101 0-16" in xml
     assert "Signal=#" in xml
     assert "CSeq: 2 INFO" in xml and "CSeq: 3 BYE" in xml
+
+
+def _transfer_call(tmp_path: Path, uas_xml: str, steps: list) -> tuple[SippResult, SippResult]:
+    """Run the UAS (REFER sender) and a UAC with ``steps``; return (uac, uas) results."""
+    uas_port = free_udp_port()
+    uas = start_sipp(uas_xml, None, sip_port=uas_port, workdir=tmp_path / "uas", timeout_s=15)
+    try:
+        time.sleep(0.5)  # let the UAS bind its port
+        uac = run_sipp(
+            render_uac_scenario(steps=steps),
+            f"127.0.0.1:{uas_port}",
+            workdir=tmp_path / "uac",
+            timeout_s=15,
+        )
+        uas_result = uas.wait(timeout_s=20)
+    finally:
+        uas.terminate()
+    return uac, uas_result
+
+
+@pytest.mark.parametrize("accept", [True, False], ids=["accepted", "declined"])
+def test_expect_refer_blind_transfer(tmp_path: Path, tools: None, accept: bool) -> None:
+    """ExpectRefer answers a REFER (202 + NOTIFYs, or 603) and parse_refer reads it back."""
+    uac, uas = _transfer_call(
+        tmp_path, _uas_refer(accept=accept), [ExpectRefer(accept=accept), WaitBye(10000)]
+    )
+    assert uac.returncode == 0, uac.logs.get("errors", uac.stderr)
+    assert uas.returncode == 0, uas.logs.get("errors", uas.stderr)
+    expected = {"Refer-To": "<sip:frontdesk@pbx.example;user=phone>", "X-Handoff-ID": "hof-7f3a9c"}
+    assert parse_refer(uac.messages) == expected
+    assert parse_refer(uac.logs["log"]) == expected  # the <log> lines of the step
+    assert uac.received_requests() == ["REFER", "BYE"]
+    if accept:
+        assert uac.received_status_codes() == [200, 200, 200]  # INVITE, NOTIFY x2
+        assert uas.received_requests() == ["INVITE", "ACK", "NOTIFY", "NOTIFY"]
+        notifies = [m for d, m in _sent(uac) if m.startswith("NOTIFY ")]
+        assert [n.rsplit("\n", 1)[-1] for n in notifies] == ["SIP/2.0 100 Trying", "SIP/2.0 200 OK"]
+        assert all(f"CSeq: {i + 2} NOTIFY" in n for i, n in enumerate(notifies))
+        assert all("Event: refer" in n and "message/sipfrag" in n for n in notifies)
+    else:
+        assert uac.received_status_codes() == [200]
+        assert uas.received_status_codes()[:1] == [603]
+        assert "NOTIFY" not in uac.messages
+
+
+@pytest.mark.parametrize(
+    ("notify_status", "sipfrag"),
+    [(486, "SIP/2.0 486 Busy Here"), (None, None)],
+    ids=["target-busy", "no-final-notify"],
+)
+def test_expect_refer_failed_or_unfinished_transfer(
+    tmp_path: Path, tools: None, notify_status: int | None, sipfrag: str | None
+) -> None:
+    """A failed transfer ends with its status in the last NOTIFY; None sends only 100 Trying."""
+    uac, uas = _transfer_call(
+        tmp_path,
+        _uas_refer(accept=True, final_sipfrag=sipfrag),
+        [ExpectRefer(notify_status=notify_status), WaitBye(10000)],
+    )
+    assert uac.returncode == 0, uac.logs.get("errors", uac.stderr)
+    assert uas.returncode == 0, uas.logs.get("errors", uas.stderr)
+    notifies = [m for _, m in _sent(uac) if m.startswith("NOTIFY ")]
+    assert len(notifies) == (1 if sipfrag is None else 2)
+    if sipfrag is not None:
+        assert notifies[-1].endswith(sipfrag)
+
+
+def test_expect_refer_needs_the_handoff_header(tmp_path: Path, tools: None) -> None:
+    """A REFER without the handoff header fails the UAC's call."""
+    uac, _ = _transfer_call(
+        tmp_path, _uas_refer(accept=True, handoff_line="X-Other: 1"), [ExpectRefer(), WaitBye()]
+    )
+    assert uac.returncode == 1
+    assert parse_refer(uac.messages)["X-Handoff-ID"] is None
+
+
+def test_render_expect_refer(tmp_path: Path) -> None:
+    """ExpectRefer renders NOTIFYs only when accepted and validates its input."""
+    xml = render_uac_scenario(steps=[ExpectRefer(notify_status=486), WaitBye()])
+    assert '<recv request="REFER"' in xml and "SIP/2.0 202 Accepted" in xml
+    assert "CSeq: 2 NOTIFY" in xml and "CSeq: 3 NOTIFY" in xml
+    assert "SIP/2.0 486 Busy Here" in xml and "terminated;reason=noresource" in xml
+    assert "To: <sip:appliance@[remote_ip]:[remote_port]>[peer_tag_param]" in xml
+    timeout = render_uac_scenario(steps=[ExpectRefer(notify_status=None), WaitBye()])
+    assert timeout.count("NOTIFY [next_url]") == 1 and "terminated" not in timeout
+    declined = render_uac_scenario(steps=[ExpectRefer(accept=False), WaitBye()])
+    assert "SIP/2.0 603 Decline" in declined and "NOTIFY" not in declined
+    with pytest.raises(ValueError, match="header name"):
+        render_uac_scenario(steps=[ExpectRefer(header="X Bad")])
+    with pytest.raises(ValueError, match="notify_status"):
+        render_uac_scenario(steps=[ExpectRefer(notify_status=99)])
+    assert parse_refer("") == {"Refer-To": None, "X-Handoff-ID": None}
+
+
+def _sent(result: SippResult) -> list[tuple[str, str]]:
+    return [(d, m) for d, m in _split_messages(result.messages) if d == "sent"]
