@@ -26,7 +26,7 @@ PYTHON="${PYTHON:-python3}"
 # library and data bundled in the espeakng-loader wheel.
 APT_PACKAGES=(
   python3 python3-venv python3-dev build-essential cmake git
-  sip-tester tshark kamailio baresip-core sox libsndfile1
+  sip-tester tshark kamailio baresip-core sox libsndfile1 espeak-ng
   openssh-server openssh-client iproute2
 )
 # Installed with --no-deps: its own dependency list pulls the `llm` CLI, which we do not use.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -34,7 +35,14 @@ def _serve(args: argparse.Namespace) -> int:
         test_events=args.test_events,
         reload=lambda: load_settings(args.config, **overrides),
     )
-    return asyncio.run(server.run())
+    code = asyncio.run(server.run())
+    # Every store is closed and every call ended by now. Skip CPython's finaliser: its final GC
+    # pass over pjsua2's SWIG objects (after the endpoint was destroyed) and torch's thread
+    # pools can crash the process at exit, turning a clean drain into SIGSEGV for systemd.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _call(args: argparse.Namespace) -> int:

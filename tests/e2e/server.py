@@ -11,7 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import STORE
+from tests.conftest import REPO, STORE
+
+#: Fixed-phrase audio shared by every test process (rendered once per voice, then reused).
+PHRASE_CACHE = REPO / "var" / "test-phrase-cache"
 
 
 def free_udp_port() -> int:
@@ -48,7 +51,7 @@ class ApplianceProcess:
         self.config_text = (
             f'[sip]\nbind = "127.0.0.1:{sip_port}"\nrtp_port = {rtp_port}\n'
             f"max_calls = {max_calls}\nretry_after_s = 17\ndrain_timeout_s = 30\n"
-            f'[models]\nstore = "{STORE}"\n'
+            f'[models]\nstore = "{STORE}"\nphrase_cache = "{PHRASE_CACHE}"\n'
             f'[store]\nmetadata_db = "{workdir / "calls.sqlite"}"\n{extra_toml}'
         )
         self.config.write_text(self.config_text)
@@ -59,7 +62,7 @@ class ApplianceProcess:
         """``HOST:PORT`` target for sipp."""
         return f"127.0.0.1:{self.sip_port}"
 
-    def start(self, timeout_s: float = 120, extra_env: dict[str, str] | None = None) -> None:
+    def start(self, timeout_s: float = 300, extra_env: dict[str, str] | None = None) -> None:
         """Start and wait for the ``ready`` log line."""
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(

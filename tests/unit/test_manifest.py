@@ -390,7 +390,7 @@ def test_real_manifest_default_profile_assembles_and_verifies(tmp_path: Path) ->
     """The real default profile assembles from installed packages and verifies."""
     manifest = load_manifest(REAL_MANIFEST)
     roles = {m.role for m in manifest.select("default")}
-    assert roles == {"stt", "llm", "tts", "tts-voices", "vad", "turn"}
+    assert roles == {"stt", "llm", "tts", "tts-voices", "vad", "turn", "embedding"}
     assert all(e.pinned for m in manifest.select("default") for e in m.files)
     assert {m.name for m in manifest.select("production")} >= {"canary-1b-flash"}
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,7 +59,6 @@ AUDIT_FAILURE_TEXT = (
     "I'm sorry, we have a technical problem and can't continue this call. "
     "Please call back in a few minutes. Goodbye."
 )
-
 
 
 class ApplianceServer:
@@ -179,6 +177,18 @@ class ApplianceServer:
             self.bus.emit(ConfigChanged("", accepted=False, detail=exc.code))
             return False
         self.agent = agent
+        if self.phrases is not None:
+            # New workflow texts: render in the background; until then they are synthesised live.
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                task = loop.create_task(
+                    asyncio.to_thread(self.phrases.render, agent.fixed_phrases())
+                )
+                self._bg.add(task)
+                task.add_done_callback(self._bg.discard)
         if new.sip != self.settings.sip or new.models != self.settings.models:
             _LOGGER.warning("configuration reloaded; [sip] and [models] changes need a restart")
             new = new.model_copy(update={"sip": self.settings.sip, "models": self.settings.models})
@@ -216,36 +226,18 @@ class ApplianceServer:
         self.models.llm.warm_messages(initial_messages(self.settings))
         _LOGGER.info("LLM prompt prefix cached in %.2f s", time.perf_counter() - t0)
         t0 = time.perf_counter()
-        self.phrases = PhraseCache(self.models.tts, self.settings.models.tts_speed)
+        m = self.settings.models
+        self.phrases = PhraseCache(self.models.tts, m.tts_speed, m.phrase_cache, m.tts_voice)
         phrases = fixed_phrases(self.settings, self.agent.fixed_phrases())
-        # The opening (disclosure, greeting) is rendered before "ready"; the rest in the
-        # background so start-up stays short. A phrase not yet cached is synthesised live.
-        count = self.phrases.render(phrases[:2])
-        _LOGGER.info("%d opening phrases pre-rendered in %.2f s", count, time.perf_counter() - t0)
-        self._prerender = threading.Thread(
-            target=self._render_rest, args=(phrases[2:],), name="prerender", daemon=True
+        # Every fixed phrase is ready before "ready": calls never wait for their synthesis, and
+        # they play even if the TTS fails later. The disk cache makes this a one-off per voice.
+        count = self.phrases.render(phrases)
+        _LOGGER.info(
+            "%d fixed phrases ready (%d synthesised) in %.2f s",
+            len(phrases),
+            count,
+            time.perf_counter() - t0,
         )
-        self._prerender.start()
-
-    def _render_rest(self, phrases: list[str]) -> None:
-        """Pre-render the remaining fixed phrases, one at a time, only while no call is up.
-
-        Synthesis competes with live calls for the CPU, so it waits whenever a call is active;
-        a phrase a call needs before it is cached is synthesised live.
-        """
-        assert self.phrases is not None
-        t0 = time.perf_counter()
-        count = 0
-        for phrase in phrases:
-            while self._calls and not self._stop.is_set():
-                time.sleep(0.5)
-            if self._stop.is_set():
-                return
-            try:
-                count += self.phrases.render([phrase])
-            except Exception:  # noqa: BLE001 - live synthesis remains the fallback
-                _LOGGER.exception("pre-rendering a fixed phrase failed")
-        _LOGGER.info("%d fixed phrases pre-rendered in %.2f s", count, time.perf_counter() - t0)
 
     async def _drain(self) -> None:
         assert self._ua is not None

@@ -206,6 +206,10 @@ class ModelSettings(_Section):
         description="sentence-transformers model dir (intent matching, knowledge base).",
     )
     threads: int = Field(2, ge=1, le=64, description="CPU threads per model runtime.")
+    phrase_cache: Path | None = Field(
+        Path("var/phrases"),
+        description="Disk cache of pre-rendered fixed phrases (per voice); unset: memory only.",
+    )
     llm_context: int = Field(2048, ge=512, description="llama.cpp context length in tokens.")
 
     def path(self, relative: str) -> Path:
@@ -303,7 +307,16 @@ def load_settings(path: Path | str | None, **overrides: object) -> ApplianceSett
         where = ".".join(str(p) for p in first["loc"])
         name = path if path is not None else "<defaults>"
         raise ConfigError("config_invalid", f"{name}: {where}: {first['msg']}") from exc
-    models = settings.models.model_copy(update={"store": _rebase(base, settings.models.store)})
+    models = settings.models.model_copy(
+        update={
+            "store": _rebase(base, settings.models.store),
+            "phrase_cache": (
+                _rebase(base, settings.models.phrase_cache)
+                if settings.models.phrase_cache is not None
+                else None
+            ),
+        }
+    )
     store = settings.store.model_copy(
         update={"metadata_db": _rebase(base, settings.store.metadata_db)}
     )

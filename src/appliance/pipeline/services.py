@@ -13,9 +13,13 @@ None of these log content: transcripts and replies travel only in frames.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
+import os
 import re
 import threading
 from collections.abc import AsyncGenerator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +44,8 @@ from appliance.errors import ApplianceError
 from appliance.models.engines import KokoroEngine, LlamaEngine, WhisperEngine
 
 _SENTENCE_END = re.compile(r"[.!?](\s|$)")
+
+_LOGGER = logging.getLogger(__name__)
 
 
 class LocalWhisperSTTService(SegmentedSTTService):
@@ -182,27 +188,66 @@ class LocalLlamaLLMService(LLMService):
 
 
 class PhraseCache:
-    """Pre-rendered audio for fixed phrases (disclosure, greeting, templated answers).
+    """Pre-rendered audio for fixed phrases (disclosure, greetings, prompts, KB answers).
 
-    The "hybrid pre-recorded + TTS" technique: fixed utterances are synthesised once per
-    process and voice, then play with no TTS latency. Keys are the stripped text of a whole
-    phrase and of each of its sentences. Values are 24 kHz 16-bit mono PCM.
+    The "hybrid pre-recorded + TTS" technique: fixed utterances are synthesised once per voice,
+    then play with no TTS latency, and still play if the TTS later fails. Keys are the stripped
+    text of a whole phrase and of each of its sentences. Values are 24 kHz 16-bit mono PCM.
+
+    With ``directory`` set, rendered audio is also kept on disk (one file per phrase, named by
+    the SHA-256 of voice, speed and text), so a restart or a second process renders nothing.
+    Fixed phrases hold no caller content.
+
+    Args:
+        engine: The Kokoro engine.
+        speed: Speaking rate.
+        directory: Disk cache directory, or ``None`` for memory only.
+        voice: Voice id (part of the disk key).
     """
 
-    def __init__(self, engine: KokoroEngine, speed: float) -> None:
+    def __init__(
+        self,
+        engine: KokoroEngine,
+        speed: float,
+        directory: Path | None = None,
+        voice: str = "",
+    ) -> None:
         self._engine = engine
         self._speed = speed
+        self._dir = directory
+        self._voice = voice
         self._audio: dict[str, bytes] = {}
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def _file(self, key: str) -> Path | None:
+        if self._dir is None:
+            return None
+        digest = hashlib.sha256(f"{self._voice}\0{self._speed}\0{key}".encode()).hexdigest()
+        return self._dir / f"{digest}.pcm"
 
     def render(self, phrases: list[str]) -> int:
         """Synthesise phrases (and their sentences) not yet cached; returns how many were."""
         done = 0
         for phrase in phrases:
             for key in {phrase.strip(), *split_sentences(phrase)}:
-                if key and key not in self._audio:
-                    samples = self._engine.synthesize(key, self._speed)
-                    self._audio[key] = (np.clip(samples, -1, 1) * 32767).astype(np.int16).tobytes()
-                    done += 1
+                if not key or key in self._audio:
+                    continue
+                path = self._file(key)
+                if path is not None and path.exists():
+                    self._audio[key] = path.read_bytes()
+                    continue
+                samples = self._engine.synthesize(key, self._speed)
+                audio = (np.clip(samples, -1, 1) * 32767).astype(np.int16).tobytes()
+                self._audio[key] = audio
+                done += 1
+                if path is not None:
+                    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                    try:
+                        tmp.write_bytes(audio)
+                        tmp.replace(path)
+                    except OSError:
+                        _LOGGER.warning("phrase cache not writable; keeping audio in memory")
         return done
 
     def get(self, text: str) -> bytes | None:

@@ -1,0 +1,231 @@
+"""Scripted workflow calls over real SIP/RTP: sipp is the caller, espeak-ng its voice (8 kHz).
+
+The caller's voice comes from a different engine than the agent's (Kokoro), so the agent's
+STT hears a voice it was not tuned on. sipp cannot react to what it hears, so each script's
+pauses leave room for the longest reply the workflow gives at that step.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.server import ApplianceProcess, free_udp_port
+from tests.e2e.sipp import (
+    ExpectRefer,
+    Pause,
+    Play,
+    Rfc2833,
+    WaitBye,
+    parse_refer,
+    render_uac_scenario,
+    run_sipp,
+)
+from tests.e2e.voices import caller_pcap
+from tests.e2e.webhook import WebhookReceiver
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp is not installed"),
+    pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed"),
+]
+
+#: A test card number (Visa test PAN, Luhn-valid); it must appear nowhere on disk.
+TEST_PAN = "4111111111111111"
+#: The opening: disclosure and greeting, about 8 s of speech.
+OPENING_MS = 9000
+
+
+@pytest.fixture(scope="module")
+def receivers() -> Iterator[tuple[WebhookReceiver, WebhookReceiver]]:
+    with WebhookReceiver() as cti, WebhookReceiver() as payments:
+        yield cti, payments
+
+
+@pytest.fixture(scope="module")
+def clinic(
+    tmp_path_factory: pytest.TempPathFactory,
+    store: Path,
+    receivers: tuple[WebhookReceiver, WebhookReceiver],
+) -> Iterator[ApplianceProcess]:
+    cti, payments = receivers
+    work = tmp_path_factory.mktemp("clinic")
+    proc = ApplianceProcess(
+        work,
+        sip_port=free_udp_port(),
+        rtp_port=45000,
+        extra_toml=(
+            "[scheduling]\ndemo_seed = true\n"
+            f'[transfer]\ntarget = "sip:frontdesk@127.0.0.1:5999"\nwebhook_url = "{cti.url}"\n'
+            "timeout_s = 10\n"
+            f'[payments]\nhandoff_url = "{payments.url}"\n'
+        ),
+    )
+    proc.start()
+    yield proc
+    assert proc.stop() == 0, proc.log()[-3000:]
+
+
+def say(text: str, work: Path, after_ms: int) -> list[object]:
+    """The caller says ``text`` then listens for ``after_ms``."""
+    return [Play(str(caller_pcap(text, work))), Pause(after_ms)]
+
+
+def call_events(proc: ApplianceProcess, before: int) -> tuple[str, list[dict]]:
+    ended = proc.wait_event("CallEnded", count=before + 1, timeout_s=30)
+    assert len(ended) == before + 1, "the call did not end"
+    call_id = str(ended[-1]["call_id"])
+    proc.wait_event("CallScored", count=before + 1, timeout_s=10)
+    return call_id, [e for e in proc.events() if e["call_id"] == call_id]
+
+
+def ended_count(proc: ApplianceProcess) -> int:
+    return len([e for e in proc.events() if e["kind"] == "CallEnded"])
+
+
+def files_on_disk(proc: ApplianceProcess) -> list[Path]:
+    return [p for p in proc.workdir.rglob("*") if p.is_file()]
+
+
+def test_reschedule_changes_the_calendar_and_is_scored_resolved(
+    clinic: ApplianceProcess, tmp_path: Path
+) -> None:
+    before = ended_count(clinic)
+    steps = [
+        Pause(OPENING_MS),
+        *say("I need to reschedule my appointment.", tmp_path, 10000),
+        *say("My name is Maria Lopez.", tmp_path, 6000),
+        *say("March fourth, nineteen eighty two.", tmp_path, 5500),
+        *say("Yes, that's right.", tmp_path, 12500),
+        *say("Next Wednesday at eleven in the morning.", tmp_path, 10500),
+        *say("Yes, that's right.", tmp_path, 11000),
+        *say("No.", tmp_path, 500),
+        WaitBye(15000),
+    ]
+    result = run_sipp(render_uac_scenario(steps=steps), clinic.uri, timeout_s=150)
+    call_id, events = call_events(clinic, before)
+    heard = [e["user_text"] for e in events if e["kind"] == "TurnEnded"]
+    spoke = [e["text"] for e in events if e["kind"] == "AgentSpoke"]
+    assert result.returncode == 0, f"heard={heard} spoke={spoke}\n{result.messages[-1500:]}"
+    tools = [(e["tool"], e["ok"]) for e in events if e["kind"] == "ToolCalled"]
+    assert ("calendar.reschedule", True) in tools, f"heard={heard} spoke={spoke}"
+    kinds = [e["kind"] for e in events]
+    assert kinds.index("IdentityVerified") < kinds.index("ToolCalled")
+    with sqlite3.connect(clinic.workdir / "var" / "calendar.sqlite") as db:
+        rows = db.execute(
+            "SELECT a.start FROM appointments a JOIN patients p ON p.id = a.patient_id "
+            "WHERE p.family_name = 'Lopez' AND a.status = 'booked'"
+        ).fetchall()
+    assert len(rows) == 1 and " 11:00" in rows[0][0].replace("T", " "), rows
+    score = [e for e in events if e["kind"] == "CallScored"][-1]
+    assert score["outcome"] == "resolved" and score["contained"] is True
+    assert score["identity_before_phi_ok"] and score["disclosure_ok"]
+
+
+def test_request_for_a_person_is_referred_with_handoff_and_context(
+    clinic: ApplianceProcess, receivers: tuple[WebhookReceiver, WebhookReceiver], tmp_path: Path
+) -> None:
+    cti, _ = receivers
+    seen = len(cti.requests)
+    before = ended_count(clinic)
+    steps = [
+        Pause(OPENING_MS),
+        *say("Let me talk to a person.", tmp_path, 0),
+        ExpectRefer(accept=True, notify_status=200),
+        WaitBye(15000),
+    ]
+    result = run_sipp(render_uac_scenario(steps=steps), clinic.uri, timeout_s=60)
+    assert result.returncode == 0, result.messages[-2500:]
+    refer = parse_refer(result.messages)
+    assert "sip:frontdesk@127.0.0.1:5999" in str(refer["Refer-To"])
+    handoff = str(refer["X-Handoff-ID"])
+    assert len(handoff) == 16 and handoff.isalnum()  # opaque: no PHI in SIP headers
+    cti.wait(seen + 1, timeout=10)
+    context = cti.json_bodies()[seen]
+    assert context["handoff_id"] == handoff and context["reason"] == "explicit_request"
+    call_id, events = call_events(clinic, before)
+    spoke = " ".join(e["text"] for e in events if e["kind"] == "AgentSpoke")
+    assert "Please hold while I connect you" in spoke  # the hold prompt, no dead air
+    transfer = [e for e in events if e["kind"] == "TransferResult"][-1]
+    assert transfer["ok"] is True and transfer["webhook_delivered"] is True
+    assert [e for e in events if e["kind"] == "CallScored"][-1]["transfer_appropriate"] is True
+
+
+def test_rejected_transfer_falls_back_to_a_message_and_ends_politely(
+    clinic: ApplianceProcess, tmp_path: Path
+) -> None:
+    before = ended_count(clinic)
+    steps = [
+        Pause(OPENING_MS),
+        *say("Let me talk to a person.", tmp_path, 0),
+        ExpectRefer(accept=False),
+        Pause(9500),  # "I'm sorry, I couldn't reach our staff... leave a short message"
+        *say("Please call me back about my bill.", tmp_path, 500),
+        WaitBye(15000),
+    ]
+    result = run_sipp(render_uac_scenario(steps=steps), clinic.uri, timeout_s=60)
+    call_id, events = call_events(clinic, before)
+    spoke = " ".join(e["text"] for e in events if e["kind"] == "AgentSpoke")
+    assert result.returncode == 0, spoke + result.messages[-1500:]
+    assert "couldn't reach our staff" in spoke and "Goodbye" in spoke
+    assert any(e["kind"] == "MessageTaken" for e in events)
+    score = [e for e in events if e["kind"] == "CallScored"][-1]
+    assert score["outcome"] == "message_taken" and score["contained"] is True
+
+
+def test_high_risk_request_verifies_then_transfers_without_clinical_talk(
+    clinic: ApplianceProcess, tmp_path: Path
+) -> None:
+    before = ended_count(clinic)
+    steps = [
+        Pause(OPENING_MS),
+        *say("I need a refill of my blood pressure medication.", tmp_path, 8500),
+        *say("My name is Maria Lopez.", tmp_path, 4500),
+        *[Rfc2833(d) for d in "03041982"],
+        Pause(800),
+        ExpectRefer(accept=True, notify_status=200),
+        WaitBye(15000),
+    ]
+    result = run_sipp(render_uac_scenario(steps=steps), clinic.uri, timeout_s=90)
+    call_id, events = call_events(clinic, before)
+    spoke = " ".join(e["text"] for e in events if e["kind"] == "AgentSpoke").lower()
+    assert result.returncode == 0, spoke + result.messages[-1500:]
+    assert [e["ok"] for e in events if e["kind"] == "IdentityVerified"] == [True]
+    assert [e["reason"] for e in events if e["kind"] == "Escalated"] == ["high_risk"]
+    for clinical in ("dose", "mg", "milligram", "take your", "result", "normal"):
+        assert clinical not in spoke
+
+
+def test_pci_pause_keeps_card_digits_off_disk_logs_and_prompts(
+    clinic: ApplianceProcess, receivers: tuple[WebhookReceiver, WebhookReceiver], tmp_path: Path
+) -> None:
+    _, payments = receivers
+    seen = len(payments.requests)
+    before = ended_count(clinic)
+    steps = [
+        Pause(OPENING_MS),
+        *say("I want to pay my bill by card.", tmp_path, 8000),
+        *[Rfc2833(d) for d in TEST_PAN + "#"],
+        Pause(7000),
+        *say("No.", tmp_path, 500),
+        WaitBye(15000),
+    ]
+    result = run_sipp(render_uac_scenario(steps=steps), clinic.uri, timeout_s=90)
+    call_id, events = call_events(clinic, before)
+    spoke = " ".join(e["text"] for e in events if e["kind"] == "AgentSpoke")
+    assert result.returncode == 0, spoke + result.messages[-1500:]
+    payments.wait(seen + 1, timeout=5)
+    assert payments.json_bodies()[seen]["pan"] == TEST_PAN  # only the payment handler
+    pauses = [e for e in events if e["kind"] == "PciPause"]
+    assert [p["active"] for p in pauses] == [True, False]
+    assert pauses[-1]["digits"] == 16 and pauses[-1]["outcome"] == "accepted"
+    assert not [e for e in events if e["kind"] == "DtmfReceived"]
+    # Nowhere on disk: audit DB and WAL, metadata DB, calendar, logs, even the test event stream.
+    for path in files_on_disk(clinic):
+        blob = path.read_bytes()
+        assert TEST_PAN.encode() not in blob, f"card number in {path.name}"
+        assert " ".join(TEST_PAN).encode() not in blob, f"spaced card number in {path.name}"
