@@ -410,6 +410,21 @@ def test_real_manifest_default_profile_assembles_and_verifies(tmp_path: Path) ->
         "tts/voices_ja.npz",
         "vad/silero_vad.onnx",
         "turn/smart-turn-v3.2-cpu.onnx",
+        *(
+            f"embedding/all-MiniLM-L6-v2/{name}"
+            for name in (
+                "1_Pooling/config.json",
+                "config.json",
+                "config_sentence_transformers.json",
+                "model.safetensors",
+                "modules.json",
+                "sentence_bert_config.json",
+                "special_tokens_map.json",
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "vocab.txt",
+            )
+        ),
     }
     assert {p.relative_to(store).as_posix() for p in paths} == expected
     assert model_path(store, "whisper-tiny.en") == store / "stt" / "whisper-tiny.en"
