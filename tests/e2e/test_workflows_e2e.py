@@ -98,11 +98,11 @@ def test_reschedule_changes_the_calendar_and_is_scored_resolved(
     steps = [
         Pause(OPENING_MS),
         *say("I need to reschedule my appointment.", tmp_path, 10000),
-        *say("My name is Maria Lopez.", tmp_path, 6000),
-        *say("March fourth, nineteen eighty two.", tmp_path, 5500),
-        *say("Yes, that's right.", tmp_path, 12500),
-        *say("Next Wednesday at eleven in the morning.", tmp_path, 10500),
-        *say("Yes, that's right.", tmp_path, 11000),
+        *say("My name is James Carter.", tmp_path, 6000),
+        *say("November twentieth, nineteen seventy five.", tmp_path, 5500),  # read back
+        *say("Yes, that's right.", tmp_path, 13000),
+        *say("Next Wednesday at eleven in the morning.", tmp_path, 11000),
+        *say("Yes, that's right.", tmp_path, 11500),
         *say("No.", tmp_path, 500),
         WaitBye(15000),
     ]
@@ -118,7 +118,7 @@ def test_reschedule_changes_the_calendar_and_is_scored_resolved(
     with sqlite3.connect(clinic.workdir / "var" / "calendar.sqlite") as db:
         rows = db.execute(
             "SELECT a.start FROM appointments a JOIN patients p ON p.id = a.patient_id "
-            "WHERE p.family_name = 'Lopez' AND a.status = 'booked'"
+            "WHERE p.family_name = 'Carter' AND a.status = 'booked'"
         ).fetchall()
     assert len(rows) == 1 and " 11:00" in rows[0][0].replace("T", " "), rows
     score = [e for e in events if e["kind"] == "CallScored"][-1]
@@ -177,27 +177,37 @@ def test_rejected_transfer_falls_back_to_a_message_and_ends_politely(
     assert score["outcome"] == "message_taken" and score["contained"] is True
 
 
-def test_high_risk_request_verifies_then_transfers_without_clinical_talk(
+def test_high_risk_request_verifies_with_dtmf_fallback_then_transfers(
     clinic: ApplianceProcess, tmp_path: Path
 ) -> None:
+    """Refill: a misheard spoken birth date falls back to the keypad, then a transfer.
+
+    The spoken date is read back, the caller says no, keypad entry is offered and used,
+    identity is verified, and the call goes to clinical staff.
+    """
     before = ended_count(clinic)
     steps = [
         Pause(OPENING_MS),
         *say("I need a refill of my blood pressure medication.", tmp_path, 8500),
-        *say("My name is Maria Lopez.", tmp_path, 4500),
-        *[Rfc2833(d) for d in "03041982"],
-        Pause(800),
+        *say("My name is James Carter.", tmp_path, 5000),
+        *say("November twentieth, nineteen seventy five.", tmp_path, 5500),  # read back
+        *say("No.", tmp_path, 4000),  # -> "You can also key in your date of birth..."
+        *[Rfc2833(d) for d in "11201975"],
+        Pause(500),
         ExpectRefer(accept=True, notify_status=200),
         WaitBye(15000),
     ]
     result = run_sipp(render_uac_scenario(steps=steps), clinic.uri, timeout_s=90)
     call_id, events = call_events(clinic, before)
-    spoke = " ".join(e["text"] for e in events if e["kind"] == "AgentSpoke").lower()
+    spoke = " ".join(e["text"] for e in events if e["kind"] == "AgentSpoke")
     assert result.returncode == 0, spoke + result.messages[-1500:]
+    assert "You can also key in your date of birth" in spoke
+    filled = [e for e in events if e["kind"] == "SlotFilled" and e["slot"] == "birth_date"]
+    assert filled and filled[-1]["source"] == "dtmf"
     assert [e["ok"] for e in events if e["kind"] == "IdentityVerified"] == [True]
     assert [e["reason"] for e in events if e["kind"] == "Escalated"] == ["high_risk"]
     for clinical in ("dose", "mg", "milligram", "take your", "result", "normal"):
-        assert clinical not in spoke
+        assert clinical not in spoke.lower()
 
 
 def test_pci_pause_keeps_card_digits_off_disk_logs_and_prompts(

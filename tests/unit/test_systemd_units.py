@@ -44,7 +44,7 @@ def test_units_verify_clean(tmp_path: Path) -> None:
         pytest.skip("no system unit directory to verify against")
     root = install_root(tmp_path)
     units = sorted(str(p) for p in (root / "etc/systemd/system").iterdir())
-    assert len(units) == 3
+    assert len(units) == 4  # agent, audit-verify service + timer, first boot
     out = subprocess.run(
         ["systemd-analyze", "verify", f"--root={root}", *units],
         capture_output=True,

@@ -145,7 +145,7 @@ class IntentClassifier:
 
 # --- inverse text normalisation ----------------------------------------------------------------
 
-_YEAR_PAIR = re.compile(r"\b(1[89]|20) ?(\d{2})\b")
+_YEAR_PAIR = re.compile(r"\b(1[89]|20)[ .]?(\d{2})\b")
 _ORDINAL_WORDS = {
     "first": "1st", "second": "2nd", "third": "3rd", "fourth": "4th", "fifth": "5th",
     "sixth": "6th", "seventh": "7th", "eighth": "8th", "ninth": "9th", "tenth": "10th",
@@ -177,6 +177,8 @@ def itn(text: str) -> str:
         flags=re.IGNORECASE,
     )
     out = alpha2digit(words, "en")
+    # Whisper punctuates spoken dates oddly ("March 4th. 19.82."): drop sentence stops.
+    out = re.sub(r"(?<=\w)\.(?=\s|$)", "", out)
     # "19 82" (alpha2digit reads "nineteen eighty two" as two numbers) -> "1982"
     return _YEAR_PAIR.sub(lambda m: m.group(1) + m.group(2), out)
 

@@ -231,7 +231,7 @@ class ApplianceServer:
         phrases = fixed_phrases(self.settings, self.agent.fixed_phrases())
         # Every fixed phrase is ready before "ready": calls never wait for their synthesis, and
         # they play even if the TTS fails later. The disk cache makes this a one-off per voice.
-        count = self.phrases.render(phrases)
+        count = self.phrases.render(phrases[:2], whole=True) + self.phrases.render(phrases[2:])
         _LOGGER.info(
             "%d fixed phrases ready (%d synthesised) in %.2f s",
             len(phrases),

@@ -226,11 +226,19 @@ class PhraseCache:
         digest = hashlib.sha256(f"{self._voice}\0{self._speed}\0{key}".encode()).hexdigest()
         return self._dir / f"{digest}.pcm"
 
-    def render(self, phrases: list[str]) -> int:
-        """Synthesise phrases (and their sentences) not yet cached; returns how many were."""
+    def render(self, phrases: list[str], *, whole: bool = False) -> int:
+        """Synthesise the sentences of ``phrases`` not yet cached; returns how many were.
+
+        The TTS service looks sentences up one by one (pipecat aggregates LLM text into
+        sentences); ``whole`` also caches each phrase as a unit, for text spoken with a
+        single ``TTSSpeakFrame`` (the disclosure, the greeting).
+        """
         done = 0
         for phrase in phrases:
-            for key in {phrase.strip(), *split_sentences(phrase)}:
+            keys = split_sentences(phrase)
+            if whole or len(keys) <= 1:
+                keys = [phrase.strip(), *keys]
+            for key in dict.fromkeys(keys):
                 if not key or key in self._audio:
                     continue
                 path = self._file(key)
