@@ -96,7 +96,14 @@ def _audit(args: argparse.Namespace) -> int:
             log.close()
         print(f"{count} data key(s) re-wrapped; now point [audit] kek_file at {args.new_kek}")
         return 0
-    print(export_call(settings, args.call))
+    text = export_call(settings, args.call, redacted=args.redact)
+    if args.redact:
+        import json
+
+        from appliance.policy.redaction import redact_content
+
+        text = json.dumps(redact_content(json.loads(text)), indent=2)
+    print(text)
     return 0
 
 
@@ -169,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exp = asub.add_parser("export", help="decrypt one call (recorded in the log)")
     exp.add_argument("--call", required=True, help="call id")
+    exp.add_argument(
+        "--redact",
+        action="store_true",
+        help="mark names, dates of birth, numbers, addresses, MRNs and card data (no PHI access)",
+    )
     ret = asub.add_parser("retention", help="crypto-shred content past its retention period")
     ret.add_argument("--days", type=float, default=None, help="override the configured days")
     rot = asub.add_parser("rotate-kek", help="re-wrap every data key under a new KEK")

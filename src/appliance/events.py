@@ -285,6 +285,18 @@ class CallScored(Event):
     summary: str = ""
 
 
+@dataclass(frozen=True)
+class ServiceStarted(Event):
+    """The agent started.
+
+    ``version`` is the running version; ``previous_version`` is the version of the last start
+    when it differs (a software update or rollback is on the record), else ``""``. No content.
+    """
+
+    version: str
+    previous_version: str = ""
+
+
 CONTENT_FIELDS = {
     "text",
     "user_text",

@@ -83,6 +83,7 @@ def test_verify_passes_without_the_key_and_export_shows_the_words(
         )
     ]
     assert "AuditExport" in kinds  # the export itself is on the record
+    assert "ServiceStarted" in kinds  # every start (and any version change) is on the record
 
 
 def test_tampering_with_the_real_log_is_detected(appliance, audited_call, tmp_path: Path) -> None:  # noqa: ANN001

@@ -35,6 +35,7 @@ from appliance.events import (
     Event,
     EventBus,
     JsonlEventSink,
+    ServiceStarted,
     TransferAttempted,
     TransferResult,
 )
@@ -121,6 +122,7 @@ class ApplianceServer:
             retention = asyncio.create_task(self._retention_loop())
             self._bg.add(retention)
             retention.add_done_callback(self._bg.discard)
+        self._record_start()
         sink = JsonlEventSink(self._test_events) if self._test_events else None
         if sink is not None:
             _LOGGER.warning("TEST EVENT STREAM ENABLED: never use --test-events in production")
@@ -214,6 +216,28 @@ class ApplianceServer:
             ", ".join(f"{w.id} v{w.version}" for w in agent.workflows.workflows.values()),
         )
         return agent
+
+    def _record_start(self) -> None:
+        """Put this start, and any version change since the last one, on the audit record."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            current = version("appliance")
+        except PackageNotFoundError:
+            current = "unknown"
+        marker = Path(self.settings.store.metadata_db).with_name("appliance.version")
+        previous = marker.read_text().strip() if marker.exists() else ""
+        self.bus.emit(
+            ServiceStarted(
+                "", version=current, previous_version="" if previous == current else previous
+            )
+        )
+        try:
+            marker.write_text(current + "\n")
+        except OSError:
+            _LOGGER.warning("could not record the running version in %s", marker)
+        if previous and previous != current:
+            _LOGGER.info("software version changed from %s to %s", previous, current)
 
     def _collect(self, event: Event) -> None:
         """Keep each live call's events for its post-call score."""

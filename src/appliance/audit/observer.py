@@ -49,6 +49,7 @@ AUDITED = {
     "PciPause",
     "WorkflowOutcome",
     "CallScored",
+    "ServiceStarted",
 }
 
 

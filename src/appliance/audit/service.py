@@ -81,8 +81,13 @@ def verify_from_settings(
     return verify(settings.db, public, key_name=KEY_NAME, origin=settings.origin, extra_notes=notes)
 
 
-def export_call(settings: AuditSettings, call_id: str, user: str | None = None) -> str:
+def export_call(
+    settings: AuditSettings, call_id: str, user: str | None = None, *, redacted: bool = False
+) -> str:
     """Decrypt one call for an authorised user and record the export in the log.
+
+    ``redacted`` is recorded with the export: the caller of this function applies PHI
+    redaction (``appliance.policy.redaction.redact_content``) for users without PHI access.
 
     Raises:
         AuditError: Keys unusable, content shredded, or the export could not be recorded.
@@ -93,7 +98,12 @@ def export_call(settings: AuditSettings, call_id: str, user: str | None = None) 
         log.append(
             [
                 Entry(
-                    kind="AuditExport", meta={"call_id": call_id, "user": user or getpass.getuser()}
+                    kind="AuditExport",
+                    meta={
+                        "call_id": call_id,
+                        "user": user or getpass.getuser(),
+                        "redacted": redacted,
+                    },
                 )
             ]
         )

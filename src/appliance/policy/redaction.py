@@ -123,3 +123,18 @@ def redact(text: str) -> str:
         pos = span.end
     out.append(text[pos:])
     return "".join(out)
+
+
+def redact_content(value: object) -> object:
+    """Redact every string inside a JSON-like structure (dicts, lists), leaving keys alone.
+
+    Used for exports and views without PHI access: the record structure, times and
+    identifiers stay, every text value passes through :func:`redact`.
+    """
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [redact_content(v) for v in value]
+    if isinstance(value, dict):
+        return {k: redact_content(v) for k, v in value.items()}
+    return value
