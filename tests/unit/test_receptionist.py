@@ -6,6 +6,7 @@ import pytest
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
+    InterruptionFrame,
     LLMContextFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
@@ -104,3 +105,26 @@ async def test_disclosure_is_first_and_uninterruptible() -> None:
     assert down[0].text == "You reached Oak Clinic; I am an AI assistant."
     assert down[0].interruptible is False
     assert down[1].text == "How can I help?" and down[1].interruptible is True
+
+
+@pytest.mark.asyncio
+async def test_talking_over_the_hold_prompt_does_not_cancel_the_transfer(
+    agent: AgentRuntime,
+) -> None:
+    after: list[Reply] = []
+    proc = make(agent, [], after)
+    down, _ = await run_test(
+        proc,
+        frames_to_send=[
+            ctx("Let me talk to a person."),
+            SleepFrame(sleep=0.05),
+            BotStartedSpeakingFrame(),
+            InterruptionFrame(),  # the caller talks over "Please hold..."
+            SleepFrame(sleep=0.05),
+            BotStoppedSpeakingFrame(),
+            SleepFrame(sleep=0.05),
+        ],
+    )
+    holds = [f for f in down if isinstance(f, TTSSpeakFrame)]
+    assert holds and all(f.interruptible is False for f in holds)
+    assert [r.next for r in after] == [Next.TRANSFER]

@@ -26,10 +26,12 @@ from pipecat.frames.frames import (
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMTextFrame,
+    TTSSpeakFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from appliance.agent.dialog import DialogManager, Next, Reply
+from appliance.agent.templates import split_sentences
 from appliance.events import DtmfReceived, Event, TurnEnded
 
 _LOGGER = logging.getLogger(__name__)
@@ -85,7 +87,11 @@ class Receptionist(FrameProcessor):
         return self._dialog
 
     async def speak(self, reply: Reply) -> None:
-        """Say ``reply`` now and arm its follow-up action (also used by the server)."""
+        """Say ``reply`` now and arm its follow-up action (also used by the server).
+
+        A reply that ends in a transfer or a hang-up is spoken uninterruptibly (the hold prompt,
+        the goodbye): talking over it must not cancel the action it announces.
+        """
         self.last_source = reply.source
         if reply.next is Next.PCI:
             await self._on_after(reply)
@@ -95,6 +101,11 @@ class Receptionist(FrameProcessor):
                 return
             self._pending = reply
             self._pending_started = False
+            for sentence in split_sentences(reply.text):
+                speak = TTSSpeakFrame(sentence)
+                speak.interruptible = False
+                await self.push_frame(speak)
+            return
         if not reply.text:
             return
         await self.push_frame(LLMFullResponseStartFrame())
@@ -116,8 +127,8 @@ class Receptionist(FrameProcessor):
             if reply is not None:
                 await self.speak(reply)
             return
-        if isinstance(frame, InterruptionFrame):
-            self._pending_started = False  # the reply was cut: re-arm for its next playout
+        if isinstance(frame, InterruptionFrame) and self._pending is None:
+            self._pending_started = False
         elif isinstance(frame, BotStartedSpeakingFrame) and self._pending is not None:
             self._pending_started = True
         elif isinstance(frame, BotStoppedSpeakingFrame) and self._pending_started:

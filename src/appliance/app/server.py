@@ -21,6 +21,7 @@ from appliance.agent.dialog import Next, Reply, TransferRequest
 from appliance.agent.runtime import AgentRuntime, load_agent
 from appliance.app.cti import post_context
 from appliance.app.sdnotify import SystemdNotifier
+from appliance.audio.bridge import AudioBridge
 from appliance.audit.observer import AuditObserver
 from appliance.audit.service import open_audit, retention_sweep
 from appliance.audit.store import AuditError
@@ -328,6 +329,7 @@ class ApplianceServer:
         self.bus.emit(CallRejected("-", status=status, reason=reason))
 
     def _on_call(self, handle: CallHandle) -> None:
+        self._call_events[handle.call_id] = []  # every event of the call feeds its score
         self.bus.emit(CallOffered(handle.call_id, source_ip=handle.peer_ip))
         task = asyncio.create_task(self._run_call(handle), name=f"call-{handle.call_id}")
         self._calls[handle.call_id] = task
@@ -344,9 +346,9 @@ class ApplianceServer:
             _LOGGER.warning("call %s: no media after answer, hanging up", handle.call_id)
             handle.hangup()
             emit(CallEnded(handle.call_id, disposition="no_media", duration_s=0.0))
+            self._call_events.pop(handle.call_id, None)
             return
         emit(CallAnswered(handle.call_id, codec=handle.codec))
-        self._call_events[handle.call_id] = []
         holder: dict[str, CallPipeline] = {}
         agent = self.agent
         assert agent is not None
@@ -438,6 +440,23 @@ class ApplianceServer:
             self._score(handle.call_id)
             _LOGGER.info("call %s ended (%s)", handle.call_id, disposition)
 
+    async def _consult(
+        self, target: str, headers: dict[str, str], timeout_s: float
+    ) -> CallHandle | None:
+        """Place the attended transfer's consult call; the handle once answered, else None."""
+        assert self._ua is not None
+        consult = CallHandle(call_id="consult", bridge=AudioBridge(self._ua.clock_rate))
+        self._ua.make_call(target, consult, headers)
+        ready = asyncio.create_task(consult.media_ready.wait())
+        gone = asyncio.create_task(consult.disconnected.wait())
+        await asyncio.wait({ready, gone}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        gone.cancel()
+        if not consult.media_ready.is_set() or consult.disconnected.is_set():
+            consult.hangup()
+            return None
+        return consult
+
     def _score(self, call_id: str) -> None:
         """Score the call (100% of calls, rules first) and record it."""
         events = self._call_events.pop(call_id, [])
@@ -456,7 +475,7 @@ class ApplianceServer:
         emit = self.bus.emit
         emit(
             TransferAttempted(
-                handle.call_id, mode="blind", target=cfg.target, handoff_id=req.handoff_id
+                handle.call_id, mode=cfg.mode, target=cfg.target, handoff_id=req.handoff_id
             )
         )
         delivered = False
@@ -476,11 +495,27 @@ class ApplianceServer:
                     result.set_result(code)  # REFER refused outright
 
             handle.on_transfer_status = on_status
-            handle.transfer(cfg.target, {cfg.handoff_header: req.handoff_id})
+            headers = {cfg.handoff_header: req.handoff_id}
+            consult: CallHandle | None = None
+            if cfg.mode == "attended":
+                consult = await self._consult(cfg.target, headers, cfg.timeout_s)
+                if consult is None:
+                    result.set_result(480)  # the target did not answer the consult call
+                else:
+                    handle.transfer_replacing(consult, headers)
+            else:
+                handle.transfer(cfg.target, headers)
             try:
                 status = await asyncio.wait_for(result, cfg.timeout_s)
             except TimeoutError:
                 status = 0
+            if consult is not None:
+                if 200 <= status < 300:
+                    # The caller's side now replaces our consult leg; end it if the far end
+                    # has not within a few seconds, so no orphan call stays up.
+                    loop.call_later(5.0, consult.hangup)
+                else:
+                    consult.hangup()
         ok = 200 <= status < 300
         emit(
             TransferResult(

@@ -160,6 +160,11 @@ class TransferSettings(_Section):
         description="SIP URI of the staff queue or extension, e.g. sip:frontdesk@10.0.0.5; "
         "empty: no transfer, the caller leaves a message.",
     )
+    mode: Literal["blind", "attended"] = Field(
+        "blind",
+        description="blind: REFER to the target; attended: call the target first, then REFER "
+        "with Replaces so the staff member who answered takes over the caller.",
+    )
     timeout_s: float = Field(20.0, gt=0, le=120, description="Wait for the transfer's result.")
     handoff_header: str = Field(
         "X-Handoff-ID", pattern=r"^X-[A-Za-z0-9-]+$", description="SIP header for the handoff id."

@@ -71,6 +71,17 @@ class CallHandle:
         if self._ua is not None and not self.disconnected.is_set():
             self._ua.submit(lambda: self._ua._hangup(self._pj_id, status))  # type: ignore[union-attr]
 
+    def transfer_replacing(self, consult: CallHandle, headers: dict[str, str]) -> None:
+        """Attended transfer: REFER with ``Replaces`` (RFC 3891) naming our ``consult`` call.
+
+        The caller's side is asked to call the consulted party with a ``Replaces`` header, so
+        the staff member who already answered the consult call takes over the caller. Progress
+        arrives through :attr:`on_transfer_status` like :meth:`transfer`.
+        """
+        if self._ua is not None and not self.disconnected.is_set():
+            ua = self._ua
+            ua.submit(lambda: ua._xfer_replaces(self._pj_id, consult._pj_id, headers))
+
     def transfer(self, target: str, headers: dict[str, str]) -> None:
         """Blind transfer (RFC 3515 REFER, RFC 5589 call-transfer practice) to ``target``.
 
@@ -455,13 +466,49 @@ class SipUserAgent:
             if cb is not None:
                 self._post(lambda: cb(500, True))
 
-    def make_call(self, uri: str, handle: CallHandle) -> None:
-        """Place an outgoing call (client mode); must be submitted to the pjsua2 thread."""
+    def _xfer_replaces(self, pj_id: int, other_id: int, headers: dict[str, str]) -> None:
+        call, other = self._calls.get(pj_id), self._calls.get(other_id)
+        if call is None or other is None:
+            cb = call.handle.on_transfer_status if call is not None else None
+            if cb is not None:
+                self._post(lambda: cb(481, True))
+            return
+        op = pj.CallOpParam(True)
+        hdrs = pj.SipHeaderVector()
+        for name, value in headers.items():
+            hdr = pj.SipHeader()
+            hdr.hName, hdr.hValue = name, value
+            hdrs.append(hdr)
+        op.txOption.headers = hdrs
+        try:
+            call.xferReplaces(other, op)
+        except pj.Error as exc:
+            _LOGGER.warning(
+                "call %s: REFER/Replaces not sent (%s)", call.handle.call_id, exc.reason
+            )
+            cb = call.handle.on_transfer_status
+            if cb is not None:
+                self._post(lambda: cb(500, True))
+
+    def make_call(
+        self, uri: str, handle: CallHandle, headers: dict[str, str] | None = None
+    ) -> None:
+        """Place an outgoing call (client mode, or an attended transfer's consult call).
+
+        ``headers`` are extra SIP headers for the INVITE (the non-PHI handoff id).
+        """
 
         def place() -> None:
             call = _Call(self, self._acc, pj.PJSUA_INVALID_ID, handle)  # type: ignore[arg-type]
             call.accepted = True
             op = pj.CallOpParam(True)
+            if headers:
+                hdrs = pj.SipHeaderVector()
+                for name, value in headers.items():
+                    hdr = pj.SipHeader()
+                    hdr.hName, hdr.hValue = name, value
+                    hdrs.append(hdr)
+                op.txOption.headers = hdrs
             call.makeCall(uri, op)
             handle._pj_id = call.getId()
             handle._ua = self
