@@ -24,6 +24,7 @@ from tests.e2e.sipp import (
     parse_refer,
     render_uac_scenario,
     run_sipp,
+    start_sipp,
 )
 from tests.e2e.voices import caller_pcap
 from tests.e2e.webhook import WebhookReceiver
@@ -239,3 +240,103 @@ def test_pci_pause_keeps_card_digits_off_disk_logs_and_prompts(
         blob = path.read_bytes()
         assert TEST_PAN.encode() not in blob, f"card number in {path.name}"
         assert " ".join(TEST_PAN).encode() not in blob, f"spaced card number in {path.name}"
+
+
+CONSULT_UAS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="staff extension answering the consult call">
+  <recv request="INVITE" crlf="true">
+    <action>
+      <ereg regexp="X-Handoff-ID: *([0-9a-f]+)" search_in="msg" check_it="true"
+            assign_to="whole,handoff"/>
+      <log message="CONSULT-HANDOFF [$handoff] [$whole]"/>
+    </action>
+  </recv>
+  <send><![CDATA[
+
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:[local_ip]:[local_port];transport=[transport]>
+Content-Type: application/sdp
+Content-Length: [len]
+
+v=0
+o=staff 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+s=-
+c=IN IP[media_ip_type] [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 0
+a=rtpmap:0 PCMU/8000
+
+]]></send>
+  <recv request="ACK" crlf="true"/>
+  <recv request="BYE"/>
+  <send><![CDATA[
+
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:[local_ip]:[local_port];transport=[transport]>
+Content-Length: 0
+
+]]></send>
+</scenario>
+"""
+
+
+def test_attended_transfer_consults_staff_then_refers_with_replaces(
+    clinic: ApplianceProcess, tmp_path: Path
+) -> None:
+    """Attended transfer: consult the staff extension, then REFER with Replaces.
+
+    The mode is switched on by SIGHUP; the agent calls the staff extension first, then REFERs
+    the caller with Replaces naming that consult call.
+    """
+    import signal
+
+    staff_port = free_udp_port()
+    staff = start_sipp(
+        CONSULT_UAS, None, sip_port=staff_port, timeout_s=90, workdir=tmp_path / "staff"
+    )
+    original = clinic.config.read_text()
+    attended = original.replace(
+        'target = "sip:frontdesk@127.0.0.1:5999"',
+        f'target = "sip:staff@127.0.0.1:{staff_port}"\nmode = "attended"',
+    )
+    assert attended != original
+    reloads = len(clinic.wait_event("ConfigChanged", count=0, timeout_s=0))
+    clinic.config.write_text(attended)
+    clinic.signal(signal.SIGHUP)
+    changed = clinic.wait_event("ConfigChanged", count=reloads + 1, timeout_s=20)
+    assert changed[-1]["accepted"] is True
+    try:
+        before = ended_count(clinic)
+        steps = [
+            Pause(OPENING_MS),
+            *say("Let me talk to a person.", tmp_path, 0),
+            ExpectRefer(accept=True, notify_status=200),
+            WaitBye(15000),
+        ]
+        result = run_sipp(render_uac_scenario(steps=steps), clinic.uri, timeout_s=60)
+        assert result.returncode == 0, result.messages[-2500:]
+        refer = parse_refer(result.messages)
+        assert f"staff@127.0.0.1:{staff_port}" in str(refer["Refer-To"])
+        assert "Replaces" in str(refer["Refer-To"])  # RFC 3891: take over the consult call
+        staff_out = staff.wait(60)
+        assert staff_out.returncode == 0, staff_out.messages[-2000:]
+        assert f"CONSULT-HANDOFF {refer['X-Handoff-ID']}" in staff_out.logs.get("log", "")
+        _, events = call_events(clinic, before)
+        attempt = [e for e in events if e["kind"] == "TransferAttempted"][-1]
+        assert attempt["mode"] == "attended"
+        assert [e for e in events if e["kind"] == "TransferResult"][-1]["ok"] is True
+    finally:
+        clinic.config.write_text(original)
+        clinic.signal(signal.SIGHUP)
+        if staff.poll() is None:
+            staff.terminate()

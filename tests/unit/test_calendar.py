@@ -497,3 +497,17 @@ def test_fhir_slot_shape(cal: SqliteCalendar) -> None:
     busy = to_fhir_slot(cal.slot(appt.slot_id))
     assert busy["status"] == "busy"
     assert {resource["status"], busy["status"]} <= SLOT_STATUS
+
+
+def test_one_name_heard_right_and_the_other_close_still_verifies(tmp_path: Path) -> None:
+    """Speech recognition garbles one name of the pair: "Asia Khan" for "Aisha Khan"."""
+    cal = SqliteCalendar.seed_demo(tmp_path / "c.sqlite", date(2026, 11, 22))
+    try:
+        dob = date(1990, 7, 15)
+        assert cal.find_patient("Asia", "Khan", dob) is not None
+        assert cal.find_patient("Aisha", "Kahn", dob) is not None
+        assert cal.find_patient("Asia", "Kahn", dob) is None  # both only close: refused
+        assert cal.find_patient("Maria", "Lohan", date(1982, 3, 4)) is None  # too far
+        assert cal.find_patient("Asia", "Khan", date(1990, 7, 16)) is None  # DOB must be exact
+    finally:
+        cal.close()

@@ -57,6 +57,12 @@ except ImportError:  # pragma: no cover - exercised only where rapidfuzz is abse
         return 100.0 * difflib.SequenceMatcher(None, a, b).ratio()
 
 
+NAME_EXACT_PART = 95.0
+"""Similarity at which one name of the pair counts as heard correctly."""
+
+NAME_OTHER_PART = 60.0
+"""Similarity the other name then needs ("Asia"/"Aisha" 66.7; "Lohan"/"Lopez" 40 fails)."""
+
 NAME_MATCH_THRESHOLD = 80.0
 """Minimum similarity (0-100, normalised Indel ratio) for each of given and family name.
 
@@ -703,8 +709,11 @@ class SqliteCalendar:
 
         The date of birth must match exactly; it is never enough on its own. Names are compared
         after casefolding and removing accents, spaces and punctuation; an exact match wins,
-        otherwise both given and family name must reach :data:`NAME_MATCH_THRESHOLD`. When more
-        than one patient matches only approximately, the result is ``None`` (ambiguous).
+        otherwise both given and family name must reach :data:`NAME_MATCH_THRESHOLD`, or one
+        must match (:data:`NAME_EXACT_PART`) and the other reach :data:`NAME_OTHER_PART` (speech
+        recognition on a phone line garbles one name of a pair far more often than both:
+        "Asia Khan" for "Aisha Khan"). When more than one patient matches only approximately,
+        the result is ``None`` (ambiguous).
 
         Args:
             given_name: Given name as heard.
@@ -726,6 +735,7 @@ class SqliteCalendar:
             ).fetchall()
         exact: list[Patient] = []
         close: list[tuple[float, Patient]] = []
+        partial: list[Patient] = []
         for row in rows:
             patient = _patient_row(row)
             row_given = _normalise_name(patient.given_name)
@@ -735,14 +745,19 @@ class SqliteCalendar:
                 continue
             given_score = _similarity(given, row_given)
             family_score = _similarity(family, row_family)
-            if min(given_score, family_score) >= NAME_MATCH_THRESHOLD:
+            low, high = sorted((given_score, family_score))
+            if low >= NAME_MATCH_THRESHOLD:
                 close.append((given_score + family_score, patient))
+            elif high >= NAME_EXACT_PART and low >= NAME_OTHER_PART:
+                partial.append(patient)
         if len(exact) == 1:
             return exact[0]
         if exact:
             return None  # duplicate registrations: let a human sort it out
         if len(close) == 1:
             return close[0][1]
+        if not close and len(partial) == 1:
+            return partial[0]  # only when no closer candidate exists at all
         return None
 
     def patient(self, patient_id: str) -> Patient:
