@@ -99,8 +99,8 @@ def test_reschedule_changes_the_calendar_and_is_scored_resolved(
     steps = [
         Pause(OPENING_MS),
         *say("I need to reschedule my appointment.", tmp_path, 10000),
-        *say("My name is James Carter.", tmp_path, 6000),
-        *say("November twentieth, nineteen seventy five.", tmp_path, 5500),  # read back
+        *say("My name is Robert Brown.", tmp_path, 6000),
+        *say("September twelfth nineteen sixty eight.", tmp_path, 5500),  # read back
         *say("Yes, that's right.", tmp_path, 13000),
         *say("Next Wednesday at eleven in the morning.", tmp_path, 11000),
         *say("Yes, that's right.", tmp_path, 11500),
@@ -119,7 +119,7 @@ def test_reschedule_changes_the_calendar_and_is_scored_resolved(
     with sqlite3.connect(clinic.workdir / "var" / "calendar.sqlite") as db:
         rows = db.execute(
             "SELECT a.start FROM appointments a JOIN patients p ON p.id = a.patient_id "
-            "WHERE p.family_name = 'Carter' AND a.status = 'booked'"
+            "WHERE p.family_name = 'Brown' AND a.status = 'booked'"
         ).fetchall()
     assert len(rows) == 1 and " 11:00" in rows[0][0].replace("T", " "), rows
     score = [e for e in events if e["kind"] == "CallScored"][-1]
@@ -190,10 +190,10 @@ def test_high_risk_request_verifies_with_dtmf_fallback_then_transfers(
     steps = [
         Pause(OPENING_MS),
         *say("I need a refill of my blood pressure medication.", tmp_path, 8500),
-        *say("My name is James Carter.", tmp_path, 5000),
-        *say("November twentieth, nineteen seventy five.", tmp_path, 5500),  # read back
+        *say("My name is Linda Miller.", tmp_path, 5000),
+        *say("January thirtieth nineteen fifty five.", tmp_path, 5500),  # read back
         *say("No.", tmp_path, 4000),  # -> "You can also key in your date of birth..."
-        *[Rfc2833(d) for d in "11201975"],
+        *[Rfc2833(d) for d in "01301955"],
         Pause(500),
         ExpectRefer(accept=True, notify_status=200),
         WaitBye(15000),

@@ -107,10 +107,10 @@ def test_seed_demo_contents(cal: SqliteCalendar) -> None:
     counts = _counts(cal.path)
     # 14 days after a Monday: 10 weekdays; 09:00-16:30 in 30 minutes is 15 slots; 2 providers.
     assert counts["slots"] == 10 * 15 * 2
-    assert counts["patients"] == 3
-    assert counts["appointments"] == 2
+    assert counts["patients"] == 5
+    assert counts["appointments"] == 3
     all_slots = cal.free_slots(datetime(2000, 1, 1), limit=1000)
-    assert len(all_slots) == 10 * 15 * 2 - 2
+    assert len(all_slots) == 10 * 15 * 2 - 3
     assert all(s.start.weekday() < 5 for s in all_slots)
     assert all(TODAY < s.start.date() <= TODAY + timedelta(days=14) for s in all_slots)
     assert min(s.start.time() for s in all_slots) == time(9, 0)

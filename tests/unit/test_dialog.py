@@ -104,8 +104,8 @@ def test_two_misunderstandings_escalate_and_failed_transfer_takes_a_message(
 ) -> None:
     events: list[Event] = []
     dm = dialog(agent, events)
-    assert dm.handle_turn("blah blah flurb", 0.9).next is Next.CONTINUE
-    reply = dm.handle_turn("zzz qqq", 0.9)
+    assert dm.handle_turn("blah blah flurb and more", 0.9).next is Next.CONTINUE
+    reply = dm.handle_turn("zzz qqq plus some other words", 0.9)
     assert reply.next is Next.TRANSFER
     assert [e.reason for e in events if isinstance(e, Escalated)] == ["misunderstood_twice"]
     fallback = dm.transfer_failed()
@@ -139,3 +139,12 @@ def test_unknown_question_is_not_invented(agent: AgentRuntime) -> None:
     dm = dialog(agent, [])
     reply = dm.handle_turn("Do you do laser eye surgery on dogs?", 0.9)
     assert "Blue Cross" not in reply.text and "We're open" not in reply.text
+
+
+def test_a_turn_cut_mid_sentence_is_read_with_its_continuation(agent: AgentRuntime) -> None:
+    events: list[Event] = []
+    dm = dialog(agent, events)
+    first = dm.handle_turn("I need...", 0.9)
+    assert first.next is Next.CONTINUE and not [e for e in events if isinstance(e, Escalated)]
+    reply = dm.handle_turn("risk schedule my appointment.", 0.9)
+    assert "verify your identity" in reply.text

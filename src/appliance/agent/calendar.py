@@ -562,7 +562,9 @@ class SqliteCalendar:
         30-minute slots on weekdays from 09:00 to 16:30 (last slot 16:00-16:30) for the 14 days
         after ``today``; patients Maria Lopez (1982-03-04, booked with Dr. Patel on the first
         Tuesday after ``today`` at 10:30), James Carter (1975-11-20, booked with Dr. Nguyen on
-        the first Thursday after ``today`` at 14:00) and Aisha Khan (1990-07-15, none).
+        the first Thursday after ``today`` at 14:00), Aisha Khan (1990-07-15, none), Robert Brown
+        (1968-09-12, booked with Dr. Nguyen on the first Tuesday after ``today`` at 09:30) and
+        Linda Miller (1955-01-30, none).
 
         Idempotent: only missing rows are added, so a second run changes nothing; the demo
         appointments are created once, whatever ``today`` a later run passes.
@@ -583,6 +585,8 @@ class SqliteCalendar:
             ("pat-demo-1", "Maria", "Lopez", "1982-03-04"),
             ("pat-demo-2", "James", "Carter", "1975-11-20"),
             ("pat-demo-3", "Aisha", "Khan", "1990-07-15"),
+            ("pat-demo-4", "Robert", "Brown", "1968-09-12"),
+            ("pat-demo-5", "Linda", "Miller", "1955-01-30"),
         ]
 
         def first_after(weekday: int) -> date:
@@ -600,6 +604,12 @@ class SqliteCalendar:
                 "pat-demo-2",
                 "prov-nguyen",
                 datetime.combine(first_after(3), time(14, 0)),
+            ),
+            (
+                "appt-demo-4",
+                "pat-demo-4",
+                "prov-nguyen",
+                datetime.combine(first_after(1), time(9, 30)),
             ),
         ]
         with calendar._write() as conn:

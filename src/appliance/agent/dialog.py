@@ -142,6 +142,9 @@ class DialogSettings:
     facts: dict[str, str] = field(default_factory=dict)
 
 
+#: An unrecognised turn this short is kept and read together with the next one.
+FRAGMENT_WORDS = 3
+
 EMERGENCY_TEXT = "If this is a medical emergency, please hang up and dial 911 now."
 REPROMPT_TEXT = (
     "Sorry, I didn't catch that. I can help with appointments, prescriptions, billing, or "
@@ -209,6 +212,7 @@ class _State:
     slot: Slot | None = None
     actions: list[dict[str, Any]] = field(default_factory=list)
     last_text: str = ""
+    fragment: str = ""
 
 
 class DialogManager:
@@ -383,6 +387,10 @@ class DialogManager:
 
     def _top(self, text: str) -> Reply:
         s = self._s
+        if s.fragment:
+            # The caller paused mid-sentence ("I need..." | "to reschedule my appointment"):
+            # endpointing cut the turn, so read the two parts together.
+            text, s.fragment = f"{s.fragment} {text}", ""
         result = self._classifier.classify(text)
         if result.intent is not None:
             return self._start(result.intent, result.confidence, result.method)
@@ -416,6 +424,9 @@ class DialogManager:
             return Reply([NOT_SURE_TEXT.format(what=what)])
         if self._settings.llm_off_script:
             return Reply(use_llm=True, source="llm")
+        if len(text.split()) <= FRAGMENT_WORDS:
+            s.fragment = text.rstrip(".?! ")
+            return Reply([REPROMPT_TEXT])  # not counted: most likely half a sentence
         return self._misunderstood()
 
     def _misunderstood(self) -> Reply:
