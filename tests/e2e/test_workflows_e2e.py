@@ -99,9 +99,11 @@ def test_reschedule_changes_the_calendar_and_is_scored_resolved(
     steps = [
         Pause(OPENING_MS),
         *say("I need to reschedule my appointment.", tmp_path, 10000),
-        *say("My name is Robert Brown.", tmp_path, 6000),
-        *say("September twelfth nineteen sixty eight.", tmp_path, 5500),  # read back
-        *say("Yes, that's right.", tmp_path, 13000),
+        *say("My name is Robert Brown.", tmp_path, 4000),
+        # Spoken dates defeat Whisper tiny on espeak-ng at 8 kHz ("No members." for "November
+        # twentieth ..."), so this caller keys the date of birth in, as the prompt allows.
+        *[Rfc2833(d) for d in "09121968"],
+        Pause(13000),
         *say("Next Wednesday at eleven in the morning.", tmp_path, 11000),
         *say("Yes, that's right.", tmp_path, 11500),
         *say("No.", tmp_path, 500),
