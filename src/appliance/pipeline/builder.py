@@ -39,6 +39,7 @@ from appliance.config.settings import ApplianceSettings
 from appliance.events import Event
 from appliance.metrics.latency import TurnLatencyObserver
 from appliance.models.engines import ModelSet
+from appliance.pipeline.health import StageHealthObserver
 from appliance.pipeline.pci import LuhnHandoff, PaymentHandler, PciGate
 from appliance.pipeline.played import PlayedTextTracker
 from appliance.pipeline.services import (
@@ -204,6 +205,11 @@ def build_call_pipeline(
         ]
     )
     latency = TurnLatencyObserver(call_id, emit, vad_stop_secs=VAD_STOP_SECS)
+
+    async def on_stage_failure(stage: str) -> None:
+        await receptionist.speak(receptionist.dialog.stage_failed(stage))
+
+    health = StageHealthObserver(call_id, on_stage_failure)
     task = PipelineWorker(
         pipeline,
         params=PipelineParams(
@@ -211,7 +217,7 @@ def build_call_pipeline(
             audio_out_sample_rate=bridge.sample_rate,
             enable_metrics=True,
         ),
-        observers=[latency],
+        observers=[latency, health],
         idle_timeout_secs=None,
         cancel_on_idle_timeout=False,
         enable_rtvi=False,
