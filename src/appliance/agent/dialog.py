@@ -44,6 +44,7 @@ from appliance.agent.understanding import (
     INTENT_UNSURE,
     Extraction,
     IntentClassifier,
+    LlmIntentClassifier,
     extract_slot,
     global_intent,
     speak_when,
@@ -63,6 +64,7 @@ from appliance.agent.workflow import (
     Workflow,
     WorkflowSet,
 )
+from appliance.errors import ApplianceError
 from appliance.events import (
     Escalated,
     Event,
@@ -227,6 +229,7 @@ class DialogManager:
         emit: Event sink (typed events; content fields are sealed by the audit log).
         settings: Dialogue policy.
         now: Clock for slot parsing (clinic local time).
+        llm_intents: Constrained LLM second opinion for unsure intents (capable models only).
     """
 
     def __init__(
@@ -239,8 +242,10 @@ class DialogManager:
         emit: Callable[[Event], None],
         settings: DialogSettings,
         now: Callable[[], datetime] = datetime.now,
+        llm_intents: LlmIntentClassifier | None = None,
     ) -> None:
         self._call_id = call_id
+        self._llm_intents = llm_intents
         self._workflows = workflows
         self._classifier = classifier
         self._kb = kb
@@ -416,6 +421,13 @@ class DialogManager:
             self.outcome = self.outcome or "resolved"
             return self._with_anything_else(Reply([hit.text], source="kb"))
         top = result.candidates[0] if result.candidates else None
+        if top is not None and top[1] >= INTENT_UNSURE and self._llm_intents is not None:
+            try:
+                chosen = self._llm_intents.classify(text, result.candidates)
+            except ApplianceError:
+                chosen = None
+            if chosen is not None:
+                return self._start(chosen, top[1], "llm")
         if top is not None and top[1] >= INTENT_UNSURE:
             wf, spec = self._workflows.intents()[top[0]]
             s.unsure_intent = top[0]

@@ -15,7 +15,7 @@ from pathlib import Path
 from appliance.agent.calendar import SchedulingAdapter, SqliteCalendar
 from appliance.agent.dialog import DialogManager, DialogSettings, fixed_texts
 from appliance.agent.kb import Embed, KnowledgeBase, default_file, facts
-from appliance.agent.understanding import IntentClassifier
+from appliance.agent.understanding import IntentClassifier, LlmIntentClassifier
 from appliance.agent.workflow import WorkflowSet, default_dir, load_workflows
 from appliance.config.settings import ApplianceSettings
 from appliance.events import Event
@@ -30,11 +30,19 @@ class AgentRuntime:
     kb: KnowledgeBase
     calendar: SchedulingAdapter | None
     settings: DialogSettings
+    llm_intents: LlmIntentClassifier | None = None
 
     def new_dialog(self, call_id: str, emit: Callable[[Event], None]) -> DialogManager:
         """A fresh dialogue manager for one call."""
         return DialogManager(
-            call_id, self.workflows, self.classifier, self.kb, self.calendar, emit, self.settings
+            call_id,
+            self.workflows,
+            self.classifier,
+            self.kb,
+            self.calendar,
+            emit,
+            self.settings,
+            llm_intents=self.llm_intents,
         )
 
     def fixed_phrases(self) -> list[str]:
@@ -63,7 +71,11 @@ def dialog_settings(settings: ApplianceSettings) -> DialogSettings:
 
 
 def load_agent(
-    settings: ApplianceSettings, embed: Embed, *, calendar: SchedulingAdapter | None = None
+    settings: ApplianceSettings,
+    embed: Embed,
+    *,
+    calendar: SchedulingAdapter | None = None,
+    complete_json: Callable[[list[dict[str, str]], dict], dict] | None = None,
 ) -> AgentRuntime:
     """Load and validate the workflows and the knowledge base; open the calendar.
 
@@ -81,4 +93,7 @@ def load_agent(
             calendar = SqliteCalendar.seed_demo(db, date.today())
         else:
             calendar = SqliteCalendar(db)
-    return AgentRuntime(workflows, classifier, kb, calendar, dialog_settings(settings))
+    llm_intents = None
+    if settings.agent.llm_intents and complete_json is not None:
+        llm_intents = LlmIntentClassifier(complete_json, classifier.intents)
+    return AgentRuntime(workflows, classifier, kb, calendar, dialog_settings(settings), llm_intents)

@@ -357,3 +357,46 @@ def extract_slot(
         return None if answer is None else Extraction(answer, "yes" if answer else "no", conf)
     said = text.strip()
     return Extraction(said, said, conf) if said else None
+
+
+class LlmIntentClassifier:
+    """A second opinion for unsure turns from the LLM, constrained to the intent enum.
+
+    Used only where ``[agent] llm_intents`` is on (a model capable of it is configured). The
+    reply is grammar-constrained by a JSON schema: ``{"intent": <one of the intents or
+    "none">}``, so the model cannot invent an intent; a constrained answer still only counts
+    if it is among the embedding matcher's top candidates.
+
+    Args:
+        complete_json: ``(messages, schema) -> dict`` (``LlamaEngine.complete_json``).
+        intents: The allowed intent names.
+    """
+
+    def __init__(
+        self, complete_json: Callable[[list[dict[str, str]], dict], dict], intents: list[str]
+    ) -> None:
+        self._complete = complete_json
+        self._intents = sorted(intents)
+        self.schema = {
+            "type": "object",
+            "properties": {"intent": {"type": "string", "enum": [*self._intents, "none"]}},
+            "required": ["intent"],
+        }
+
+    def classify(self, text: str, candidates: tuple[tuple[str, float], ...]) -> str | None:
+        """The constrained choice among ``candidates`` for ``text``, or ``None``.
+
+        Raises:
+            LLMError: The runtime failed (the caller treats the turn as not understood).
+        """
+        messages = [
+            {
+                "role": "system",
+                "content": "Classify the caller's request at a medical clinic. Answer with one "
+                "intent from: " + ", ".join(self._intents) + ", or none.",
+            },
+            {"role": "user", "content": text},
+        ]
+        choice = str(self._complete(messages, self.schema).get("intent", "none"))
+        allowed = {name for name, _ in candidates}
+        return choice if choice in allowed else None

@@ -211,7 +211,12 @@ class ApplianceServer:
     ) -> AgentRuntime:
         assert self.models is not None and self.models.embedder is not None
         calendar = previous.calendar if previous is not None else None
-        agent = load_agent(settings, self.models.embedder.encode, calendar=calendar)
+        agent = load_agent(
+            settings,
+            self.models.embedder.encode,
+            calendar=calendar,
+            complete_json=self.models.llm.complete_json,
+        )
         _LOGGER.info(
             "workflows loaded: %s",
             ", ".join(f"{w.id} v{w.version}" for w in agent.workflows.workflows.values()),

@@ -147,6 +147,11 @@ class AgentSettings(_Section):
         description="Send turns no workflow understood to the LLM (for a capable model); "
         "false: reprompt, then escalate.",
     )
+    llm_intents: bool = Field(
+        False,
+        description="Ask the LLM (JSON-schema constrained to the intent enum) about turns the "
+        "embeddings are unsure of; for a capable model.",
+    )
     anything_else: str = Field(
         "Is there anything else I can help you with?", description="Said after a resolved task."
     )

@@ -186,6 +186,32 @@ class LlamaEngine:
             except Exception as exc:
                 raise LLMError("llm_failed", type(exc).__name__, ErrorCategory.TRANSIENT) from exc
 
+    def complete_json(
+        self, messages: list[dict[str, str]], schema: dict[str, Any], *, max_tokens: int = 64
+    ) -> dict[str, Any]:
+        """A reply constrained to ``schema`` (llama.cpp grammar from a JSON schema), parsed.
+
+        llama-cpp-python turns ``response_format={"type": "json_object", "schema": ...}`` into a
+        GBNF grammar, so the model can only emit JSON valid against ``schema`` (enums included).
+
+        Raises:
+            LLMError: The runtime failed or the output did not parse.
+        """
+        import json
+
+        with self._lock:
+            try:
+                out = self._llm.create_chat_completion(
+                    messages=messages,  # type: ignore[arg-type]
+                    max_tokens=max_tokens,
+                    temperature=0.0,
+                    response_format={"type": "json_object", "schema": schema},  # type: ignore[typeddict-item]
+                )
+                text = out["choices"][0]["message"]["content"] or ""  # type: ignore[index]
+                return dict(json.loads(text))
+            except Exception as exc:
+                raise LLMError("llm_failed", type(exc).__name__, ErrorCategory.TRANSIENT) from exc
+
 
 class KokoroEngine:
     """Kokoro-82M ONNX text-to-speech via kokoro-onnx.
