@@ -29,7 +29,7 @@ def open_audit(settings: AuditSettings) -> AuditLog:
     Raises:
         AuditError: A key or the database is unusable; the message names the file.
     """
-    created = [
+    missing = [
         name
         for name, path in (("signing", settings.signing_key_file), ("kek", settings.kek_file))
         if not path.exists()
@@ -52,7 +52,10 @@ def open_audit(settings: AuditSettings) -> AuditLog:
         checkpoint_file=settings.checkpoint_file,
         key_name=KEY_NAME,
     )
-    if created:  # key operations are audited too
+    # Key operations are audited too. A KEK from the systemd credential was not made here (the
+    # absent key file is then simply unused), so only a key file this call created counts.
+    created = [n for n in missing if n != "kek" or kek.source == "key-file"]
+    if created:
         meta = {"keys": created, "kek_id": kek.kek_id, "kek_source": kek.source}
         log.append([Entry(kind="KeyCreated", meta=meta)])
     return log
