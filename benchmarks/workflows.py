@@ -27,10 +27,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance.audio.pcap import dtmf_rtp_pcap
 from benchmarks.wire import Echo, conversation_call, turns_from_capture
 from tests.e2e.capture import LoopbackCapture
 from tests.e2e.server import ApplianceProcess, free_udp_port
-from tests.e2e.sipp import ExpectRefer, Pause, Play, Rfc2833, WaitBye, render_uac_scenario, run_sipp
+from tests.e2e.sipp import ExpectRefer, Pause, Play, WaitBye, render_uac_scenario, run_sipp
 from tests.e2e.voices import caller_pcap
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -240,8 +241,9 @@ def steps_for(script: Script, work: Path) -> tuple[list[object], list[tuple[floa
         for text, wait in turns:
             if text.startswith("DTMF:"):
                 digits = text[5:]
-                steps.extend(Rfc2833(d) for d in digits)
-                t += 0.35 * len(digits)
+                path = work / f"dtmf-{digits.replace('#', 'H')}.pcap"
+                t += dtmf_rtp_pcap(digits, path)
+                steps.append(Play(str(path)))
             else:
                 pcap = caller_pcap(text, work)
                 seconds = _pcap_seconds(pcap)

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from appliance.audio.pcap import dtmf_rtp_pcap
 from tests.e2e.server import ApplianceProcess, free_udp_port
 from tests.e2e.sipp import (
     ExpectRefer,
     Pause,
     Play,
-    Rfc2833,
     WaitBye,
     parse_refer,
     render_uac_scenario,
@@ -76,6 +76,17 @@ def say(text: str, work: Path, after_ms: int) -> list[object]:
     return [Play(str(caller_pcap(text, work))), Pause(after_ms)]
 
 
+def keys(digits: str, work: Path) -> list[object]:
+    """The caller keys ``digits`` on the keypad.
+
+    RFC 4733 events with distinct timestamps and sequence numbers: sipp's bundled per-digit
+    pcaps repeat them, so a repeated digit would be dropped as a duplicate packet.
+    """
+    path = work / f"dtmf-{digits.replace('#', 'H').replace('*', 'S')}.pcap"
+    dtmf_rtp_pcap(digits, path)
+    return [Play(str(path))]
+
+
 def call_events(proc: ApplianceProcess, before: int) -> tuple[str, list[dict]]:
     ended = proc.wait_event("CallEnded", count=before + 1, timeout_s=30)
     assert len(ended) == before + 1, "the call did not end"
@@ -102,7 +113,7 @@ def test_reschedule_changes_the_calendar_and_is_scored_resolved(
         *say("My name is Robert Brown.", tmp_path, 4000),
         # Spoken dates defeat Whisper tiny on espeak-ng at 8 kHz ("No members." for "November
         # twentieth ..."), so this caller keys the date of birth in, as the prompt allows.
-        *[Rfc2833(d) for d in "09121968"],
+        *keys("09121968", tmp_path),
         Pause(13000),
         *say("Next Wednesday at eleven in the morning.", tmp_path, 11000),
         *say("Yes, that's right.", tmp_path, 11500),
@@ -195,7 +206,7 @@ def test_high_risk_request_verifies_with_dtmf_fallback_then_transfers(
         *say("My name is Linda Miller.", tmp_path, 5000),
         *say("January thirtieth nineteen fifty five.", tmp_path, 5500),  # read back
         *say("No.", tmp_path, 4000),  # -> "You can also key in your date of birth..."
-        *[Rfc2833(d) for d in "01301955"],
+        *keys("01301955", tmp_path),
         Pause(500),
         ExpectRefer(accept=True, notify_status=200),
         WaitBye(15000),
@@ -222,7 +233,7 @@ def test_pci_pause_keeps_card_digits_off_disk_logs_and_prompts(
     steps = [
         Pause(OPENING_MS),
         *say("I want to pay my bill by card.", tmp_path, 8000),
-        *[Rfc2833(d) for d in TEST_PAN + "#"],
+        *keys(TEST_PAN + "#", tmp_path),
         Pause(7000),
         *say("No.", tmp_path, 500),
         WaitBye(15000),

@@ -148,3 +148,20 @@ def test_a_turn_cut_mid_sentence_is_read_with_its_continuation(agent: AgentRunti
     assert first.next is Next.CONTINUE and not [e for e in events if isinstance(e, Escalated)]
     reply = dm.handle_turn("risk schedule my appointment.", 0.9)
     assert "verify your identity" in reply.text
+
+
+def test_keyed_digits_without_pound_are_taken_after_the_interdigit_timeout(
+    agent: AgentRuntime,
+) -> None:
+    dm = dialog(agent, [])
+    dm.handle_turn("I need to reschedule my appointment.", 0.9)
+    dm.handle_turn("My name is Robert Brown.", 0.9)
+    for d in "0912196":  # one digit short, no #
+        assert dm.handle_dtmf(d) is None
+    assert dm.digits_pending
+    reply = dm.flush_dtmf()  # what the receptionist's inter-digit timer does
+    assert reply is not None and "didn't get that number" in reply.text
+    assert "key in your date of birth" in reply.text and not dm.digits_pending
+    for d in "09121968":
+        reply = dm.handle_dtmf(d)
+    assert reply is not None and "Dr. Nguyen on Tuesday, November 24 at 9:30 AM" in reply.text

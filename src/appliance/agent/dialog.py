@@ -340,6 +340,17 @@ class DialogManager:
             return self._slot_failed(node, "I didn't get that number.")
         return self._fill(node, ex, "dtmf")
 
+    @property
+    def digits_pending(self) -> bool:
+        """Whether keyed digits are collected but not yet taken (no ``#``, count not reached)."""
+        return bool(self._s.dtmf) and self.expects_dtmf
+
+    def flush_dtmf(self) -> Reply | None:
+        """Take the keyed digits as complete (the inter-digit timeout), like ``#``."""
+        if not self.digits_pending:
+            return None
+        return self.handle_dtmf("#")
+
     def transfer_succeeded(self) -> None:
         """The REFER was accepted and the target answered: the workflow ends transferred."""
         self._finish("transferred", hangup=True)

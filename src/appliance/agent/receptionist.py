@@ -12,6 +12,7 @@ starts at once, so digits typed during the prompt are already kept from the pipe
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -35,6 +36,10 @@ from appliance.agent.templates import split_sentences
 from appliance.events import DtmfReceived, Event, TurnEnded
 
 _LOGGER = logging.getLogger(__name__)
+
+#: Seconds after the last keyed digit before the entry is taken as complete (the usual IVR
+#: inter-digit timeout); ``#`` or the expected count end it sooner.
+INTERDIGIT_TIMEOUT_S = 4.0
 
 
 def last_user_text(messages: list[Any]) -> str:
@@ -80,6 +85,7 @@ class Receptionist(FrameProcessor):
         self._pending_started = False
         self.last_source = "opening"
         self.last_intent: str | None = None
+        self._digit_timer: asyncio.Task[None] | None = None
 
     @property
     def dialog(self) -> DialogManager:
@@ -124,6 +130,7 @@ class Receptionist(FrameProcessor):
             self._emit(DtmfReceived(self._call_id, digit=digit, method=method))
             reply = self._dialog.handle_dtmf(digit)
             await self.push_frame(frame, direction)
+            self._arm_interdigit()
             if reply is not None:
                 await self.speak(reply)
             return
@@ -138,6 +145,21 @@ class Receptionist(FrameProcessor):
                 await self._on_after(reply)
             return
         await self.push_frame(frame, direction)
+
+    def _arm_interdigit(self) -> None:
+        """(Re)start the inter-digit timeout while keyed digits wait for ``#`` or the count."""
+        if self._digit_timer is not None:
+            self._digit_timer.cancel()
+            self._digit_timer = None
+        if self._dialog.digits_pending:
+            self._digit_timer = self.create_task(self._interdigit())
+
+    async def _interdigit(self) -> None:
+        await asyncio.sleep(INTERDIGIT_TIMEOUT_S)
+        self._digit_timer = None
+        reply = self._dialog.flush_dtmf()
+        if reply is not None:
+            await self.speak(reply)
 
     async def _handle_turn(self, frame: LLMContextFrame) -> None:
         text = last_user_text(list(frame.context.get_messages()))
