@@ -31,10 +31,11 @@ CALLER_PHRASES = [
     "Do you take Blue Cross insurance?",
     "Goodbye.",
 ]
-# Measured 0.118 with the default voice (en-us, 140 wpm, 80 ms word gap) through PCMU; 6 of
-# its 10 errors are the normaliser's, not the STT's: "March 4, 1982." becomes "... one thousand
-# nine hundred and eighty two". The margin allows about 7 more wrong words of 85.
-MAX_WER = 0.20
+# Measured 0.118 with en-us, 140 wpm, 80 ms word gap and 0.17-0.21 with the 20 ms default
+# (chosen for endpointing, see voices.py) through PCMU; 6 of the errors are the normaliser's,
+# not the STT's: "March 4, 1982." becomes "... one thousand nine hundred and eighty two". The
+# margin allows about 4 more wrong words of 85.
+MAX_WER = 0.25
 
 
 @pytest.fixture

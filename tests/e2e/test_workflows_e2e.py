@@ -116,7 +116,7 @@ def test_reschedule_changes_the_calendar_and_is_scored_resolved(
         *keys("09121968", tmp_path),
         Pause(13000),
         *say("Next Wednesday at eleven in the morning.", tmp_path, 11000),
-        *say("Yes, that's right.", tmp_path, 11500),
+        *say("Yes that's right.", tmp_path, 11500),
         *say("No.", tmp_path, 500),
         WaitBye(15000),
     ]

@@ -30,9 +30,12 @@ PAD_S = 0.3
 # 0.17-0.21 with 20 ms, 0.11-0.15 with 80 ms). With 80 ms, en-us scored 0.13, 0.12, 0.15, 0.11,
 # 0.13 at 130-170 wpm and always got "Yes, that's right." and "No." right; en-us+m3 and
 # en-us+f2 scored as well overall but turned "No." into "So" / "Don't mind" at some speeds.
+# Through the live pipeline, though, 80 ms gaps leave 200-220 ms of silence inside phrases, which
+# the agent's endpointing (Silero VAD stop at 0.2 s, then smart-turn) takes for the end of a turn
+# ("Let me..." | "Talk to us."): 20 ms keeps every inner silence at or under 120 ms but commas.
 DEFAULT_VOICE = "en-us"
 DEFAULT_SPEED_WPM = 140
-DEFAULT_WORD_GAP_MS = 80
+DEFAULT_WORD_GAP_MS = 20
 
 
 def tools_missing() -> list[str]:
