@@ -206,7 +206,7 @@ cmd_image() {
 # 2. The disk, without mounting anything: the ESP as a FAT32 file filled with mtools, the root as
 # ext4 made from the tree (mkfs.ext4 -d), and systemd-repart lays them out per image/mkosi.repart/.
 image_assemble() {
-  local out="$1" tree="$1/tree" parts="$1/parts" kver kib
+  local out="$1" tree="$1/tree" parts="$1/parts" kver kib inodes
   mkdir -p "$parts"
   kver="$(basename "$(find "$tree/lib/modules" -mindepth 1 -maxdepth 1 -type d | sort -V | tail -n 1)")"
   mkfs.fat -F 32 -n ESP -C "$parts/esp.img" $((256 * 1024)) >/dev/null
@@ -216,12 +216,18 @@ image_assemble() {
   mcopy -s -i "$parts/esp.img" image/esp/loader ::/
   mcopy -i "$parts/esp.img" "$tree/boot/vmlinuz-$kver" ::/appliance/vmlinuz
   mcopy -i "$parts/esp.img" "$tree/boot/initrd.img-$kver" ::/appliance/initrd.img
-  # The root: its contents plus 20% and 128 MiB of slack (it is mounted read-only).
+  # The root: its contents plus 20% and 128 MiB of slack (it is mounted read-only), and inodes
+  # for its files plus 20% (mke2fs's default ratio runs short for a tree of many small Python
+  # files such as torch's and transformers').
   kib="$(du -sk --apparent-size "$tree" | cut -f1)"
   kib=$((kib * 12 / 10 + 128 * 1024))
-  mkfs.ext4 -q -F -L appliance-root -d "$tree" "$parts/root.ext4" "${kib}k"
+  inodes="$(find "$tree" -xdev | wc -l)"
+  inodes=$((inodes * 12 / 10 + 16384))
+  mkfs.ext4 -q -F -L appliance-root -N "$inodes" -d "$tree" "$parts/root.ext4" "${kib}k"
   systemd-repart --empty=create --size=auto --dry-run=no --no-pager \
     --root="$parts" --definitions="$ROOT/image/mkosi.repart" "$out/appliance.raw" >/dev/null
+  # repart copies every block; give the unused ones back (the image file stays sparse).
+  fallocate --dig-holes "$out/appliance.raw"
   rm -rf "$parts"
 }
 

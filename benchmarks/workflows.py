@@ -70,7 +70,7 @@ SCRIPTS: list[Script] = [
         [
             ("I need to reschedule my appointment.", 10000),
             ("My name is Maria Lopez.", 6000),
-            ("March fourth, nineteen eighty two.", 5500),
+            ("March fourth nineteen eighty two.", 5500),
             ("Yes that's right.", 12500),
             ("Next Wednesday at eleven in the morning.", 10500),
             ("Yes that's right.", 11000),
@@ -93,9 +93,9 @@ SCRIPTS: list[Script] = [
     Script(
         "reschedule-3",
         [
-            ("I can't make my appointment, can we change it?", 10000),
+            ("I can't make my appointment so can we change it?", 10000),
             ("My name is James Carter.", 6000),
-            ("November twentieth, nineteen seventy five.", 5500),
+            ("November twentieth nineteen seventy five.", 5500),
             ("Yes.", 12500),
             ("Next Friday at ten in the morning.", 10500),
             ("Yes.", 11000),
@@ -108,7 +108,7 @@ SCRIPTS: list[Script] = [
         [
             ("I'd like to make an appointment.", 10000),
             ("My name is Aisha Khan.", 6000),
-            ("July fifteenth, nineteen ninety.", 5500),
+            ("July fifteenth nineteen ninety.", 5500),
             ("Yes that's right.", 9000),
             ("Next Monday at nine in the morning.", 10000),
             ("Yes.", 9500),

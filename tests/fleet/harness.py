@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -27,6 +28,8 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SUBNET = "10.77.0"
 CONTROLLER_IP = f"{SUBNET}.1"
+#: The fixed-phrase cache the e2e tests share (tests/e2e/server.py).
+PHRASE_CACHE = REPO / "var" / "test-phrase-cache"
 
 
 def run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
@@ -131,6 +134,7 @@ class Fleet:
         self.collections = root / "collections"
         self.control_dir = Path(f"/tmp/flcp{self.tag}")  # short: ssh ControlPath length limit
         self._links: list[str] = []
+        self._runs = 0
 
     # -- network ------------------------------------------------------------------------------
     def create_network(self) -> None:
@@ -295,6 +299,9 @@ class Fleet:
                     "config_sip_rtp_port": 40000,
                     "config_sip_retry_after_s": 5,
                     "config_models_threads": 1,
+                    # Warm, shared fixed-phrase audio (keyed by voice, speed and text; atomic
+                    # writes): the hosts' first starts then load it instead of rendering it.
+                    "config_models_phrase_cache": str(PHRASE_CACHE),
                     "fleet_serial": 1,
                     "fleet_max_fail_percentage": 0,
                 },
@@ -304,56 +311,99 @@ class Fleet:
         path.write_text(json.dumps(inventory, indent=2))  # JSON is YAML
         return path
 
-    def playbook(self, inventory: Path, name: str, *extra: str) -> tuple[int, str]:
-        """Run a playbook of the collection; return (rc, output)."""
+    def playbook(
+        self, inventory: Path, name: str, *extra: str, timeout_s: float = 600
+    ) -> tuple[int, str]:
+        """Run a playbook of the collection; return (rc, output).
+
+        The output goes to ``<root>/ansible-<n>-<playbook>.log`` while it runs (for a run that
+        hangs); ``name`` is a playbook of the collection or an absolute path. A run past
+        ``timeout_s`` is killed (its whole process group) and raises ``TimeoutError``.
+        """
         self.control_dir.mkdir(exist_ok=True)
         env = {
             **os.environ,
             "ANSIBLE_COLLECTIONS_PATH": str(self.collections),
             "ANSIBLE_LOCAL_TEMP": str(self.root / "ansible-local"),
             "ANSIBLE_SSH_CONTROL_PATH_DIR": str(self.control_dir),
+            # No -C: the artefacts are compressed already, and compressing the model store
+            # costs more CPU than the (virtual) link saves. Pipelining: one SSH round trip per
+            # task instead of a copy and an exec.
+            "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=60s",
+            "ANSIBLE_PIPELINING": "1",
             "ANSIBLE_RETRY_FILES_ENABLED": "0",
             "ANSIBLE_NOCOLOR": "1",
             "ANSIBLE_FORCE_COLOR": "0",
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         }
-        out = subprocess.run(
-            [str(BIN / "ansible-playbook"), "-i", str(inventory),
-             str(REPO / "ansible" / "playbooks" / name), *extra],
-            env=env, capture_output=True, text=True, timeout=900,
-        )  # fmt: skip
-        (self.root / f"ansible-{name}-{int(time.time())}.log").write_text(out.stdout + out.stderr)
-        return out.returncode, out.stdout + out.stderr
+        self._runs += 1
+        playbook = Path(name) if os.path.isabs(name) else REPO / "ansible" / "playbooks" / name
+        log = self.root / f"ansible-{self._runs:02d}-{playbook.stem}.log"
+        env["ANSIBLE_LOG_PATH"] = str(log.with_suffix(".timed.log"))  # the same, timestamped
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [str(BIN / "ansible-playbook"), "-i", str(inventory), str(playbook), *extra],
+                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise TimeoutError(f"{playbook.name} ran past {timeout_s} s; see {log}") from None
+        return proc.returncode, log.read_text(errors="replace")
 
     # -- teardown -------------------------------------------------------------------------------
     def close(self) -> None:
-        """Stop supervisord (it stops the agents), sshd; delete namespaces and links."""
+        """Stop supervisord (it stops the agents), sshd, SSH masters; delete namespaces, links.
+
+        Every step runs even when an earlier one fails, and only processes this fleet started
+        (or that run inside its namespaces) are signalled.
+        """
+        errors: list[str] = []
         for host in self.hosts:
-            if host.supervisor_var.joinpath("supervisor.sock").exists():
+            try:
+                self._close_host(host)
+            except Exception as exc:  # noqa: BLE001 - keep tearing down, report at the end
+                errors.append(f"{host.name}: {exc!r}")
+        for link in reversed(self._links):
+            subprocess.run(["ip", "link", "delete", link], capture_output=True, check=False)
+        if self.control_dir.is_dir():
+            for sock in self.control_dir.iterdir():  # ControlPersist masters outlive the run
+                with contextlib.suppress(OSError, subprocess.SubprocessError):
+                    subprocess.run(
+                        ["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "fleet-host"],
+                        capture_output=True, timeout=10, check=False,
+                    )  # fmt: skip
+        shutil.rmtree(self.control_dir, ignore_errors=True)
+        if errors:
+            raise RuntimeError("fleet teardown: " + "; ".join(errors))
+
+    def _close_host(self, host: Host) -> None:
+        if host.supervisor_var.joinpath("supervisor.sock").exists():
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
                 subprocess.run(
                     [str(BIN / "supervisorctl"), "-c", str(host.etc / "supervisord.conf"),
                      "shutdown"],
-                    env=host.supervisor_env(), capture_output=True, timeout=120, check=False,
+                    env=host.supervisor_env(), capture_output=True, timeout=180, check=False,
                 )  # fmt: skip
-            for proc in reversed(host.procs):
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-                    try:
-                        proc.wait(30)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait(5)
-            # Anything still in the namespace (an agent orphaned by a crash) goes with it.
-            pids = subprocess.run(
-                ["ip", "netns", "pids", host.netns], capture_output=True, text=True, check=False
-            ).stdout.split()
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), signal.SIGKILL)
-            subprocess.run(["ip", "netns", "delete", host.netns], capture_output=True, check=False)
-        for link in reversed(self._links):
-            subprocess.run(["ip", "link", "delete", link], capture_output=True, check=False)
-        shutil.rmtree(self.control_dir, ignore_errors=True)
+        for proc in reversed(host.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+        # Anything still in the namespace (an agent orphaned by a crash) goes with it.
+        pids = subprocess.run(
+            ["ip", "netns", "pids", host.netns], capture_output=True, text=True, check=False
+        ).stdout.split()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+        subprocess.run(["ip", "netns", "delete", host.netns], capture_output=True, check=False)
 
 
 class Prober(threading.Thread):
@@ -387,3 +437,40 @@ class Prober(threading.Thread):
             else:
                 missed = True
         return longest
+
+
+def copy_distributions(dest_venv: Path, names: list[str]) -> list[str]:
+    """A small venv holding ``names`` and their requirements, copied from this environment.
+
+    Creates ``dest_venv`` with this environment's base interpreter (no pip of its own) and
+    copies every file each distribution's RECORD lists under site-packages (what pip installed),
+    following the requirements (without extras) transitively. Returns the distributions copied.
+    """
+    from importlib import metadata
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    base = getattr(sys, "_base_executable", sys.executable)
+    run([base, "-m", "venv", "--without-pip", str(dest_venv)])
+    site = dest_venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    site = site / "site-packages"
+    done: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = norm(todo.pop())
+        if name in done:
+            continue
+        done.add(name)
+        dist = metadata.distribution(name)
+        for req in dist.requires or []:
+            if "extra ==" not in req:
+                todo.append(re.split(r"[ ;<>=!~\[(]", req, maxsplit=1)[0])
+        for rel in dist.files or []:
+            src = Path(str(dist.locate_file(rel)))
+            if ".." in rel.parts or "__pycache__" in rel.parts or not src.is_file():
+                continue
+            target = site / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, target)
+    return sorted(done)

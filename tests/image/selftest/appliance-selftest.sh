@@ -1,13 +1,32 @@
 #!/bin/sh
-# TEST ONLY (see appliance-selftest.service): one "SELFTEST key=value" line per fact.
-i=0
-while [ "$(systemctl is-active appliance-agent.service)" != active ] && [ $i -lt 600 ]; do
-  sleep 1; i=$((i + 1))
-done
+# TEST ONLY (see appliance-selftest.service): one "SELFTEST key=value" line per fact, on ttyS0.
+# Waits for the agent to be active (it sent READY=1); if the agent or first boot fails instead,
+# prints "SELFTEST failed=<unit>" and their journals so the host test fails with the reason.
 say() { printf 'SELFTEST %s=%s\n' "$1" "$2"; }
 st() { stat -c '%a:%U:%s' "$1" 2>/dev/null || echo missing; }
-say agent "$(systemctl is-active appliance-agent.service)"
+secs() { systemctl show -P "$2" "$1" | awk '{printf "%.1f", $1 / 1000000}'; }
+diagnose() {
+  say failed "$1"
+  systemctl --no-pager --failed
+  journalctl -b --no-pager -o short-monotonic -n 150 -u appliance-firstboot.service \
+    -u appliance-agent.service -u systemd-repart.service -u 'systemd-cryptsetup@*' -u var.mount
+}
+while :; do
+  agent="$(systemctl is-active appliance-agent.service)"
+  [ "$agent" = active ] && break
+  for unit in appliance-firstboot.service appliance-agent.service; do
+    if [ "$(systemctl is-failed "$unit")" = failed ]; then
+      diagnose "$unit"
+      say done yes
+      exit 1
+    fi
+  done
+  sleep 1
+done
+say agent "$agent"
+say agent_active_s "$(secs appliance-agent.service ActiveEnterTimestampMonotonic)"
 say firstboot "$(systemctl is-active appliance-firstboot.service)"
+say firstboot_done_s "$(secs appliance-firstboot.service ActiveEnterTimestampMonotonic)"
 say kek_cred "$(st /etc/appliance/credentials/audit-kek.cred)"
 say kek_file "$(st /var/lib/appliance/keys/audit-kek)"
 say signing_key "$(st /var/lib/appliance/keys/audit-signing.key)"
@@ -19,8 +38,17 @@ say usable_passwords "$(awk -F: '$2 == "" || $2 !~ /^[!*]/ {printf "%s,", $1}' /
 say sshd "$(test -e /usr/sbin/sshd && echo present || echo absent)"
 say root_mount "$(findmnt -no OPTIONS / | cut -d, -f1)"
 say var_mount "$(findmnt -no SOURCE,FSTYPE /var | tr ' ' '/')"
+say var_crypt "$(cryptsetup status appliance-data 2>/dev/null | sed -n 's/^ *type: *//p')"
+say var_tpm2_token "$(cryptsetup luksDump /dev/disk/by-partlabel/appliance-data 2>/dev/null |
+  sed -n 's/^ *[0-9]*: *\(systemd-tpm2\)$/\1/p' | head -n 1)"
 say etc_appliance "$(findmnt -no FSTYPE /etc/appliance)"
+say efi_mount "$(findmnt -no FSTYPE /efi)"
 say tpm "$(test -e /dev/tpmrm0 && echo yes || echo no)"
 say kek_source "$(journalctl -b -u appliance-firstboot.service -o cat | sed -n 's/.*audit KEK from //p' | tail -n 1)"
 say release "$(readlink /opt/appliance/current)"
+failed="$(systemctl list-units --failed --plain --no-legend | awk '{printf "%s,", $1}')"
+say failed_units "${failed:-none}"
+[ -z "$failed" ] || systemctl --no-pager status $(echo "$failed" | tr ',' ' ') 2>&1 | tail -n 60
+# The agent's own start-up log (model loading, warm-up, fixed phrases: where boot time goes).
+journalctl -b --no-pager -o short-monotonic -u appliance-agent.service | tail -n 40
 say done yes
