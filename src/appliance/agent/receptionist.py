@@ -32,7 +32,6 @@ from pipecat.frames.frames import (
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from appliance.agent.dialog import DialogManager, Next, Reply
-from appliance.agent.templates import split_sentences
 from appliance.events import DtmfReceived, Event, TurnEnded
 
 _LOGGER = logging.getLogger(__name__)
@@ -107,10 +106,11 @@ class Receptionist(FrameProcessor):
                 return
             self._pending = reply
             self._pending_started = False
-            for sentence in split_sentences(reply.text):
-                speak = TTSSpeakFrame(sentence)
-                speak.interruptible = False
-                await self.push_frame(speak)
+            # One frame, so the whole text is one bot-speaking span and the action waits for
+            # its end (per-sentence frames would end the span after the first sentence).
+            speak = TTSSpeakFrame(reply.text)
+            speak.interruptible = False
+            await self.push_frame(speak)
             return
         if not reply.text:
             return

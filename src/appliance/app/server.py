@@ -261,7 +261,8 @@ class ApplianceServer:
         phrases = fixed_phrases(self.settings, self.agent.fixed_phrases())
         # Every fixed phrase is ready before "ready": calls never wait for their synthesis, and
         # they play even if the TTS fails later. The disk cache makes this a one-off per voice.
-        count = self.phrases.render(phrases[:2], whole=True) + self.phrases.render(phrases[2:])
+        # Whole phrases too: replies that end in a transfer or hang-up are spoken as one unit.
+        count = self.phrases.render(phrases, whole=True)
         _LOGGER.info(
             "%d fixed phrases ready (%d synthesised) in %.2f s",
             len(phrases),
