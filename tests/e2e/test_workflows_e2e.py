@@ -38,7 +38,7 @@ pytestmark = [
 #: A test card number (Visa test PAN, Luhn-valid); it must appear nowhere on disk.
 TEST_PAN = "4111111111111111"
 #: The opening: disclosure and greeting, about 8 s of speech.
-OPENING_MS = 9000
+OPENING_MS = 10500
 
 
 @pytest.fixture(scope="module")
