@@ -37,6 +37,8 @@ async def test_first_stage_error_escalates_once(agent: AgentRuntime) -> None:
     observer = StageHealthObserver("c1", on_failure)
     await observer.on_push_frame(pushed("Receptionist", ErrorFrame(error="x")))  # not a stage
     await observer.on_push_frame(pushed("STT", TextFrame(text="hello")))  # not an error
+    soft = ErrorFrame(error="TTS context 3 completed with no audio")  # pipecat's soft report
+    await observer.on_push_frame(pushed("TTS", soft))
     await observer.on_push_frame(pushed("TTS", ErrorFrame(error="tts failed: tts_failed")))
     await observer.on_push_frame(pushed("LLM", ErrorFrame(error="llm generation failed")))
     await asyncio.sleep(0.05)

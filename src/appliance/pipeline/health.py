@@ -1,7 +1,7 @@
 """Stage health: a failing STT, LLM or TTS hands the caller to a person.
 
-An observer (never a pipeline stage) watches for :class:`ErrorFrame`; the first one of a call
-names the failing stage (by the processor that pushed it: ``STT``, ``LLM``, ``TTS``) and calls
+An observer (never a pipeline stage) watches for :class:`ErrorFrame`; the first model failure
+of a call (our services' own error codes, or a fatal error) names the failing stage (by the processor that pushed it: ``STT``, ``LLM``, ``TTS``) and calls
 ``on_failure(stage)`` once. The server then escalates with ``stage_failure``; the hold prompt is
 pre-rendered, so it plays even when the TTS is the stage that failed.
 """
@@ -16,6 +16,9 @@ from pipecat.frames.frames import ErrorFrame
 from pipecat.observers.base_observer import BaseObserver, FramePushed
 
 _LOGGER = logging.getLogger(__name__)
+
+#: Error texts our services push when their model fails (see pipeline.services).
+STAGE_ERRORS = ("stt failed", "tts failed", "llm generation failed")
 
 #: Processor names of the stages whose failure escalates (see pipeline.builder).
 STAGES = {"STT": "stt", "LLM": "llm", "TTS": "tts"}
@@ -39,6 +42,11 @@ class StageHealthObserver(BaseObserver):
     async def on_push_frame(self, data: FramePushed) -> None:
         """Look for the first stage error."""
         if self.failed is not None or not isinstance(data.frame, ErrorFrame):
+            return
+        error = str(getattr(data.frame, "error", ""))
+        if not (getattr(data.frame, "fatal", False) or error.startswith(STAGE_ERRORS)):
+            # pipecat also reports soft conditions as errors (a TTS context that ended with no
+            # audio after a barge-in): those do not mean a model is down.
             return
         name = getattr(data.source, "name", "")
         stage = next((v for k, v in STAGES.items() if name.startswith(k)), None)
