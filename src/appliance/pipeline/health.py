@@ -1,9 +1,10 @@
 """Stage health: a failing STT, LLM or TTS hands the caller to a person.
 
-An observer (never a pipeline stage) watches for :class:`ErrorFrame`; the first model failure
-of a call (our services' own error codes, or a fatal error) names the failing stage (by the processor that pushed it: ``STT``, ``LLM``, ``TTS``) and calls
-``on_failure(stage)`` once. The server then escalates with ``stage_failure``; the hold prompt is
-pre-rendered, so it plays even when the TTS is the stage that failed.
+An observer (never a pipeline stage) watches for :class:`ErrorFrame`. The first model failure
+of a call (our services' own error codes, or a fatal error) names the failing stage by the
+processor that pushed it (``STT``, ``LLM``, ``TTS``) and calls ``on_failure(stage)`` once. The
+server then escalates with ``stage_failure``; the hold prompt is pre-rendered, so it plays even
+when the TTS is the stage that failed.
 """
 
 from __future__ import annotations
