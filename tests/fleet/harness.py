@@ -105,6 +105,11 @@ class Host:
     def log(self) -> str:
         return self.agent_log.read_text(errors="replace") if self.agent_log.exists() else ""
 
+    def supervisor_log(self) -> str:
+        """The log of supervisord itself (spawns, exits and how the agent ended)."""
+        path = self.supervisor_var / "supervisord.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
     def supervisor_env(self) -> dict[str, str]:
         return {
             **os.environ,
