@@ -298,6 +298,7 @@ def main() -> int:
         echo.close()
     ref_lat = [t.latency for t in ref if t.latency is not None]
 
+    (work / "agent").mkdir()
     proc = ApplianceProcess(
         work / "agent",
         sip_port=free_udp_port(),
@@ -308,7 +309,6 @@ def main() -> int:
             '[transfer]\ntarget = "sip:frontdesk@127.0.0.1:5999"\ntimeout_s = 10\n'
         ),
     )
-    (work / "agent").mkdir()
     print("appliance: starting ...", flush=True)
     proc.start()
     rows = []
