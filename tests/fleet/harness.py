@@ -297,7 +297,8 @@ class Fleet:
                     "appliance_service_manager": "supervisord",
                     "appliance_supervisorctl": str(BIN / "supervisorctl"),
                     "appliance_drain_timeout_s": drain_timeout_s + 30,
-                    "appliance_ready_timeout_s": 150,
+                    # Room for a first start that renders the fixed phrases (a cold cache).
+                    "appliance_ready_timeout_s": 300,
                     "appliance_keep_releases": 2,
                     "config_trunk_peers": [f"{CONTROLLER_IP}/32"],
                     "config_sip_drain_timeout_s": drain_timeout_s,
