@@ -165,13 +165,15 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, store: Path):  # noqa: ANN20
         fl.inventory = inventory  # type: ignore[attr-defined]
         yield fl
     finally:
-        fl.close()
-        MEASURED["module_wall_s"] = round(time.monotonic() - t0, 1)
-        if "hosts" in MEASURED:
-            RESULTS.mkdir(parents=True, exist_ok=True)
-            path = RESULTS / f"fleet-{time.strftime('%Y%m%d-%H%M%S')}.json"
-            path.write_text(json.dumps(MEASURED, indent=2) + "\n")
-            print(f"\nfleet measurements -> {path}\n{json.dumps(MEASURED, indent=2)}")
+        try:
+            fl.close()
+        finally:
+            MEASURED["module_wall_s"] = round(time.monotonic() - t0, 1)
+            if "hosts" in MEASURED:
+                RESULTS.mkdir(parents=True, exist_ok=True)
+                path = RESULTS / f"fleet-{time.strftime('%Y%m%d-%H%M%S')}.json"
+                path.write_text(json.dumps(MEASURED, indent=2) + "\n")
+                print(f"\nfleet measurements -> {path}\n{json.dumps(MEASURED, indent=2)}")
 
 
 def test_rolling_update_keeps_a_live_call(fleet: Fleet) -> None:
