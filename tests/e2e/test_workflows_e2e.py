@@ -353,3 +353,35 @@ def test_attended_transfer_consults_staff_then_refers_with_replaces(
         clinic.signal(signal.SIGHUP)
         if staff.poll() is None:
             staff.terminate()
+
+
+def test_corrupt_workflow_on_reload_is_refused_and_the_last_good_set_serves(
+    clinic: ApplianceProcess, tmp_path: Path
+) -> None:
+    import signal
+
+    from appliance.agent.workflow import default_dir
+
+    broken = tmp_path / "workflows"
+    shutil.copytree(default_dir(), broken)
+    path = broken / "appointments.yaml"
+    path.write_text(path.read_text().replace("type: date_of_birth", "type: birthday", 1))
+    original = clinic.config.read_text()
+    changed = original.replace("[scheduling]", f'[agent]\nworkflows_dir = "{broken}"\n[scheduling]')
+    reloads = len(clinic.wait_event("ConfigChanged", count=0, timeout_s=0))
+    clinic.config.write_text(changed)
+    try:
+        clinic.signal(signal.SIGHUP)
+        events = clinic.wait_event("ConfigChanged", count=reloads + 1, timeout_s=20)
+        assert events[-1]["accepted"] is False and events[-1]["detail"] == "workflow_invalid"
+        log = clinic.log()
+        assert f"{path}: node 'ask_dob': field 'slot.type'" in log
+        before = ended_count(clinic)
+        steps = [Pause(OPENING_MS), *say("Where can I park?", tmp_path, 6000)]  # caller hangs up
+        run_sipp(render_uac_scenario(steps=steps), clinic.uri, timeout_s=60)
+        _, call = call_events(clinic, before)
+        spoke = " ".join(e["text"] for e in call if e["kind"] == "AgentSpoke")
+        assert "parking" in spoke.lower()  # still serving, from the last good set
+    finally:
+        clinic.config.write_text(original)
+        clinic.signal(signal.SIGHUP)
