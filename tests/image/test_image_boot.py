@@ -169,16 +169,16 @@ def _mounted_partition(disk: Path, part: dict[str, int], mnt: Path) -> Iterator[
         subprocess.run(["losetup", "--detach", loop], check=False)
 
 
-def _prepare_disk(work: Path, sip_peer: str, slow_guest: bool) -> Path:
+def _prepare_disk(disk: Path, sip_peer: str, slow_guest: bool) -> None:
     """A sparse copy of the image, grown for the data partition, with test-only additions."""
-    disk = work / "disk.raw"
+    work = disk.parent
     subprocess.run(["cp", "--sparse=always", str(IMAGE), str(disk)], check=True)
     parts = _partitions(disk)
     assert set(parts) == {"ESP", "appliance-root"}, parts
     esp = f"{disk}@@{parts['ESP']['offset']}"
     trunk = work / "trunk.toml"
     trunk.write_text(f'[sip]\nbind = "0.0.0.0:5060"\nallowed_peers = ["{sip_peer}"]\n')
-    subprocess.run(["mmd", "-i", esp, "::/appliance"], check=True)
+    # ::/appliance already holds the kernel and initrd (build.sh).
     subprocess.run(["mcopy", "-i", esp, str(trunk), "::/appliance/trunk.toml"], check=True)
     with _mounted_partition(disk, parts["appliance-root"], work / "root") as mnt:
         # The built image must not carry the test's report unit.
@@ -199,7 +199,6 @@ def _prepare_disk(work: Path, sip_peer: str, slow_guest: bool) -> Path:
                 "[Service]\nTimeoutStartSec=30min\nWatchdogSec=5min\n"
             )
     os.truncate(disk, disk.stat().st_size + 4 * 1024**3)  # room for the data partition
-    return disk
 
 
 def _wait_for(
@@ -251,13 +250,19 @@ def test_image_boots_and_answers_sip_options(tmp_path: Path) -> None:
     assert warm_s < WARM_BUILD_LIMIT_S, "a rebuild with nothing changed must not rebuild the image"
 
     kvm = _kvm_runs_guests(tmp_path)
-    disk = _prepare_disk(tmp_path, "10.0.2.2/32", slow_guest=not kvm)
+    disk = tmp_path / "disk.raw"
+    try:
+        _prepare_disk(disk, "10.0.2.2/32", slow_guest=not kvm)
+    except BaseException:
+        disk.unlink(missing_ok=True)
+        raise
     tpm_dir = tmp_path / "tpm"
     tpm_dir.mkdir()
     port = _free_udp_port()
     console = tmp_path / "console.log"
     accel = ["-accel", "kvm", "-cpu", "host"] if kvm else ["-accel", "tcg", "-cpu", "max"]
     with contextlib.ExitStack() as stack:
+        stack.callback(disk.unlink, missing_ok=True)  # ~3 GB; useless without the swtpm state
         swtpm = subprocess.Popen(
             [
                 "swtpm", "socket", "--tpm2", "--tpmstate", f"dir={tpm_dir}",
@@ -291,7 +296,8 @@ def test_image_boots_and_answers_sip_options(tmp_path: Path) -> None:
         ready_s = time.monotonic() - booted
         text = _wait_for(console, ("SELFTEST done=yes",), deadline, qemu)
         report = _report(text)
-        print(f"boot to ready (QEMU start to agent active, {'KVM' if kvm else 'TCG'}): {ready_s:.0f} s")
+        accel_name = "KVM" if kvm else "TCG"
+        print(f"boot to ready (QEMU start to agent active, {accel_name}): {ready_s:.0f} s")
         print("self-test:", json.dumps(report, indent=1))
         assert "failed" not in report, f"a unit failed in the guest:\n{text[-10000:]}"
         assert report["agent"] == "active", text[-10000:]
