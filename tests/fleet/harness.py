@@ -353,11 +353,15 @@ class Fleet:
             )  # fmt: skip
             try:
                 proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
+            except BaseException as exc:  # the timeout, or the test run interrupted
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-                raise TimeoutError(f"{playbook.name} ran past {timeout_s} s; see {log}") from None
+                if isinstance(exc, subprocess.TimeoutExpired):
+                    raise TimeoutError(
+                        f"{playbook.name} ran past {timeout_s} s; see {log}"
+                    ) from None
+                raise
         return proc.returncode, log.read_text(errors="replace")
 
     # -- teardown -------------------------------------------------------------------------------
