@@ -31,7 +31,7 @@ from appliance.audio.pcap import dtmf_rtp_pcap
 from benchmarks.wire import Echo, conversation_call, turns_from_capture
 from tests.e2e.capture import LoopbackCapture
 from tests.e2e.server import ApplianceProcess, free_udp_port
-from tests.e2e.sipp import ExpectRefer, Pause, Play, WaitBye, render_uac_scenario, run_sipp
+from tests.e2e.sipp import ExpectRefer, Pause, Play, render_uac_scenario, run_sipp
 from tests.e2e.voices import caller_pcap
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -261,7 +261,9 @@ def steps_for(script: Script, work: Path) -> tuple[list[object], list[tuple[floa
             steps.append(Pause(9500))
             t += 9.5
         add(script.after_refer)
-    steps.append(WaitBye(20000))
+    # A real caller hangs up a few seconds after the last reply; if the agent hung up first
+    # (goodbye, transfer) the call is already over and this pause never runs.
+    steps.append(Pause(6000))
     return steps, windows
 
 
@@ -338,7 +340,10 @@ def main() -> int:
             score = next((e for e in reversed(events) if e["kind"] == "CallScored"), {})
             transfers = [e for e in events if e["kind"] == "TransferResult"]
             spoken = [e for e in events if e["kind"] == "AgentSpoke" and e["source"] != "opening"]
-            timings = turns_from_capture(cap, RTP_BASE, windows) if windows else []
+            try:
+                timings = turns_from_capture(cap, RTP_BASE, windows) if windows else []
+            except ValueError:  # no agent RTP in the capture (the call was refused)
+                timings = []
             turns = []
             for j, timing in enumerate(timings):
                 reply = spoken[j] if j < len(spoken) else None
