@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.server import free_udp_port
+from tests.e2e.server import PHRASE_CACHE, free_udp_port
 
 pytestmark = pytest.mark.e2e
 CONF = Path(__file__).resolve().parents[2] / "systemd" / "supervisord.conf"
@@ -23,7 +23,7 @@ def test_supervisord_runs_and_stops_the_agent(tmp_path: Path, store: Path) -> No
     cfg = tmp_path / "appliance.toml"
     cfg.write_text(
         f'[sip]\nbind = "127.0.0.1:{free_udp_port()}"\nrtp_port = 48500\n'
-        f'[models]\nstore = "{store}"\n'
+        f'[models]\nstore = "{store}"\nphrase_cache = "{PHRASE_CACHE}"\n'
     )
     env = {
         **os.environ,
@@ -40,7 +40,7 @@ def test_supervisord_runs_and_stops_the_agent(tmp_path: Path, store: Path) -> No
     ctl = [str(bindir / "supervisorctl"), "-c", str(CONF)]
     log = tmp_path / "appliance-agent.log"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # a cold phrase cache renders every fixed phrase
         while time.monotonic() < deadline:
             if log.exists() and "ready" in log.read_text(errors="replace"):
                 break
