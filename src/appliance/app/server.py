@@ -149,7 +149,8 @@ class ApplianceServer:
             await self._stop.wait()
             await self._drain()
         finally:
-            self._ua.stop()
+            # The process exits right after (cli: os._exit); see SipUserAgent.stop.
+            self._ua.stop(destroy=False)
             self.store.close()
             if self.audit is not None:
                 self.audit.close()

@@ -245,6 +245,7 @@ class SipUserAgent:
         self.settings = settings
         self.loop = loop
         self.clock_rate = clock_rate
+        self._destroy_on_stop = True
         self._on_incoming_cb = on_incoming
         self._on_rejected_cb = on_rejected
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
@@ -274,8 +275,15 @@ class SipUserAgent:
         if self._error is not None:
             raise MediaError("sip_start_failed", f"{self._error}") from self._error
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Hang up all calls and destroy the endpoint."""
+    def stop(self, timeout: float = 5.0, *, destroy: bool = True) -> None:
+        """Hang up all calls, then destroy the endpoint (or, with ``destroy=False``, leave it).
+
+        ``destroy=False`` is for a process about to exit: the calls are ended and their BYEs
+        sent, but the endpoint, its media ports and pjlib are left to process exit. Tearing
+        pjsua2 down from Python right after a call ended was seen to crash (SIGSEGV) while a
+        draining agent stopped, so the agent does not do it.
+        """
+        self._destroy_on_stop = destroy
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -320,7 +328,10 @@ class SipUserAgent:
                     _LOGGER.exception("pjsua2 command failed")
             if self._dead:
                 self._reap()
-        self._destroy()
+        if self._destroy_on_stop:
+            self._destroy()
+        else:
+            self._quiesce()
 
     def _init_endpoint(self) -> None:
         ep = pj.Endpoint()
@@ -515,6 +526,18 @@ class SipUserAgent:
             self._calls[handle._pj_id] = call
 
         self.submit(place)
+
+    def _quiesce(self) -> None:
+        """End every call and let pjsua2 send the BYEs; keep the endpoint for process exit."""
+        ep = self._ep
+        if ep is None:
+            return
+        try:
+            ep.hangupAllCalls()
+            for _ in range(30):
+                ep.libHandleEvents(10)
+        except Exception:  # noqa: BLE001
+            pass
 
     def _destroy(self) -> None:
         ep = self._ep
