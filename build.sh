@@ -139,7 +139,7 @@ image_llama_wheel() {
   version="${pin#*==}"
   cache="$IMAGE_CACHE/llama_cpp_python-$version-x86-64-v3"
   if ! compgen -G "$cache/llama_cpp_python-*.whl" >/dev/null; then
-    log "compiling $pin for the image (x86-64-v3, not this host's CPU; once per version: ~15 min)"
+    log "compiling $pin for the image (x86-64-v3, not this host's CPU; once per version: ~8 min on 2 cores)"
     rm -rf "$cache.tmp"
     mkdir -p "$cache.tmp"
     CMAKE_ARGS="$IMAGE_LLAMA_CMAKE_ARGS" "$PY" -m pip wheel --progress-bar off --quiet \
