@@ -165,3 +165,10 @@ def test_keyed_digits_without_pound_are_taken_after_the_interdigit_timeout(
     for d in "09121968":
         reply = dm.handle_dtmf(d)
     assert reply is not None and "Dr. Nguyen on Tuesday, November 24 at 9:30 AM" in reply.text
+
+
+def test_requests_for_a_person_survive_stt_variants(agent: AgentRuntime) -> None:
+    for said in ("Let me talk to our person.", "Can I speak with your nurse?", "Operator."):
+        events: list[Event] = []
+        assert dialog(agent, events).handle_turn(said, 0.6).next is Next.TRANSFER, said
+        assert [e.reason for e in events if isinstance(e, Escalated)] == ["explicit_request"]

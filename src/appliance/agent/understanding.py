@@ -49,7 +49,7 @@ _EMERGENCY = re.compile(
 )
 _HUMAN = re.compile(
     r"\b(operator|representative|receptionist|human|real person|a person|live person|"
-    r"someone (real|there)|(speak|talk) (to|with) (a |an |the |some)?(person|human|someone|"
+    r"someone (real|there)|(speak|talk)\w* (to|with) (\w+ )?(person|human|someone|"
     r"somebody|staff|nurse|doctor|agent|receptionist|representative|operator)|transfer me|agent)\b"
 )
 _GOODBYE = re.compile(r"\b(good ?bye|bye|that'?s all|that is all|nothing else|hang up)\b")
