@@ -219,9 +219,10 @@ def _wait_for(
 def _report(text: str) -> dict[str, str]:
     report: dict[str, str] = {}
     for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("SELFTEST ") and "=" in line:
-            key, value = line.split(" ", 1)[1].split("=", 1)
+        # The serial console interleaves other output (a getty's "login:" prompt) on a line.
+        at = line.find("SELFTEST ")
+        if at >= 0 and "=" in line[at:]:
+            key, value = line[at + len("SELFTEST ") :].split("=", 1)
             report[key.strip()] = value.strip()
     return report
 
