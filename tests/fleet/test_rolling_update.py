@@ -382,7 +382,7 @@ def test_runtime_layer_is_shipped_checked_and_unpacked(fleet: Fleet) -> None:
     repo = fleet.root / "artefacts"
     small = fleet.root / "small-runtime-venv"
     t0 = time.monotonic()
-    copy_distributions(small, ["cryptography", "sqlite-utils", "pip", "setuptools", "wheel"])
+    copy_distributions(small, ["cryptography", "sqlite-utils", "pip", "setuptools"])
     py = str(small / "bin" / "python")
     script = str(REPO / "ansible" / "scripts" / "build_release.py")
     run([py, script, "runtime", "--repo", str(repo)])
