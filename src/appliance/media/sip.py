@@ -221,6 +221,16 @@ def _source_ip(src_address: str) -> str:
     return src_address.rsplit(":", 1)[0]
 
 
+def _header_vector(headers: dict[str, str]) -> pj.SipHeaderVector:
+    """Extra SIP headers (name -> value) for a request's ``txOption``."""
+    vector = pj.SipHeaderVector()
+    for name, value in headers.items():
+        header = pj.SipHeader()
+        header.hName, header.hValue = name, value
+        vector.append(header)
+    return vector
+
+
 class SipUserAgent:
     """The appliance's SIP user agent (server side for the trunk, client side for tests).
 
@@ -461,12 +471,7 @@ class SipUserAgent:
         if call is None:
             return
         op = pj.CallOpParam(True)
-        hdrs = pj.SipHeaderVector()
-        for name, value in headers.items():
-            hdr = pj.SipHeader()
-            hdr.hName, hdr.hValue = name, value
-            hdrs.append(hdr)
-        op.txOption.headers = hdrs
+        op.txOption.headers = _header_vector(headers)
         try:
             call.xfer(target, op)
         except pj.Error as exc:
@@ -485,12 +490,7 @@ class SipUserAgent:
                 self._post(lambda: cb(481, True))
             return
         op = pj.CallOpParam(True)
-        hdrs = pj.SipHeaderVector()
-        for name, value in headers.items():
-            hdr = pj.SipHeader()
-            hdr.hName, hdr.hValue = name, value
-            hdrs.append(hdr)
-        op.txOption.headers = hdrs
+        op.txOption.headers = _header_vector(headers)
         try:
             call.xferReplaces(other, op)
         except pj.Error as exc:
@@ -514,12 +514,7 @@ class SipUserAgent:
             call.accepted = True
             op = pj.CallOpParam(True)
             if headers:
-                hdrs = pj.SipHeaderVector()
-                for name, value in headers.items():
-                    hdr = pj.SipHeader()
-                    hdr.hName, hdr.hValue = name, value
-                    hdrs.append(hdr)
-                op.txOption.headers = hdrs
+                op.txOption.headers = _header_vector(headers)
             call.makeCall(uri, op)
             handle._pj_id = call.getId()
             handle._ua = self
