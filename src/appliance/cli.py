@@ -57,6 +57,9 @@ def _call(args: argparse.Namespace) -> int:
             args.out,
             bind=args.bind,
             silence_ms=args.silence_ms,
+            follow_refer=args.refer == "follow",
+            max_duration_s=args.max_duration_s,
+            rtp_port=args.rtp_port,
         )
     )
     print(report_json(report))
@@ -161,6 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument(
         "--silence-ms", type=int, default=1500, help="agent silence that ends its turn"
     )
+    call.add_argument(
+        "--refer",
+        choices=("decline", "follow"),
+        default="decline",
+        help="a transfer (REFER) from the agent: decline it with 603 (default) or call its target",
+    )
+    call.add_argument(
+        "--max-duration-s",
+        type=float,
+        default=None,
+        help="hang up this many seconds after the answer at the latest",
+    )
+    call.add_argument("--rtp-port", type=int, default=42000, help="first local RTP port")
     call.set_defaults(func=_call)
 
     audit = sub.add_parser("audit", help="verify or export the encrypted audit log")

@@ -295,6 +295,25 @@ class ServiceStarted(Event):
 
     version: str
     previous_version: str = ""
+    #: ``"unclean"`` when the last run ended without a clean stop (a crash, a kill, or the
+    #: liveness deadline: the worker was restarted), else ``""``.
+    previous_exit: str = ""
+
+
+@dataclass(frozen=True)
+class MediaStats(Event):
+    """One call's media path at its end: 20 ms frame counts and callback failures, no content.
+
+    ``rx_*`` is caller audio from RTP, ``tx_*`` agent audio to RTP; ``tx_underruns`` counts
+    ticks with no agent audio queued (silence sent); ``callback_errors`` counts exceptions
+    caught inside pjmedia's port callbacks.
+    """
+
+    rx_frames: int
+    rx_dropped: int
+    tx_frames: int
+    tx_underruns: int
+    callback_errors: int
 
 
 CONTENT_FIELDS = {

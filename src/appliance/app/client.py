@@ -2,7 +2,9 @@
 
 It places a call (pjsua2, G.711), waits for the agent to finish speaking, plays each WAV as
 one caller turn, waits for the agent's answer, hangs up and saves everything the agent sent
-as a 16 kHz mono WAV. "Finished speaking" is decided by pipecat's Silero VAD on the received
+as a 16 kHz mono WAV. A REFER from the agent (a transfer to staff) is declined with 603 by
+default, as a phone that cannot transfer would; with ``follow_refer`` the client calls the
+``Refer-To`` target instead and keeps recording on that call. "Finished speaking" is decided by pipecat's Silero VAD on the received
 audio (speech followed by ``--silence-ms`` of non-speech). Per-turn response times (end of
 the caller's audio to the agent's first speech) are printed as JSON.
 """
@@ -54,6 +56,10 @@ class CallReport:
     agent_speech: list[tuple[float, float]] = field(default_factory=list)
     turns: list[dict[str, float | None]] = field(default_factory=list)
     duration_s: float = 0.0
+    #: What became of each REFER the agent sent: ``"declined"`` or ``"followed"``.
+    refers: list[str] = field(default_factory=list)
+    #: SIP status of the end of the call (BYE received: 200), if the far end ended it.
+    end_status: int | None = None
 
 
 class _Listener:
@@ -116,12 +122,32 @@ async def place_call(
     bind: str = "127.0.0.1:0",
     silence_ms: int = 1500,
     turn_timeout_s: float = 30.0,
+    follow_refer: bool = False,
+    max_duration_s: float | None = None,
+    rtp_port: int = 42000,
 ) -> CallReport:
-    """Place a call, play ``turns`` as the caller, and save the agent's audio to ``out``."""
+    """Place a call, play ``turns`` as the caller, and save the agent's audio to ``out``.
+
+    Args:
+        uri: The agent's SIP URI, e.g. ``sip:appliance@127.0.0.1:5060``.
+        turns: Mono 16-bit WAVs (any rate; resampled to 16 kHz), one per caller turn.
+        out: Where to save the agent's audio (16 kHz mono 16-bit WAV), or ``None``.
+        bind: Local SIP ``HOST:PORT`` (port 0: any free port).
+        silence_ms: Agent silence, in ms, that ends the agent's turn.
+        turn_timeout_s: How long to wait for the agent to finish a turn.
+        follow_refer: Follow a REFER from the agent (call its target) instead of declining it.
+        max_duration_s: Hang up this many seconds after the answer at the latest (a caller who
+            gives up mid-prompt), or ``None``.
+        rtp_port: First local RTP port.
+
+    Raises:
+        ValueError: A turn is not a mono 16-bit PCM WAV.
+        MediaError: The local SIP transport could not start.
+    """
     loop = asyncio.get_running_loop()
     pcm_turns = [read_wav_16k(p) for p in turns]
-    settings = SipSettings(bind=bind, rtp_port=42000, max_calls=1)
-    ua = SipUserAgent(settings, loop, None, clock_rate=CLOCK_RATE)
+    settings = SipSettings(bind=bind, rtp_port=rtp_port, max_calls=1)
+    ua = SipUserAgent(settings, loop, None, clock_rate=CLOCK_RATE, follow_refer=follow_refer)
     ua.start()
     report = CallReport()
     handle = CallHandle(call_id="client", bridge=AudioBridge(CLOCK_RATE, max_inbound_ms=60000))
@@ -137,10 +163,13 @@ async def place_call(
         report.answered = True
         listener = _Listener(handle.bridge, time.monotonic())
         listen = asyncio.create_task(listener.run())
+        if max_duration_s is not None:
+            loop.call_later(max_duration_s, handle.hangup)
         silence = silence_ms / 1000
         ok = await listener.wait_agent_done(after=0.0, silence_s=silence, timeout_s=turn_timeout_s)
         for pcm in pcm_turns:
             if handle.disconnected.is_set():
+                ok = max_duration_s is not None  # the caller gave up, as asked
                 break
             handle.bridge.put_outbound(pcm)
             seconds = len(pcm) / 2 / CLOCK_RATE
@@ -161,6 +190,8 @@ async def place_call(
         handle.hangup()
         await asyncio.wait({gone}, timeout=5)
         listen.cancel()
+        report.refers = list(handle.refers)
+        report.end_status = handle.end_status
         report.agent_speech = [(round(a, 3), round(b, 3)) for a, b in listener.speech]
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,9 @@ call, writes call metadata (no content) and, on SIGTERM, drains: new INVITEs get
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -20,6 +22,7 @@ from pipecat.workers.runner import WorkerRunner
 from appliance.agent.dialog import Next, Reply, TransferRequest
 from appliance.agent.runtime import AgentRuntime, load_agent
 from appliance.app.cti import post_context
+from appliance.app.liveness import Liveness, RunMarker
 from appliance.app.sdnotify import SystemdNotifier
 from appliance.audio.bridge import AudioBridge
 from appliance.audit.observer import AuditObserver
@@ -36,6 +39,7 @@ from appliance.events import (
     Event,
     EventBus,
     JsonlEventSink,
+    MediaStats,
     ServiceStarted,
     TransferAttempted,
     TransferResult,
@@ -56,6 +60,11 @@ _LOGGER = logging.getLogger(__name__)
 
 #: How long to wait for RTP media after answering before giving up on a call, in s.
 MEDIA_TIMEOUT_S = 5.0
+
+#: Test-only fault hook: with this environment variable set to ``sip-stall`` or ``gil-stall``,
+#: SIGUSR2 stalls the SIP thread or holds the GIL for good (the liveness test's stand-ins for
+#: the deadlocks it must catch). Never set in production; the worker warns when it is.
+TEST_FAULT_ENV = "APPLIANCE_TEST_FAULT"
 
 AUDIT_FAILURE_TEXT = (
     "I'm sorry, we have a technical problem and can't continue this call. "
@@ -98,6 +107,8 @@ class ApplianceServer:
         self._active: dict[str, tuple[CallHandle, object]] = {}
         self.agent: AgentRuntime | None = None
         self._call_events: dict[str, list[Event]] = {}
+        self.liveness: Liveness | None = None
+        self._marker = RunMarker(Path(settings.store.metadata_db).with_name("agent.running"))
 
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT, then drain. Returns the process exit code.
@@ -135,11 +146,17 @@ class ApplianceServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload_settings)
+        self._install_test_fault(loop)
+        self.liveness = Liveness(
+            self._ua,
+            self.settings.sip.liveness_timeout_s,
+            notify=self._notifier.notify,
+            watchdog_interval_s=self._notifier.watchdog_interval_s,
+        )
+        live = asyncio.create_task(self.liveness.run())
+        self._bg.add(live)
+        live.add_done_callback(self._bg.discard)
         self._notifier.notify("READY=1", "STATUS=accepting calls")
-        if self._notifier.watchdog_interval_s is not None:
-            watchdog = asyncio.create_task(self._watchdog(self._notifier.watchdog_interval_s))
-            self._bg.add(watchdog)
-            watchdog.add_done_callback(self._bg.discard)
         _LOGGER.info(
             "ready: accepting SIP calls on %s (max %d concurrent)",
             self.settings.sip.bind,
@@ -149,6 +166,8 @@ class ApplianceServer:
             await self._stop.wait()
             await self._drain()
         finally:
+            live.cancel()
+            self.liveness.disarm()
             # The process exits right after (cli: os._exit); see SipUserAgent.stop.
             self._ua.stop(destroy=False)
             self.store.close()
@@ -157,6 +176,7 @@ class ApplianceServer:
                 self.audit.log.close()
             if sink is not None:
                 sink.close()
+        self._marker.end()
         _LOGGER.info("stopped")
         return 0
 
@@ -234,9 +254,15 @@ class ApplianceServer:
             current = "unknown"
         marker = Path(self.settings.store.metadata_db).with_name("appliance.version")
         previous = marker.read_text().strip() if marker.exists() else ""
+        previous_exit = self._marker.begin()
+        if previous_exit:
+            _LOGGER.warning("the last run ended without a clean stop: this start is a restart")
         self.bus.emit(
             ServiceStarted(
-                "", version=current, previous_version="" if previous == current else previous
+                "",
+                version=current,
+                previous_version="" if previous == current else previous,
+                previous_exit=previous_exit,
             )
         )
         try:
@@ -286,18 +312,26 @@ class ApplianceServer:
                 task.cancel()
             await asyncio.gather(*self._calls.values(), return_exceptions=True)
 
-    def media_healthy(self, max_stall_s: float = 2.0) -> bool:
-        """Whether the pjsua2 event loop turned within ``max_stall_s`` seconds."""
-        return self._ua is not None and time.monotonic() - self._ua.health_tick < max_stall_s
+    def _install_test_fault(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Arm the test-only fault hook (:data:`TEST_FAULT_ENV`) on SIGUSR2, if asked."""
+        fault = os.environ.get(TEST_FAULT_ENV, "")
+        if not fault:
+            return
+        if fault not in ("sip-stall", "gil-stall"):
+            _LOGGER.error("%s=%s is not a known fault; ignored", TEST_FAULT_ENV, fault)
+            return
+        _LOGGER.warning("TEST FAULT HOOK ARMED (%s on SIGUSR2): never in production", fault)
 
-    async def _watchdog(self, interval_s: float) -> None:
-        """Pet the systemd watchdog only while the media loop is healthy."""
-        while True:
-            if self.media_healthy():
-                self._notifier.notify("WATCHDOG=1")
+        def trigger() -> None:
+            assert self._ua is not None
+            if fault == "sip-stall":
+                self._ua.stall_for_test()
             else:
-                _LOGGER.error("media loop stalled: withholding the watchdog ping")
-            await asyncio.sleep(interval_s)
+                _LOGGER.critical("TEST FAULT: holding the GIL on purpose")
+                # ctypes.PyDLL keeps the GIL held across the foreign call.
+                ctypes.PyDLL(None).sleep(3600)
+
+        loop.add_signal_handler(signal.SIGUSR2, trigger)
 
     async def _retention_loop(self) -> None:
         """Crypto-shred content past its retention period, periodically (a timer)."""
@@ -437,6 +471,7 @@ class ApplianceServer:
             handle.hangup()
             self._active.pop(handle.call_id, None)
             call.tracker.finish()
+            self._media_stats(handle)
             emit(
                 CallEnded(
                     handle.call_id,
@@ -463,6 +498,28 @@ class ApplianceServer:
             consult.hangup()
             return None
         return consult
+
+    def _media_stats(self, handle: CallHandle) -> None:
+        """Export the call's media counters (metrics store, audit); log failures once."""
+        st = handle.bridge.stats
+        self.bus.emit(
+            MediaStats(
+                handle.call_id,
+                rx_frames=st.rx_frames,
+                rx_dropped=st.rx_dropped,
+                tx_frames=st.tx_frames,
+                tx_underruns=st.tx_underruns,
+                callback_errors=st.callback_errors,
+            )
+        )
+        if st.callback_errors:
+            _LOGGER.warning(
+                "call %s: %d media callback error(s) (%d of %d received frames dropped)",
+                handle.call_id,
+                st.callback_errors,
+                st.rx_dropped,
+                st.rx_frames,
+            )
 
     def _score(self, call_id: str) -> None:
         """Score the call (100% of calls, rules first) and record it."""

@@ -34,6 +34,8 @@ class BridgeStats:
     tx_voiced_frames: int = 0
     tx_underruns: int = 0
     cleared_frames: int = 0
+    #: Exceptions caught inside the media callbacks (they never reach pjmedia's clock thread).
+    callback_errors: int = 0
 
 
 class AudioBridge:

@@ -50,6 +50,7 @@ AUDITED = {
     "WorkflowOutcome",
     "CallScored",
     "ServiceStarted",
+    "MediaStats",
 }
 
 

@@ -57,6 +57,15 @@ class SipSettings(_Section):
         900.0, gt=0, description="Calls are ended politely after this long."
     )
     user_agent: str = Field("clinic-voice-appliance/0.1", description="User-Agent header.")
+    liveness_timeout_s: float = Field(
+        10.0,
+        ge=2.0,
+        le=120.0,
+        description=(
+            "The worker exits (and systemd or supervisor restarts it) when its event loop or "
+            "its SIP thread has not answered a liveness probe for this long."
+        ),
+    )
 
     @field_validator("bind")
     @classmethod

@@ -18,7 +18,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import sqlite_utils
@@ -31,6 +31,7 @@ from appliance.events import (
     CallScored,
     DisclosurePlayed,
     Event,
+    MediaStats,
     TurnLatency,
 )
 
@@ -96,9 +97,25 @@ def _m002_call_scores(db: sqlite_utils.Database) -> None:
     db["call_scores"].create_index(["scored_at"])  # type: ignore[union-attr]
 
 
+def _m003_media_stats(db: sqlite_utils.Database) -> None:
+    # One row per call: 20 ms frame counts and media callback failures (MediaStats).
+    db["call_media"].create(
+        {
+            "call_id": str,
+            "rx_frames": int,
+            "rx_dropped": int,
+            "tx_frames": int,
+            "tx_underruns": int,
+            "callback_errors": int,
+        },
+        pk="call_id",
+    )
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_calls", _m001_calls),
     ("002_call_scores", _m002_call_scores),
+    ("003_media_stats", _m003_media_stats),
 ]
 
 
@@ -323,6 +340,10 @@ class CallMetadataStore:
                 },
                 pk="call_id",
             )
+        elif isinstance(event, MediaStats):
+            row = asdict(event)
+            del row["t"]
+            db["call_media"].upsert(row, pk="call_id")  # type: ignore[union-attr]
         elif isinstance(event, CallRejected):
             db["rejections"].insert({"t": event.t, "status": event.status, "reason": event.reason})  # type: ignore[union-attr]
 
@@ -331,4 +352,10 @@ def summary(path: Path) -> dict[str, object]:
     """Return a small JSON-able summary of the store (for status output and tests)."""
     db = sqlite_utils.Database(path)
     rows = list(db.query("SELECT disposition, COUNT(*) AS n FROM calls GROUP BY disposition"))
-    return {"dispositions": json.loads(json.dumps(rows))}
+    media = next(
+        db.query(
+            "SELECT COUNT(*) AS calls, COALESCE(SUM(callback_errors), 0) AS callback_errors, "
+            "COALESCE(SUM(rx_dropped), 0) AS rx_dropped FROM call_media"
+        )
+    )
+    return {"dispositions": json.loads(json.dumps(rows)), "media": dict(media)}
