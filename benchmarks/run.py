@@ -56,8 +56,8 @@ def device() -> str:
 
 def bench_components(quick: bool) -> dict[str, object]:
     from appliance.config.settings import ModelSettings
-    from appliance.metrics.wer import word_error_rate
     from appliance.models.engines import load_models
+    from tests.kit.wer import word_error_rate
 
     models = load_models(ModelSettings(store=STORE))
     rows = list(csv.DictReader((speech_dir() / "manifest.tsv").open(), delimiter="\t"))

@@ -11,10 +11,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.audio.pcap import packet_levels, read_rtp_streams
 from tests.e2e.capture import LoopbackCapture
 from tests.e2e.sipp import Pause, Play, render_uac_scenario, run_sipp, start_sipp
 from tests.e2e.speech import sentence_pcap
+from tests.kit.pcap import packet_levels, read_rtp_streams
 
 VOICED_DBFS = -40.0
 

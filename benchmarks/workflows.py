@@ -28,12 +28,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from appliance.audio.pcap import dtmf_rtp_pcap
 from benchmarks.wire import Echo, conversation_call, turns_from_capture
 from tests.e2e.capture import LoopbackCapture
 from tests.e2e.server import ApplianceProcess, free_udp_port
 from tests.e2e.sipp import ExpectRefer, Pause, Play, render_uac_scenario, run_sipp
 from tests.e2e.voices import caller_pcap
+from tests.kit.pcap import dtmf_rtp_pcap
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OPENING_MS = 9000
@@ -269,7 +269,7 @@ def steps_for(script: Script, work: Path) -> tuple[list[object], list[tuple[floa
 
 
 def _pcap_seconds(pcap: Path) -> float:
-    from appliance.audio.pcap import pcap_duration
+    from tests.kit.pcap import pcap_duration
 
     return float(pcap_duration(pcap))
 

@@ -2,7 +2,7 @@
 
 :class:`LoopbackCapture` runs ``tshark`` (or ``dumpcap``) on ``lo`` for the duration of a
 ``with`` block and leaves a complete classic pcap file, ready for
-``appliance.audio.pcap.read_rtp_streams``. Capturing needs root or the capabilities that
+``tests.kit.pcap.read_rtp_streams``. Capturing needs root or the capabilities that
 Debian's ``wireshark-common`` grants to dumpcap (CAP_NET_RAW, CAP_NET_ADMIN).
 """
 

@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
-from appliance.audio.pcap import pcap_duration, read_rtp_streams
-from appliance.audio.rtp import DTMF_EVENT_CHARS, g711_payload_type
+from tests.kit.pcap import pcap_duration, read_rtp_streams
+from tests.kit.rtp import DTMF_EVENT_CHARS, g711_payload_type
 
 _LOGGER = logging.getLogger(__name__)
 

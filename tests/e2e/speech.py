@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.audio.pcap import pcm_to_rtp_pcap
 from tests.conftest import read_pcm, speech_dir
+from tests.kit.pcap import pcm_to_rtp_pcap
 
 RATE = 8000
 

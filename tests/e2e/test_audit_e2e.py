@@ -128,8 +128,8 @@ def test_pci_spoken_and_keyed_card_numbers_never_on_disk_in_clear(
 ) -> None:
     import numpy as np
 
-    from appliance.audio.pcap import dtmf_rtp_pcap, pcm_to_rtp_pcap
     from tests.conftest import read_pcm, speech_dir
+    from tests.kit.pcap import dtmf_rtp_pcap, pcm_to_rtp_pcap
 
     card = "4111111111111111"  # a Luhn-valid test PAN
     gap = np.zeros(800, np.int16)

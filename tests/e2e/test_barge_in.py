@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from appliance.audio.pcap import packet_levels, read_rtp_streams, voiced_intervals
 from tests.e2e.capture import LoopbackCapture
 from tests.e2e.server import ApplianceProcess, free_udp_port
 from tests.e2e.sipp import Pause, Play, render_uac_scenario, run_sipp
 from tests.e2e.speech import sentence_pcap
 from tests.e2e.test_call import agent_stream, caller_stream
+from tests.kit.pcap import packet_levels, read_rtp_streams, voiced_intervals
 
 pytestmark = [
     pytest.mark.e2e,

@@ -15,8 +15,6 @@ import numpy as np
 import pytest
 import soxr
 
-from appliance.audio.pcap import read_rtp_streams, stream_pcm, voiced_intervals
-from appliance.metrics.wer import normalise_for_wer, word_error_rate
 from tests.e2e.capture import LoopbackCapture
 from tests.e2e.server import ApplianceProcess
 from tests.e2e.sipp import (
@@ -29,6 +27,8 @@ from tests.e2e.sipp import (
     run_sipp,
 )
 from tests.e2e.speech import sentence_pcap
+from tests.kit.pcap import read_rtp_streams, stream_pcm, voiced_intervals
+from tests.kit.wer import normalise_for_wer, word_error_rate
 
 pytestmark = [
     pytest.mark.e2e,

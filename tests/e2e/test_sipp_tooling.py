@@ -1,7 +1,7 @@
 """End-to-end checks of the wire-level test tooling against real peers on loopback.
 
 These tests exercise only the tooling (``sipp.py``, ``capture.py`` and
-``appliance.audio.pcap``), not the appliance: the far end is the pjsua2 sketch UA from
+``tests.kit.pcap``), not the appliance: the far end is the pjsua2 sketch UA from
 ``shared/telephony/ua.py`` or a sipp UAS. They need sipp, tshark, raw sockets (sipp plays pcap
 audio from a raw socket) and, for the pjsua2 peer, the ``pjsua2`` module.
 """
@@ -20,14 +20,6 @@ import numpy as np
 import pytest
 import soxr
 
-from appliance.audio.pcap import (
-    pcm_to_rtp_pcap,
-    read_rtp_streams,
-    read_wav_mono16,
-    stream_pcm,
-    telephone_events,
-    voiced_intervals,
-)
 from tests.e2e.capture import LoopbackCapture, capture_binary
 from tests.e2e.sipp import (
     ExpectRefer,
@@ -44,6 +36,14 @@ from tests.e2e.sipp import (
     run_sipp,
     sipp_binary,
     start_sipp,
+)
+from tests.kit.pcap import (
+    pcm_to_rtp_pcap,
+    read_rtp_streams,
+    read_wav_mono16,
+    stream_pcm,
+    telephone_events,
+    voiced_intervals,
 )
 
 pytestmark = pytest.mark.e2e

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import soxr
 
-from appliance.audio.pcap import pcap_duration, read_rtp_streams, stream_pcm
-from appliance.metrics.wer import normalise_for_wer, word_error_rate
 from tests.conftest import STORE
 from tests.e2e.voices import caller_pcap, caller_wav, tools_missing
+from tests.kit.pcap import pcap_duration, read_rtp_streams, stream_pcm
+from tests.kit.wer import normalise_for_wer, word_error_rate
 
 CALLER_PHRASES = [
     "What time do you open on Saturday?",

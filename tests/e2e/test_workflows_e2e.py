@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from appliance.audio.pcap import dtmf_rtp_pcap
 from tests.e2e.server import ApplianceProcess, free_udp_port
 from tests.e2e.sipp import (
     ExpectRefer,
@@ -28,6 +27,7 @@ from tests.e2e.sipp import (
 )
 from tests.e2e.voices import caller_pcap
 from tests.e2e.webhook import WebhookReceiver
+from tests.kit.pcap import dtmf_rtp_pcap
 
 pytestmark = [
     pytest.mark.e2e,

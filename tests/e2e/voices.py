@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from appliance.audio.pcap import pcm_to_rtp_pcap, read_wav_mono16
+from tests.kit.pcap import pcm_to_rtp_pcap, read_wav_mono16
 
 RATE = 8000
 PAD_S = 0.3

@@ -12,8 +12,8 @@ import csv
 
 import pytest
 
-from appliance.metrics.wer import word_error_rate
 from tests.conftest import read_pcm, speech_dir
+from tests.kit.wer import word_error_rate
 
 pytestmark = pytest.mark.pipeline
 

@@ -1,4 +1,4 @@
-"""Unit tests for appliance.audio.pcap: RTP pcap writing, stream extraction and analysis."""
+"""Unit tests for tests.kit.pcap: RTP pcap writing, stream extraction and analysis."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soxr
 
-from appliance.audio.pcap import (
+from tests.kit.pcap import (
     RtpStream,
     pcap_duration,
     pcm_to_rtp_pcap,
@@ -23,7 +23,7 @@ from appliance.audio.pcap import (
     voiced_intervals,
     wav_to_rtp_pcap,
 )
-from appliance.audio.rtp import RtpPacket, TelephoneEvent, pcmu_decode, pcmu_encode
+from tests.kit.rtp import RtpPacket, TelephoneEvent, pcmu_decode, pcmu_encode
 
 SPEECH_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "speech"
 OSR_WAV = SPEECH_DIR / "osr" / "OSR_us_000_0034_8k.wav"
@@ -337,7 +337,7 @@ def test_voiced_intervals_merge_short_gaps() -> None:
 
 
 def test_dtmf_rtp_pcap_round_trip(tmp_path) -> None:  # noqa: ANN001
-    from appliance.audio.pcap import dtmf_rtp_pcap, read_rtp_streams, telephone_events
+    from tests.kit.pcap import dtmf_rtp_pcap, read_rtp_streams, telephone_events
 
     path = tmp_path / "dtmf.pcap"
     seconds = dtmf_rtp_pcap("4111#", path)

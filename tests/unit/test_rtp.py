@@ -1,4 +1,4 @@
-"""Unit tests for appliance.audio.rtp: RTP header, RFC 4733 events and G.711 helpers."""
+"""Unit tests for tests.kit.rtp: RTP header, RFC 4733 events and G.711 helpers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from appliance.audio.rtp import (
+from tests.kit.rtp import (
     DTMF_EVENT_CHARS,
     RtpPacket,
     TelephoneEvent,

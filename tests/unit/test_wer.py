@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.metrics.wer import normalise_for_wer, word_error_rate
+from tests.kit.wer import normalise_for_wer, word_error_rate
 
 
 @pytest.mark.parametrize(

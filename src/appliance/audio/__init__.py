@@ -1,1 +1,1 @@
-"""Audio plane helpers: RTP/RFC 4733 parsing, G.711, pcap read/write for tests and benchmarks."""
+"""Audio plane: the PCM bridge between the SIP media port and the pipeline (no wire codecs)."""

@@ -1,6 +1,8 @@
-"""RTP packet and RFC 4733 telephone-event codecs, plus G.711 helpers.
+"""RTP packet and RFC 4733 telephone-event codecs, plus G.711 helpers (test tooling).
 
-Pure functions with no I/O, used by the media path and by the wire-level test tooling:
+Pure functions with no I/O, used by the wire-level test and benchmark tooling
+(:mod:`tests.kit.pcap`, the sipp scenarios of ``tests/e2e``); the appliance's media path does
+not use them (pjsua2 handles RTP):
 
 * :class:`RtpPacket` parses and builds the RTP fixed header (RFC 3550 §5.1), including the CSRC
   list, the header extension (§5.3.1, skipped over and kept opaque) and padding.

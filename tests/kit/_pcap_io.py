@@ -1,4 +1,4 @@
-"""Packet-capture file and frame helpers for :mod:`appliance.audio.pcap` (private).
+"""Packet-capture file and frame helpers for :mod:`tests.kit.pcap` (private).
 
 Reads pcap/pcapng frames with ``dpkt``, takes the UDP datagram out of a captured frame for the
 link types a Linux capture produces, and builds Ethernet/IPv4/UDP frames for writing.

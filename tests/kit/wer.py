@@ -1,4 +1,6 @@
-"""Word error rate of the STT stage, after text normalisation (measurement only).
+"""Word error rate of the STT stage, after text normalisation (test and benchmark tooling).
+
+Needs ``jiwer`` and ``num2words`` from the ``test`` extra; not part of the runtime package.
 
 Whisper writes numbers as digits ("7", "1030"); references spell them out. Both sides are
 normalised the same way before jiwer computes WER (Levenshtein alignment over words):

@@ -1,6 +1,7 @@
 """Write speech as RTP pcap files and read RTP streams back out of packet captures.
 
-This is wire-level measurement tooling for tests and benchmarks:
+This is wire-level measurement tooling for tests and benchmarks (``tests.kit``; it needs the
+``test`` extra and is not part of the appliance's runtime package):
 
 * :func:`pcm_to_rtp_pcap` / :func:`wav_to_rtp_pcap` turn speech into a pcap of G.711 RTP packets
   (RFC 3550, one packet per ``ptime_ms``) that sipp can play with
@@ -25,8 +26,8 @@ import dpkt
 import numpy as np
 import soxr
 
-from appliance.audio._pcap_io import Address, TruncatedFrame, read_frames, udp_datagram, udp_frame
-from appliance.audio.rtp import (
+from tests.kit._pcap_io import Address, TruncatedFrame, read_frames, udp_datagram, udp_frame
+from tests.kit.rtp import (
     DYNAMIC_PT_MAX,
     DYNAMIC_PT_MIN,
     G711_SAMPLE_RATE,
