@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from appliance.agent.sentiment import STRONG_NEGATIVE, is_frustrated, sentiment
+from appliance.text.sentiment import STRONG_NEGATIVE, is_frustrated, sentiment
 
 
 @pytest.mark.parametrize(

@@ -39,7 +39,6 @@ from appliance.agent.calendar import (
     idempotency_key,
 )
 from appliance.agent.kb import KnowledgeBase
-from appliance.agent.sentiment import is_frustrated
 from appliance.agent.understanding import (
     INTENT_UNSURE,
     Extraction,
@@ -75,6 +74,7 @@ from appliance.events import (
     ToolCalled,
     WorkflowOutcome,
 )
+from appliance.text.sentiment import is_frustrated
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
-from appliance.agent.templates import normalise
 from appliance.events import AgentSpoke, BargeIn, DisclosurePlayed, Event
+from appliance.text import normalise
 
 
 class PlayedTextTracker(FrameProcessor):

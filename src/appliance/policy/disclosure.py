@@ -16,7 +16,7 @@ from typing import Any
 from pipecat.frames.frames import Frame, StartFrame, TTSSpeakFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
-from appliance.agent.templates import split_sentences
+from appliance.text import split_sentences
 
 
 def disclosure_text(template: str, clinic_name: str) -> str:

@@ -42,7 +42,7 @@ no_card_number_ok       No Luhn-valid 13-19 digit number (spaces or dashes betwe
                         any ``TurnEnded.user_text``, ``AgentSpoke.text``, ``SlotFilled.value``
                         or ``MessageTaken.text``: the ``PAN`` detector of
                         :mod:`appliance.policy.redaction`.
-sentiment               Mean :func:`~appliance.agent.sentiment.sentiment` of the non-blank
+sentiment               Mean :func:`~appliance.text.sentiment.sentiment` of the non-blank
                         caller turns (``TurnEnded.user_text``); 0.0 with none.
 summary                 One paragraph from fixed identifiers only (intents, workflows, tools,
                         escalation reasons, outcome), never the caller's words. Content all the
@@ -58,7 +58,6 @@ import math
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from appliance.agent.sentiment import sentiment
 from appliance.events import (
     AgentSpoke,
     CallAnswered,
@@ -79,6 +78,7 @@ from appliance.events import (
     WorkflowOutcome,
 )
 from appliance.policy.redaction import find_phi, redact
+from appliance.text.sentiment import sentiment
 
 _LOGGER = logging.getLogger(__name__)
 
