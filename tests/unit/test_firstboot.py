@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from appliance.config import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "image/mkosi.extra/usr/share/appliance/appliance.toml"
+DROPIN = "etc/appliance/appliance.toml.d/10-firstboot.toml"
 ROOT_HASH = (
     "$6$salt$IxDD3jeSOb5eB1CX5LBsqZFVkJdido3OUILO5Ifz5iwMuTS4XMS130MTSuDDl3aCI6WouIL9AjRbLCelDCy.g."
 )
@@ -110,6 +112,15 @@ def test_firstboot_applies_trunk_and_locks_default_passwords(
     firstboot(root, capsys)
     settings = load_settings(root / "etc/appliance/appliance.toml")
     assert settings.sip.allowed_peers == ["192.0.2.10/32"]
+    # The base file is the image's template, verbatim; the trunk keys are in the drop-in only.
+    assert (root / "etc/appliance/appliance.toml").read_bytes() == TEMPLATE.read_bytes()
+    dropin = root / DROPIN
+    assert tomllib.loads(dropin.read_text()) == {
+        "sip": {"allowed_peers": ["192.0.2.10/32"]},
+        "clinic": {"name": "Oak Clinic"},
+    }
+    assert stat.S_IMODE(dropin.stat().st_mode) == 0o644
+    assert stat.S_IMODE(dropin.parent.stat().st_mode) == 0o755  # the agent lists it
     assert settings.sip.bind == "0.0.0.0:5060"
     assert settings.clinic.name == "Oak Clinic"
     assert settings.audit.create_keys is False
@@ -159,6 +170,75 @@ def test_trunk_file_may_not_set_other_sections(root: Path) -> None:
     with pytest.raises(FirstbootError, match=r"only \[sip\] and \[clinic\]"):
         run_firstboot(root, user=None, creds_tool=None, console=None)
     (root / "etc/appliance/trunk.toml").write_text('[sip]\nallowed_peers = ["not-an-ip"]\n')
-    with pytest.raises(FirstbootError, match="invalid"):
+    with pytest.raises(FirstbootError, match="invalid") as err:
         run_firstboot(root, user=None, creds_tool=None, console=None)
+    # Validated before anything is written; the error names the drop-in (as on the box) and key.
+    assert f"{root / DROPIN}: sip.allowed_peers" in str(err.value)
     assert not (root / "etc/appliance/appliance.toml").exists()
+    assert not (root / DROPIN).exists()
+
+
+ANSIBLE_BASE = """# Managed by Ansible (roles/config)
+[sip]
+bind = "0.0.0.0:5060"
+allowed_peers = ["203.0.113.9/32"]
+max_calls = 3
+
+[clinic]
+name = "Fleet Clinic"
+hours = "Always"
+
+[models]
+store = "/opt/appliance/current/models/store"
+
+[audit]
+db = "/var/lib/appliance/audit/audit.sqlite"
+checkpoint_file = "/var/lib/appliance/audit/checkpoints.log"
+signing_key_file = "/var/lib/appliance/keys/audit-signing.key"
+kek_file = "/var/lib/appliance/keys/audit-kek"
+"""
+
+
+def test_firstboot_never_rewrites_the_base_file(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The Ansible config role owns appliance.toml; first boot only writes its own drop-in."""
+    base = root / "etc/appliance/appliance.toml"
+    base.write_text(ANSIBLE_BASE)
+    base.chmod(0o640)
+    os.utime(base, (1_000_000_000, 1_000_000_000))
+    before = (base.read_bytes(), base.stat().st_mtime_ns, base.stat().st_ino)
+
+    out = firstboot(root, capsys)
+    assert "trunk settings" in out and "created settings" not in out
+    settings = load_settings(base)
+    # Trunk keys override the base key by key; everything else is Ansible's.
+    assert settings.sip.allowed_peers == ["192.0.2.10/32"]
+    assert settings.clinic.name == "Oak Clinic"
+    assert (settings.sip.max_calls, settings.clinic.hours) == (3, "Always")
+
+    # A changed trunk file changes the drop-in, never the base file.
+    (root / "etc/appliance/trunk.toml").write_text("[sip]\nmax_calls = 1\n")
+    out = firstboot(root, capsys)
+    assert "trunk settings" in out
+    assert tomllib.loads((root / DROPIN).read_text()) == {"sip": {"max_calls": 1}}
+    settings = load_settings(base)
+    assert (settings.sip.max_calls, settings.sip.allowed_peers) == (1, ["203.0.113.9/32"])
+    assert "created nothing" in firstboot(root, capsys)
+    assert (base.read_bytes(), base.stat().st_mtime_ns, base.stat().st_ino) == before
+    assert stat.S_IMODE(base.stat().st_mode) == 0o640
+
+    # Without a trunk file the drop-in stays as it is (the settings it carried still hold).
+    (root / "etc/appliance/trunk.toml").unlink()
+    assert "created nothing" in firstboot(root, capsys)
+    assert load_settings(base).sip.max_calls == 1
+    assert (base.read_bytes(), base.stat().st_mtime_ns) == before[:2]
+
+
+def test_firstboot_refuses_a_broken_dropin_by_name(root: Path) -> None:
+    site = root / "etc/appliance/appliance.toml.d/50-site.toml"
+    site.parent.mkdir(parents=True)
+    site.write_text("[sip\n")
+    with pytest.raises(FirstbootError, match="50-site.toml"):
+        run_firstboot(root, user=None, creds_tool=None, console=None)
+    assert not (root / DROPIN).exists()

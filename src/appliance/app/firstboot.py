@@ -4,9 +4,12 @@
 every boot. It creates what is missing and never replaces what exists, so a second run changes
 nothing (the keys themselves are checked, not only a marker):
 
-* ``/etc/appliance/appliance.toml`` from the image's template, with the PBX trunk settings of a
-  ``trunk.toml`` (``/etc/appliance/trunk.toml``, else ``appliance/trunk.toml`` on the EFI system
-  partition, where an installer can drop it from any PC) merged into ``[sip]``/``[clinic]``;
+* the PBX trunk settings of a ``trunk.toml`` (``/etc/appliance/trunk.toml``, else
+  ``appliance/trunk.toml`` on the EFI system partition, where an installer can drop it from any
+  PC), ``[sip]``/``[clinic]`` only, in first boot's own drop-in
+  ``/etc/appliance/appliance.toml.d/10-firstboot.toml``. The base file
+  ``/etc/appliance/appliance.toml`` is the Ansible ``config`` role's: first boot creates it from
+  the image's template only where it does not exist, and never rewrites it;
 * the audit log's Ed25519 checkpoint signing key (owned by the service user, mode 0600);
 * the audit KEK as a systemd credential (``systemd-creds encrypt``, bound to the TPM2 when the
   box has one, else to the host key on the data partition) at
@@ -38,9 +41,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import tomlkit
+
 from appliance.audit import envelope
 from appliance.audit.checkpoint import KeyFileError, load_or_create_signing_key, public_key_bytes
-from appliance.config import load_settings
+from appliance.config import dropin_dir, load_settings
 from appliance.errors import ConfigError
 
 _LOGGER = logging.getLogger(__name__)
@@ -54,6 +59,8 @@ TRUNK_FILES = (
 )
 #: Sections a trunk file may set; anything else is refused (the rest is the image's business).
 TRUNK_SECTIONS = ("sip", "clinic")
+#: First boot's own drop-in in ``<config>.d/``: the trunk file's settings, nothing else.
+DROPIN_NAME = "10-firstboot.toml"
 CREDENTIAL_NAME = "audit-kek"
 #: Crockford base32 without look-alikes; 16 characters = 80 bits.
 _CODE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -139,30 +146,30 @@ def _private_dir(path: Path, owner: _Owner | None, mode: int = 0o700) -> None:
 # --- configuration -------------------------------------------------------------------------
 
 
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        return f'"{escaped}"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise FirstbootError(f"cannot write {type(value).__name__} values to appliance.toml")
-
-
 def dump_settings_toml(data: dict[str, dict[str, object]], header: str) -> str:
     """Serialise a two-level settings mapping (sections of scalars and lists) as TOML.
 
+    Written with tomlkit, so strings, numbers, booleans, dates and lists of those are quoted
+    and escaped the TOML way; ``header`` becomes ``#`` comment lines at the top.
+
     Raises:
-        FirstbootError: A value is not a string, number, boolean or list of those.
+        FirstbootError: A value has no TOML form (e.g. ``None`` or an arbitrary object).
     """
-    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
+    doc = tomlkit.document()
+    for line in header.splitlines():
+        doc.add(tomlkit.comment(line))
     for section, values in data.items():
-        lines += ["", f"[{section}]"]
-        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
-    return "\n".join(lines) + "\n"
+        table = tomlkit.table()
+        for key, value in values.items():
+            try:
+                table.add(key, value)
+            except (TypeError, ValueError) as exc:  # tomlkit's ConvertError is both
+                raise FirstbootError(
+                    f"cannot write [{section}] {key} ({type(value).__name__}) as TOML"
+                ) from exc
+        doc.add(tomlkit.nl())
+        doc.add(section, table)
+    return tomlkit.dumps(doc)
 
 
 def _read_toml(path: Path) -> dict[str, dict[str, object]]:
@@ -184,59 +191,96 @@ def _find_trunk(root: Path, candidates: Iterable[Path]) -> Path | None:
     return None
 
 
+def _replace_text(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write ``path`` atomically (temporary file, fsync, rename over the old one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _text_or_none(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+
+
 def ensure_config(
     root: Path, config: Path, template: Path, trunk_files: Iterable[Path], report: FirstbootReport
 ) -> Path:
-    """Create the settings file from the template once; merge the trunk file into it.
+    """Write the trunk file's settings to first boot's own drop-in; never rewrite ``config``.
 
-    The merge is idempotent: the file is rewritten only when the trunk file's values differ
-    from what it holds. The result is validated with the agent's own settings loader before it
-    replaces the old file.
+    * ``config`` (``/etc/appliance/appliance.toml``) belongs to whoever deploys the box: the
+      Ansible ``config`` role renders it. Only where it does not exist at all (a box installed
+      from the image alone) is it created, once, as a byte-for-byte copy of the image's
+      template; it is never compared with anything or rewritten afterwards.
+    * The ``[sip]``/``[clinic]`` keys of the trunk file go to ``<config>.d/10-firstboot.toml``
+      (:data:`DROPIN_NAME`), written with tomlkit; it is rewritten only when they changed, and
+      left as it is when no trunk file is found. It overrides those keys of ``config``
+      (:func:`appliance.config.load_settings` merges drop-ins key by key).
+
+    What would be written is validated first, together with ``config`` and every other
+    drop-in, by the agent's own settings loader; nothing is written when that fails.
 
     Returns:
-        The settings file inside ``root``.
+        The settings file inside ``root`` (load it with ``load_settings`` to get the drop-ins).
 
     Raises:
         FirstbootError: Template missing, trunk file invalid or setting keys outside
-            [sip]/[clinic], or the merged settings fail validation.
+            [sip]/[clinic], or the merged settings fail validation (the message names the file
+            and key at fault).
     """
     target = _in_root(root, config)
-    if target.exists():
-        data = _read_toml(target)
-    else:
+    pending: dict[Path, str] = {}
+    if not target.exists():
         source = _in_root(root, template)
-        if not source.is_file():
+        seed = _text_or_none(source) if source.is_file() else None
+        if seed is None:
             raise FirstbootError(f"{source}: settings template missing from the image")
-        data = _read_toml(source)
-        report.created.append("settings")
+        pending[target] = seed
+    dropin = dropin_dir(target) / DROPIN_NAME
     trunk = _find_trunk(root, trunk_files)
     if trunk is not None:
         updates = _read_toml(trunk)
         unknown = sorted(set(updates) - set(TRUNK_SECTIONS))
         if unknown:
             raise FirstbootError(f"{trunk}: only [sip] and [clinic] may be set here, not {unknown}")
-        for section, values in updates.items():
-            data.setdefault(section, {}).update(values)
+        on_box = Path("/") / trunk.relative_to(root)
+        text = dump_settings_toml(
+            updates,
+            f"PBX trunk settings from {on_box}, written by `appliance firstboot`\n"
+            f"(src/appliance/app/firstboot.py) whenever that file changes. They override the\n"
+            f"same keys of {config.name}; edit the trunk file, not this one.",
+        )
         report.trunk_file = trunk
-    text = dump_settings_toml(
-        data,
-        "Appliance settings, written by `appliance firstboot` (src/appliance/app/firstboot.py).",
-    )
-    if target.exists() and target.read_text(encoding="utf-8") == text:
+        if _text_or_none(dropin) != text:
+            pending[dropin] = text
+    if not pending:
         return target
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(text, encoding="utf-8")
-    tmp.chmod(0o644)
     try:
-        load_settings(tmp)
+        load_settings(target, pending=pending)
     except ConfigError as exc:
-        tmp.unlink()
         raise FirstbootError(
             f"settings from {trunk or template} are invalid: {exc.message}"
         ) from exc
-    os.replace(tmp, target)
-    if trunk is not None and "settings" not in report.created:
+    if target in pending:
+        try:
+            _write_private(target, pending[target].encode("utf-8"), 0o644)
+            report.created.append("settings")
+        except FileExistsError:  # deployed meanwhile: it is not first boot's file
+            pass
+    if dropin in pending:
+        # The agent (not root) lists the directory: 0755 whatever the umask (the unit's is 0077).
+        _private_dir(dropin.parent, None, 0o755)
+        _replace_text(dropin, pending[dropin])
         report.created.append("trunk settings")
     return target
 

@@ -6,7 +6,9 @@ from appliance.config.settings import (
     ClinicSettings,
     ModelSettings,
     SipSettings,
+    dropin_dir,
     load_settings,
+    settings_files,
 )
 
 __all__ = [
@@ -15,5 +17,7 @@ __all__ = [
     "ClinicSettings",
     "ModelSettings",
     "SipSettings",
+    "dropin_dir",
     "load_settings",
+    "settings_files",
 ]

@@ -3,17 +3,23 @@
 Settings are data: every field has a default and help text (``Field(description=...)``).
 The development defaults bind SIP to 127.0.0.1 and allow only 127.0.0.1 as a trunk peer.
 
+A settings file ``F`` may have drop-ins: every ``*.toml`` in ``F.d/``, merged over ``F`` in
+file-name order, key by key within a section (like systemd's drop-ins). On the box the Ansible
+``config`` role owns ``/etc/appliance/appliance.toml`` and ``appliance firstboot`` owns
+``/etc/appliance/appliance.toml.d/10-firstboot.toml`` (the PBX trunk settings).
+
 A corrupt or invalid file raises :class:`appliance.errors.ConfigError` whose message names
-the file and the offending key, so ``appliance serve`` can exit non-zero at start and a
-running process can refuse a bad reload while it keeps serving.
+the file (base file or drop-in) and the offending key, so ``appliance serve`` can exit
+non-zero at start and a running process can refuse a bad reload while it keeps serving.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import tomllib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -283,49 +289,140 @@ class ApplianceSettings(_Section):
     payments: PaymentSettings = Field(default_factory=PaymentSettings)
 
 
-def load_settings(path: Path | str | None, **overrides: object) -> ApplianceSettings:
-    """Load settings from a TOML file and apply dotted overrides.
+#: Directory of drop-ins next to a settings file ``F``: ``F.d/`` (``appliance.toml.d/``).
+DROPIN_SUFFIX = ".d"
 
-    Relative paths in ``[models] store`` and ``[store] metadata_db`` are resolved against the
-    config file's directory's parent when the file lives in a ``config/`` folder, else against
-    the file's directory.
+
+def dropin_dir(path: Path) -> Path:
+    """The drop-in directory of a settings file: ``/etc/appliance/appliance.toml.d``."""
+    return path.with_name(path.name + DROPIN_SUFFIX)
+
+
+def settings_files(path: Path | str, pending: Iterable[Path] = ()) -> list[Path]:
+    """The settings file and its drop-ins, in the order they are merged.
+
+    Drop-ins are the regular files named ``*.toml`` in :func:`dropin_dir` (names starting with
+    ``.`` are skipped, so editors' and writers' temporary files never count), sorted by file
+    name like systemd's drop-ins: ``10-firstboot.toml`` before ``50-site.toml``.
 
     Args:
-        path: TOML file, or ``None`` for the built-in defaults.
+        path: The base settings file (``--config``).
+        pending: Drop-in paths to include even if they do not exist yet (see
+            :func:`load_settings`).
+
+    Returns:
+        ``[path, *drop-ins]``.
+
+    Raises:
+        ConfigError: ``config_unreadable``: the drop-in directory exists but cannot be listed.
+    """
+    base = Path(path)
+    directory = dropin_dir(base)
+    names: set[Path] = {p for p in pending if p.parent == directory}
+    try:
+        for entry in directory.iterdir():
+            if entry.suffix == ".toml" and not entry.name.startswith(".") and entry.is_file():
+                names.add(entry)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ConfigError("config_unreadable", f"{directory}: {exc.strerror or exc}") from exc
+    return [base, *sorted(names, key=lambda p: p.name)]
+
+
+def _read_layer(file: Path, pending: Mapping[Path, str]) -> dict[str, Any]:
+    if file in pending:
+        text = pending[file]
+    else:
+        try:
+            text = file.read_bytes().decode("utf-8")
+        except OSError as exc:
+            raise ConfigError("config_unreadable", f"{file}: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError("config_corrupt", f"{file}: not valid TOML ({exc})") from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config_corrupt", f"{file}: not valid TOML ({exc})") from exc
+
+
+def _merge(
+    data: dict[str, Any], origin: dict[tuple[str, ...], str], layer: Mapping[str, Any], name: str
+) -> None:
+    """Merge one layer into ``data`` key by key within each section; record who set what."""
+    for section, values in layer.items():
+        current = data.get(section)
+        if not (isinstance(values, dict) and isinstance(current, dict)):
+            # A new section, or a value that is not a [section] (validation then names this
+            # file): it replaces whatever was there.
+            for key in [k for k in origin if k[0] == section]:
+                del origin[key]
+            current = data[section] = {} if isinstance(values, dict) else values
+        if isinstance(values, dict):
+            current.update(values)
+            origin.update({(section, str(key)): name for key in values})
+        origin[(section,)] = name
+
+
+def load_settings(
+    path: Path | str | None,
+    *,
+    pending: Mapping[Path, str] | None = None,
+    **overrides: object,
+) -> ApplianceSettings:
+    """Load settings from a TOML file and its drop-ins, and apply dotted overrides.
+
+    The base file is read first, then every drop-in of ``<path>.d/`` (see
+    :func:`settings_files`) in file-name order. A later file overrides an earlier one key by
+    key within a section, the way systemd drop-ins do: a drop-in holding ``[sip] max_calls = 3``
+    changes that key only and keeps the rest of ``[sip]``. Overrides are applied last.
+
+    Relative paths in ``[models] store`` and ``[store] metadata_db`` (and the other path
+    settings) are resolved against the base file's directory's parent when the file lives in a
+    ``config/`` folder, else against the base file's directory, whichever file set them.
+
+    Args:
+        path: TOML file, or ``None`` for the built-in defaults (no drop-ins either).
+        pending: TOML text to use instead of what is on disk, by path: the base file or a
+            drop-in of ``<path>.d/`` (which need not exist yet). A writer validates a file
+            with this before it replaces the real one; errors name the real path.
         **overrides: ``section__field=value`` pairs, e.g. ``sip__bind="127.0.0.1:5070"``.
 
     Returns:
         The validated settings.
 
     Raises:
-        ConfigError: The file is missing, is not valid TOML, or fails validation. The message
-            names the file and the key.
+        ConfigError: ``config_unreadable`` (a file is missing or unreadable),
+            ``config_corrupt`` (a file is not UTF-8 TOML) or ``config_invalid`` (the merged
+            settings fail validation). The message names the file that set the offending key
+            (the base file or the drop-in) and the key, e.g.
+            ``/etc/appliance/appliance.toml.d/10-firstboot.toml: sip.allowed_peers: ...``.
     """
-    data: dict[str, dict[str, object]] = {}
+    data: dict[str, Any] = {}
+    origin: dict[tuple[str, ...], str] = {}
     base = Path.cwd()
+    default_name = "<defaults>"
     if path is not None:
         file = Path(path)
-        try:
-            raw = file.read_bytes()
-        except OSError as exc:
-            raise ConfigError("config_unreadable", f"{file}: {exc.strerror or exc}") from exc
-        try:
-            data = tomllib.loads(raw.decode("utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError("config_corrupt", f"{file}: not valid TOML ({exc})") from exc
+        pending = {Path(p): text for p, text in (pending or {}).items()}
+        for layer in settings_files(file, pending):
+            _merge(data, origin, _read_layer(layer, pending), str(layer))
+        default_name = str(file)
         base = file.resolve().parent
         if base.name == "config":
             base = base.parent
     for key, value in overrides.items():
         section, _, field = key.partition("__")
-        data.setdefault(section, {})[field] = value
+        _merge(data, origin, {section: {field: value}}, f"override {key}")
     try:
         settings = ApplianceSettings.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        name = path if path is not None else "<defaults>"
-        raise ConfigError("config_invalid", f"{name}: {where}: {first['msg']}") from exc
+        loc = tuple(str(p) for p in first["loc"])
+        name = next(
+            (origin[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in origin), default_name
+        )
+        raise ConfigError("config_invalid", f"{name}: {'.'.join(loc)}: {first['msg']}") from exc
     models = settings.models.model_copy(
         update={
             "store": _rebase(base, settings.models.store),
