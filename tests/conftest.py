@@ -92,11 +92,11 @@ NOW = __import__("datetime").datetime(2026, 11, 22, 10, 0)
 @pytest.fixture()
 def agent(embedder, tmp_path: Path):  # noqa: ANN001, ANN201 - returns AgentRuntime
     """The shipped workflows and knowledge base over a demo calendar seeded for :data:`NOW`."""
-    from appliance.agent.calendar import SqliteCalendar
+    from appliance.agent.calendar import seed_demo
     from appliance.agent.runtime import load_agent
     from appliance.config.settings import ApplianceSettings
 
-    calendar = SqliteCalendar.seed_demo(tmp_path / "calendar.sqlite", NOW.date())
+    calendar = seed_demo(tmp_path / "calendar.sqlite", NOW.date())
     runtime = load_agent(ApplianceSettings(), embedder.encode, calendar=calendar)
     yield runtime
     calendar.close()

@@ -1,10 +1,10 @@
-"""Built-in scheduling calendar: identity check, slots, idempotent booking, FHIR shapes."""
+"""Built-in scheduling calendar: identity check, slots, idempotent booking, migrations."""
 
 from __future__ import annotations
 
 import re
 import sqlite3
-from datetime import UTC, date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,9 +17,9 @@ from appliance.agent.calendar import (
     SlotUnavailable,
     SqliteCalendar,
     idempotency_key,
-    to_fhir_appointment,
-    to_fhir_slot,
+    seed_demo,
 )
+from appliance.agent.calendar.schema import MIGRATIONS
 from appliance.errors import ApplianceError
 
 TODAY = date(2025, 3, 3)  # a Monday
@@ -30,30 +30,10 @@ MARIA_DOB = date(1982, 3, 4)
 JAMES_DOB = date(1975, 11, 20)
 AISHA_DOB = date(1990, 7, 15)
 
-# HL7 FHIR R4 value sets and the ``instant`` datatype's regex.
-APPOINTMENT_STATUS = {
-    "proposed",
-    "pending",
-    "booked",
-    "arrived",
-    "fulfilled",
-    "cancelled",
-    "noshow",
-    "entered-in-error",
-    "checked-in",
-    "waitlist",
-}
-SLOT_STATUS = {"busy", "free", "busy-unavailable", "busy-tentative", "entered-in-error"}
-FHIR_INSTANT = re.compile(
-    r"([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)-(0[1-9]|1[0-2])-(0[1-9]|[1-2][0-9]"
-    r"|3[0-1])T([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]{1,9})?"
-    r"(Z|(\+|-)((0[0-9]|1[0-3]):[0-5][0-9]|14:00))"
-)
-
 
 @pytest.fixture
 def cal(tmp_path: Path):
-    calendar = SqliteCalendar.seed_demo(tmp_path / "calendar.sqlite", TODAY)
+    calendar = seed_demo(tmp_path / "calendar.sqlite", TODAY)
     yield calendar
     calendar.close()
 
@@ -101,6 +81,41 @@ def test_database_is_wal_with_named_migrations(cal: SqliteCalendar) -> None:
     assert names == ["001_calendar"]
 
 
+def test_database_written_by_the_old_migration_runner_opens_unchanged(tmp_path: Path) -> None:
+    """A calendar created by the calendar's own runner, before the shared helper, opens as is.
+
+    Its ``_migrations (name, applied_at)`` rows were written by that runner; nothing re-runs.
+    """
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    conn.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+    conn.execute("BEGIN IMMEDIATE")
+    for name, fn in MIGRATIONS:
+        fn(conn)
+        conn.execute("INSERT INTO _migrations VALUES (?, datetime('now'))", [name])
+    conn.execute("INSERT INTO providers VALUES ('prov-old', 'Dr. Old')")
+    conn.execute(
+        "INSERT INTO slots VALUES ('slot-old', 'prov-old', '2025-03-04T09:00:00',"
+        " '2025-03-04T09:30:00', 1)"
+    )
+    conn.execute("COMMIT")
+    stamped = conn.execute("SELECT applied_at FROM _migrations").fetchone()[0]
+    conn.close()
+
+    with SqliteCalendar(path) as cal:
+        assert cal.provider("prov-old").name == "Dr. Old"
+        [slot] = cal.free_slots(datetime.combine(TODAY, time(0, 0)))
+        assert slot.id == "slot-old"
+        patient = cal.add_patient("Ada", "Old", date(1950, 1, 2))
+        assert cal.book(patient.id, slot.id, idempotency_key="k-old").slot_id == "slot-old"
+    conn = sqlite3.connect(str(path))
+    try:
+        rows = conn.execute("SELECT name, applied_at FROM _migrations").fetchall()
+    finally:
+        conn.close()
+    assert rows == [("001_calendar", stamped)]  # recorded once, by the old runner
+
+
 def test_seed_demo_contents(cal: SqliteCalendar) -> None:
     assert cal.provider("prov-patel").name == "Dr. Patel"
     assert cal.provider("prov-nguyen").name == "Dr. Nguyen"
@@ -136,16 +151,16 @@ def test_seed_demo_appointments(cal: SqliteCalendar) -> None:
 
 
 def test_seed_demo_first_weekday_is_strictly_after_today(tmp_path: Path) -> None:
-    with SqliteCalendar.seed_demo(tmp_path / "c.sqlite", TUESDAY) as cal:
+    with seed_demo(tmp_path / "c.sqlite", TUESDAY) as cal:
         [appt] = cal.upcoming(_maria(cal).id, datetime.combine(TUESDAY, time(0, 0)))
         assert appt.start == datetime.combine(TUESDAY + timedelta(days=7), time(10, 30))
 
 
 def test_seed_demo_is_idempotent(tmp_path: Path) -> None:
     path = tmp_path / "calendar.sqlite"
-    SqliteCalendar.seed_demo(path, TODAY).close()
+    seed_demo(path, TODAY).close()
     first = _counts(path)
-    SqliteCalendar.seed_demo(path, TODAY).close()
+    seed_demo(path, TODAY).close()
     assert _counts(path) == first
     with SqliteCalendar(path) as cal:
         assert len(cal.upcoming(_maria(cal).id, NOW)) == 1
@@ -412,7 +427,7 @@ def test_missing_idempotency_key_is_refused(cal: SqliteCalendar) -> None:
 
 def test_state_persists_across_reopen(tmp_path: Path) -> None:
     path = tmp_path / "calendar.sqlite"
-    cal = SqliteCalendar.seed_demo(path, TODAY)
+    cal = seed_demo(path, TODAY)
     maria = _maria(cal)
     [demo] = cal.upcoming(maria.id, NOW)
     slot = cal.free_slots(NOW, provider_id="prov-patel", limit=1)[0]
@@ -438,7 +453,7 @@ def test_closed_calendar_raises(tmp_path: Path) -> None:
         cal.providers()
 
 
-# --------------------------------------------------------------------------- keys and FHIR
+# --------------------------------------------------------------------------- keys
 
 
 def test_idempotency_key_is_stable_and_opaque() -> None:
@@ -452,56 +467,9 @@ def test_idempotency_key_is_stable_and_opaque() -> None:
     assert "maria" not in key.lower() and "1982" not in key
 
 
-def test_fhir_appointment_shape(cal: SqliteCalendar) -> None:
-    maria = _maria(cal)
-    [appt] = cal.upcoming(maria.id, NOW)
-    resource = to_fhir_appointment(appt, maria)
-    assert resource["resourceType"] == "Appointment"
-    assert resource["id"] == appt.id
-    assert resource["status"] == "booked"
-    assert resource["status"] in APPOINTMENT_STATUS
-    assert FHIR_INSTANT.fullmatch(resource["start"])
-    assert FHIR_INSTANT.fullmatch(resource["end"])
-    assert resource["start"].startswith(f"{TUESDAY.isoformat()}T10:30:00")
-    assert resource["minutesDuration"] == 30
-    assert resource["slot"] == [{"reference": f"Slot/{appt.slot_id}"}]
-    actors = {p["actor"]["reference"]: p for p in resource["participant"]}
-    assert set(actors) == {f"Patient/{maria.id}", "Practitioner/prov-patel"}
-    assert all(p["status"] == "accepted" for p in resource["participant"])
-    assert actors[f"Patient/{maria.id}"]["actor"]["display"] == "Maria Lopez"
-
-    cancelled = to_fhir_appointment(cal.cancel(appt.id, idempotency_key="c1"))
-    assert cancelled["status"] == "cancelled"
-    assert cancelled["status"] in APPOINTMENT_STATUS
-    assert "display" not in cancelled["participant"][0]["actor"]
-
-
-def test_fhir_explicit_timezone(cal: SqliteCalendar) -> None:
-    [appt] = cal.upcoming(_maria(cal).id, NOW)
-    tz = timezone(timedelta(hours=-5))
-    resource = to_fhir_appointment(appt, tz=tz)
-    assert resource["start"] == f"{TUESDAY.isoformat()}T10:30:00-05:00"
-    assert resource["end"] == f"{TUESDAY.isoformat()}T11:00:00-05:00"
-
-
-def test_fhir_slot_shape(cal: SqliteCalendar) -> None:
-    slot = cal.free_slots(NOW, provider_id="prov-nguyen", limit=1)[0]
-    resource = to_fhir_slot(slot)
-    assert resource["resourceType"] == "Slot"
-    assert resource["id"] == slot.id
-    assert resource["schedule"] == {"reference": "Schedule/prov-nguyen"}
-    assert resource["status"] == "free"
-    assert FHIR_INSTANT.fullmatch(resource["start"])
-    assert FHIR_INSTANT.fullmatch(resource["end"])
-    [appt] = cal.upcoming(_maria(cal).id, NOW)
-    busy = to_fhir_slot(cal.slot(appt.slot_id))
-    assert busy["status"] == "busy"
-    assert {resource["status"], busy["status"]} <= SLOT_STATUS
-
-
 def test_one_name_heard_right_and_the_other_close_still_verifies(tmp_path: Path) -> None:
     """Speech recognition garbles one name of the pair: "Asia Khan" for "Aisha Khan"."""
-    cal = SqliteCalendar.seed_demo(tmp_path / "c.sqlite", date(2026, 11, 22))
+    cal = seed_demo(tmp_path / "c.sqlite", date(2026, 11, 22))
     try:
         dob = date(1990, 7, 15)
         assert cal.find_patient("Asia", "Khan", dob) is not None

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-from appliance.agent.calendar import SchedulingAdapter, SqliteCalendar
+from appliance.agent.calendar import SchedulingAdapter, SqliteCalendar, seed_demo
 from appliance.agent.dialog import DialogManager, DialogSettings, fixed_texts
 from appliance.agent.kb import Embed, KnowledgeBase, default_file, facts
 from appliance.agent.understanding import IntentClassifier, LlmIntentClassifier
@@ -90,7 +90,7 @@ def load_agent(
         db = Path(settings.scheduling.db)
         db.parent.mkdir(parents=True, exist_ok=True)
         if settings.scheduling.demo_seed:
-            calendar = SqliteCalendar.seed_demo(db, date.today())
+            calendar = seed_demo(db, date.today())
         else:
             calendar = SqliteCalendar(db)
     llm_intents = None
