@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Build the artefacts the fleet collection installs, into a local artefact repository.
 
-Run it with the project's virtual environment (it imports ``appliance.models.manifest`` and uses
-that environment's pip and setuptools)::
+Run it with the project's virtual environment (it imports ``appliance.models.manifest`` and
+``appliance.models.store`` and uses that environment's pip and setuptools)::
 
     .venv/bin/python ansible/scripts/build_release.py release --version 0.1.1 --repo DIR
     .venv/bin/python ansible/scripts/build_release.py runtime --repo DIR
@@ -238,7 +238,8 @@ def _describe_source(source: Path) -> str:
 def build_models(repo: Path, store: Path) -> Path:
     """Verify the model store against its manifest, then pack it with a SHA256SUMS file."""
     sys.path.insert(0, str(ROOT / "src"))
-    from appliance.models.manifest import load_manifest, verify
+    from appliance.models.manifest import load_manifest
+    from appliance.models.store import verify
 
     manifest_path = store / "manifest.toml"
     manifest = load_manifest(manifest_path)

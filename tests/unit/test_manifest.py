@@ -1,4 +1,4 @@
-"""Tests for the model manifest and store (appliance.models.manifest and its CLI)."""
+"""Tests for the model manifest and store (appliance.models.manifest, .store and their CLI)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,16 @@ from pathlib import Path
 import pytest
 
 from appliance.models.__main__ import main as cli_main
-from appliance.models.manifest import (
+from appliance.models.manifest import ManifestError, load_manifest
+from appliance.models.store import (
     STORE_MANIFEST,
     ChecksumError,
     FetchError,
-    ManifestError,
     ModelStoreError,
     SourceMissingError,
     UnpinnedError,
     assemble,
     fetch,
-    load_manifest,
     model_path,
     verify,
 )

@@ -12,16 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from appliance.models.manifest import (
-    Manifest,
-    ManifestError,
-    ModelStoreError,
-    assemble,
-    fetch,
-    load_manifest,
-    remove_stale_tmp,
-    verify,
-)
+from appliance.models.manifest import Manifest, ManifestError, load_manifest
+from appliance.models.store import ModelStoreError, assemble, fetch, remove_stale_tmp, verify
 
 _LOGGER = logging.getLogger(__name__)
 
