@@ -4,7 +4,7 @@
   ``PRAGMA synchronous=FULL`` in WAL mode, i.e. after the WAL was fsynced.
 * One writer per database: every write goes through one connection under one lock; the
   call path never writes directly, it enqueues through :class:`~appliance.audit.observer`.
-* Named migrations, each in its own transaction.
+* Named migrations (:mod:`appliance.migrations`), each in its own transaction.
 * Temporary tables and indexes stay in memory (``temp_store=MEMORY``); content is sealed before
   it reaches SQLite, so neither the database, its WAL nor any temporary file holds it in clear.
 * Signed checkpoints (origin, size, root) are stored and appended to a file the fleet tooling
@@ -31,6 +31,7 @@ from appliance.audit import envelope
 from appliance.audit.checkpoint import Checkpoint, sign_note
 from appliance.audit.merkle import TreeBuilder, leaf_hash
 from appliance.audit.record import Record, decode, encode
+from appliance.migrations import apply_migrations
 
 
 class AuditError(RuntimeError):
@@ -73,20 +74,20 @@ def connect(path: Path, synchronous: str = "FULL") -> sqlite_utils.Database:
     return db
 
 
-def migrate(db: sqlite_utils.Database) -> None:
-    """Apply pending named migrations."""
-    db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, t REAL)")
-    done = {r[0] for r in db.execute("SELECT name FROM _migrations").fetchall()}
-    for name, fn in MIGRATIONS:
-        if name not in done:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                fn(db)
-                db.execute("INSERT INTO _migrations VALUES (?, ?)", [name, time.time()])
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+def migrate(db: sqlite_utils.Database) -> list[str]:
+    """Apply the pending :data:`MIGRATIONS` (:func:`appliance.migrations.apply_migrations`).
+
+    Each runs in its own ``BEGIN IMMEDIATE`` transaction and is recorded in ``_migrations``;
+    databases whose ``_migrations`` table has the earlier ``(name, t REAL)`` shape are read and
+    extended as they are.
+
+    Returns:
+        The names applied now, in order (empty for an up-to-date database).
+
+    Raises:
+        sqlite3.Error: A migration failed; it was rolled back and later ones were not run.
+    """
+    return apply_migrations(db.conn, MIGRATIONS, db)
 
 
 def iter_records(db: sqlite_utils.Database) -> Iterator[tuple[int, bytes]]:

@@ -2,8 +2,9 @@
 
 SQLite through sqlite-utils with one writer thread per database (the practice of
 ``simonw/datasette: database.py``'s ``execute_write_fn``): listeners enqueue, the writer
-commits. Named migrations are applied in order, each in a transaction. No transcript, digit or
-caller number is stored here; the encrypted audit log (a later issue) holds content.
+commits. Named migrations (:mod:`appliance.migrations`) are applied in order, each in a
+transaction. No transcript, digit or caller number is stored here; the encrypted audit log
+(a later issue) holds content.
 
 Post-call scores (:class:`~appliance.events.CallScored`, made by ``appliance.policy.scoring``)
 go to ``call_scores`` without their ``summary`` (content); :meth:`CallMetadataStore.rates`
@@ -34,6 +35,7 @@ from appliance.events import (
     MediaStats,
     TurnLatency,
 )
+from appliance.migrations import apply_migrations
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -129,18 +131,18 @@ _Item = Event | _ScoreWrite | threading.Event | None
 
 
 def migrate(db: sqlite_utils.Database) -> list[str]:
-    """Apply pending named migrations, each in its own transaction; return those applied."""
-    db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
-    done = {row[0] for row in db.execute("SELECT name FROM _migrations").fetchall()}
-    applied = []
-    for name, fn in MIGRATIONS:
-        if name in done:
-            continue
-        with db.conn:
-            fn(db)
-            db.execute("INSERT INTO _migrations VALUES (?, datetime('now'))", [name])
-        applied.append(name)
-    return applied
+    """Apply the pending :data:`MIGRATIONS` (:func:`appliance.migrations.apply_migrations`).
+
+    Each runs in its own ``BEGIN IMMEDIATE`` transaction and is recorded in ``_migrations``
+    (databases written by earlier versions, ``(name, applied_at)``, are read as they are).
+
+    Returns:
+        The names applied now, in order (empty for an up-to-date database).
+
+    Raises:
+        sqlite3.Error: A migration failed; it was rolled back and later ones were not run.
+    """
+    return apply_migrations(db.conn, MIGRATIONS, db)
 
 
 class CallMetadataStore:
