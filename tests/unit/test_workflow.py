@@ -7,11 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from appliance.agent.scheduling_tools import default_tools
 from appliance.agent.workflow import WorkflowError, default_dir, load_workflow, load_workflows
+
+TOOLS = default_tools()
 
 
 def test_shipped_workflows_cover_the_default_use_cases() -> None:
-    ws = load_workflows(default_dir())
+    ws = load_workflows(default_dir(), TOOLS)
     tiers = {wf.id: wf.risk_tier for wf in ws.workflows.values()}
     assert tiers["faq"] == "low"
     assert tiers["appointments"] == "medium"
@@ -51,6 +54,42 @@ def corrupt(tmp_path: Path, old: str, new: str, name: str = "appointments.yaml")
             "text",
             "appointment_wen",
         ),
+        # A tool node's args must match the tool's parameters.
+        (
+            'args: {after: "{new_time}"}',
+            'args: {after: "{new_time}", provider: "{new_time}"}',
+            "find_slot",
+            "args.provider",
+            "calendar.free_slots does not take 'provider'",
+        ),
+        (
+            'args: {name: "{patient_name}", birth_date: "{birth_date}"}',
+            'args: {name: "{patient_name}"}',
+            "verify",
+            "args.birth_date",
+            "identity.verify needs this argument",
+        ),
+        (
+            'birth_date: "{birth_date}"}',
+            'birth_date: "{patient_name}"}',
+            "verify",
+            "args.birth_date",
+            "slot 'patient_name' is person_name",
+        ),
+        (
+            'args: {after: "{new_time}"}',
+            'args: {after: "next week"}',
+            "find_slot",
+            "args.after",
+            "must be a reference to one slot",
+        ),
+        (
+            'args: {after: "{new_time}"}',
+            'args: {after: "{later}"}',
+            "find_slot",
+            "args.after",
+            "no ask node collects slot 'later'",
+        ),
     ],
 )
 def test_corrupt_workflow_names_file_node_and_field(
@@ -58,7 +97,7 @@ def test_corrupt_workflow_names_file_node_and_field(
 ) -> None:
     path = corrupt(tmp_path, old, new)
     with pytest.raises(WorkflowError) as info:
-        load_workflows(path.parent)
+        load_workflows(path.parent, TOOLS)
     err = info.value
     assert (err.file, err.node, err.field) == (path, node, field)
     assert str(path) in err.message and f"node {node!r}" in err.message and says in err.message
@@ -67,13 +106,13 @@ def test_corrupt_workflow_names_file_node_and_field(
 def test_broken_yaml_and_wrong_schema_are_file_level_errors(tmp_path: Path) -> None:
     path = corrupt(tmp_path, "risk_tier: medium", "risk_tier: [medium")
     with pytest.raises(WorkflowError, match=r"appointments\.yaml: not valid YAML at line"):
-        load_workflow(path)
+        load_workflow(path, TOOLS)
     path = corrupt(tmp_path / "b", "schema: 1", "schema: 2")
     with pytest.raises(WorkflowError, match="unsupported schema 2"):
-        load_workflow(path)
+        load_workflow(path, TOOLS)
 
 
 def test_duplicate_intent_across_files_is_refused(tmp_path: Path) -> None:
     path = corrupt(tmp_path, "  callback_request:", "  clinic_question:", name="billing.yaml")
     with pytest.raises(WorkflowError, match="intent also declared in"):
-        load_workflows(path.parent)
+        load_workflows(path.parent, TOOLS)

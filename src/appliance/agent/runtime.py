@@ -1,4 +1,4 @@
-"""The agent plane of one process: workflows, intent matcher, knowledge base and calendar.
+"""The agent plane of one process: workflows, tools, intent matcher, knowledge base, calendar.
 
 Loaded once at start (and again on SIGHUP: a broken workflow file is refused and the last good
 set keeps serving); each call gets its own :class:`~appliance.agent.dialog.DialogManager`.
@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import string
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
 from appliance.agent.calendar import SchedulingAdapter, SqliteCalendar, seed_demo
 from appliance.agent.dialog import DialogManager, DialogSettings, fixed_texts
 from appliance.agent.kb import Embed, KnowledgeBase, default_file, facts
+from appliance.agent.scheduling_tools import default_tools
+from appliance.agent.tools import ToolRegistry
 from appliance.agent.understanding import IntentClassifier, LlmIntentClassifier
 from appliance.agent.workflow import WorkflowSet, default_dir, load_workflows
 from appliance.config.settings import ApplianceSettings
@@ -23,7 +25,10 @@ from appliance.events import Event
 
 @dataclass
 class AgentRuntime:
-    """Everything a call's dialogue needs that is shared across calls."""
+    """Everything a call's dialogue needs that is shared across calls.
+
+    ``tools`` must be the registry ``workflows`` were loaded with (:func:`load_agent` does so).
+    """
 
     workflows: WorkflowSet
     classifier: IntentClassifier
@@ -31,6 +36,7 @@ class AgentRuntime:
     calendar: SchedulingAdapter | None
     settings: DialogSettings
     llm_intents: LlmIntentClassifier | None = None
+    tools: ToolRegistry = field(default_factory=default_tools)
 
     def new_dialog(self, call_id: str, emit: Callable[[Event], None]) -> DialogManager:
         """A fresh dialogue manager for one call."""
@@ -43,6 +49,7 @@ class AgentRuntime:
             emit,
             self.settings,
             llm_intents=self.llm_intents,
+            tools=self.tools,
         )
 
     def fixed_phrases(self) -> list[str]:
@@ -79,11 +86,16 @@ def load_agent(
 ) -> AgentRuntime:
     """Load and validate the workflows and the knowledge base; open the calendar.
 
+    The workflows are checked against the built-in tools
+    (:func:`~appliance.agent.scheduling_tools.default_tools`), which the dialogues then use.
+
     Raises:
-        WorkflowError: A workflow file is invalid (names the file, node and field).
+        WorkflowError: A workflow file is invalid, or a tool node names an unknown tool or
+            arguments the tool does not take (names the file, node and field).
         ConfigError: The knowledge base is invalid.
     """
-    workflows = load_workflows(settings.agent.workflows_dir or default_dir())
+    tools = default_tools()
+    workflows = load_workflows(settings.agent.workflows_dir or default_dir(), tools)
     kb = KnowledgeBase(settings.agent.knowledge_file or default_file(), settings.clinic, embed)
     classifier = IntentClassifier(embed, workflows)
     if calendar is None:
@@ -96,4 +108,6 @@ def load_agent(
     llm_intents = None
     if settings.agent.llm_intents and complete_json is not None:
         llm_intents = LlmIntentClassifier(complete_json, classifier.intents)
-    return AgentRuntime(workflows, classifier, kb, calendar, dialog_settings(settings), llm_intents)
+    return AgentRuntime(
+        workflows, classifier, kb, calendar, dialog_settings(settings), llm_intents, tools
+    )

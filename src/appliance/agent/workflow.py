@@ -7,7 +7,7 @@ A workflow declares its risk tier (``low`` / ``medium`` / ``high``), the intents
 ``say``        speak ``text``, go to ``next``
 ``ask``        speak ``text``, fill ``slot`` from the caller's answer (speech or DTMF), ``next``
 ``confirm``    speak a yes/no question, go to ``on_yes`` or ``on_no``
-``tool``       run a registered tool with ``args`` (templates over slots), ``on_ok`` / ``on_fail``
+``tool``       run a registered tool with ``args`` (slot references), ``on_ok`` / ``on_fail``
 ``branch``     go to ``on_intent[INTENT]`` for the intent that started the workflow, or ``default``
 ``kb_answer``  answer the caller's question from the knowledge base, ``on_found`` / ``on_missing``
 ``transfer``   escalate with ``reason``: hold prompt, SIP REFER, CTI webhook; else ``on_fail``
@@ -17,9 +17,11 @@ A workflow declares its risk tier (``low`` / ``medium`` / ``high``), the intents
                back to the top (``hangup: false``) or hang up
 =============  ==============================================================================
 
-Texts are :meth:`str.format` templates over slot names, tool outputs (see :data:`TOOL_OUTPUTS`)
-and clinic facts (:data:`FACTS`). Loading checks every transition, tool, slot type and template
-field, and reports errors as ``FILE: node 'NODE': field 'FIELD': message``.
+Texts are :meth:`str.format` templates over slot names, the outputs of the workflow's tools
+and clinic facts (:data:`FACTS`). A tool node's ``args`` map the tool's parameters to slots
+(``{name: "{patient_name}"}``, see :mod:`appliance.agent.tools`). Loading checks every
+transition, slot type and template field, and every tool and its arguments against the tool
+registry, and reports errors as ``FILE: node 'NODE': field 'FIELD': message``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from appliance.agent.tools import ArgsError, ToolRegistry
 from appliance.errors import ConfigError
 
 SCHEMA_VERSION = 1
@@ -44,16 +47,6 @@ OUTCOMES = ("resolved", "transferred", "message_taken")
 
 #: Slot types the extractors in :mod:`appliance.agent.understanding` know.
 SLOT_TYPES = ("person_name", "date_of_birth", "date_time", "digits", "yes_no", "free_text")
-
-#: Tools and the template variables their success sets.
-TOOL_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "identity.verify": ("patient_given_name",),
-    "calendar.upcoming": ("appointment_when", "appointment_provider"),
-    "calendar.free_slots": ("slot_when", "slot_provider"),
-    "calendar.reschedule": ("appointment_when", "appointment_provider"),
-    "calendar.book": ("appointment_when", "appointment_provider"),
-    "calendar.cancel": ("appointment_when", "appointment_provider"),
-}
 
 #: Clinic facts available to every template.
 FACTS = ("clinic_name", "clinic_hours", "clinic_address", "clinic_parking", "kb_answer")
@@ -143,7 +136,7 @@ class ConfirmNode(_Node):
 
 
 class ToolNode(_Node):
-    """Run a tool; ``text`` (optional) is said first."""
+    """Run a tool; ``text`` (optional) is said first; ``args``: parameter to ``"{slot}"``."""
 
     type: Literal["tool"]
     tool: str
@@ -268,16 +261,19 @@ _TRANSITIONS = (
 )
 
 
-def _check_graph(wf: Workflow, file: Path) -> None:
-    """Transitions, tools, template fields: the checks a schema cannot express."""
-    slots = {n.slot.name for n in wf.nodes.values() if isinstance(n, AskNode)}
+def _check_graph(wf: Workflow, file: Path, tools: ToolRegistry) -> None:
+    """Transitions, tools and their args, template fields: what a schema cannot express."""
+    slot_types: dict[str, set[str]] = {}
+    for n in wf.nodes.values():
+        if isinstance(n, AskNode):
+            slot_types.setdefault(n.slot.name, set()).add(n.slot.type)
     outputs = {
         v
         for n in wf.nodes.values()
-        if isinstance(n, ToolNode)
-        for v in TOOL_OUTPUTS.get(n.tool, ())
+        if isinstance(n, ToolNode) and n.tool in tools
+        for v in tools.spec(n.tool).outputs
     }
-    known = slots | outputs | set(FACTS)
+    known = set(slot_types) | outputs | set(FACTS)
     for intent, spec in wf.intents.items():
         if spec.start not in wf.nodes:
             raise WorkflowError(file, "", f"intents.{intent}.start", f"no node {spec.start!r}")
@@ -295,34 +291,31 @@ def _check_graph(wf: Workflow, file: Path) -> None:
                 if target not in wf.nodes:
                     raise WorkflowError(file, node_id, f"on_intent.{intent}", f"no node {target!r}")
         if isinstance(node, ToolNode):
-            if node.tool not in TOOL_OUTPUTS:
-                raise WorkflowError(
-                    file,
-                    node_id,
-                    "tool",
-                    f"unknown tool {node.tool!r}; known: {', '.join(TOOL_OUTPUTS)}",
-                )
+            try:
+                tools.check_args(node.tool, node.args, slot_types)
+            except ArgsError as exc:
+                raise WorkflowError(file, node_id, exc.field, exc.message) from exc
             if node.max_attempts > 1 and not node.retry:
                 raise WorkflowError(file, node_id, "retry", "max_attempts > 1 needs a retry node")
         if isinstance(node, PciNode) and node.digits_min > node.digits_max:
             raise WorkflowError(file, node_id, "digits_min", "is greater than digits_max")
-        templates = {"text": node.text}
-        if isinstance(node, ToolNode):
-            templates.update({f"args.{k}": v for k, v in node.args.items()})
-        for field, template in templates.items():
-            try:
-                names = {f for _, f, _, _ in string.Formatter().parse(template) if f}
-            except ValueError as exc:
-                raise WorkflowError(file, node_id, field, f"bad template: {exc}") from exc
-            unknown = sorted(names - known)
-            if unknown:
-                raise WorkflowError(
-                    file, node_id, field, f"unknown template field(s) {', '.join(unknown)}"
-                )
+        try:
+            names = {f for _, f, _, _ in string.Formatter().parse(node.text) if f}
+        except ValueError as exc:
+            raise WorkflowError(file, node_id, "text", f"bad template: {exc}") from exc
+        unknown = sorted(names - known)
+        if unknown:
+            raise WorkflowError(
+                file, node_id, "text", f"unknown template field(s) {', '.join(unknown)}"
+            )
 
 
-def load_workflow(path: Path) -> Workflow:
+def load_workflow(path: Path, tools: ToolRegistry) -> Workflow:
     """Read and validate one workflow file.
+
+    Args:
+        path: The YAML file.
+        tools: The tools the agent has; tool nodes and their ``args`` are checked against it.
 
     Raises:
         WorkflowError: Naming the file, the node and the field at fault.
@@ -350,7 +343,7 @@ def load_workflow(path: Path) -> Workflow:
         else:
             rest = loc
         raise WorkflowError(path, node, ".".join(rest), err["msg"]) from exc
-    _check_graph(wf, path)
+    _check_graph(wf, path, tools)
     return wf
 
 
@@ -387,8 +380,12 @@ def default_dir() -> Path:
     return Path(__file__).resolve().parent / "workflows"
 
 
-def load_workflows(directory: Path) -> WorkflowSet:
+def load_workflows(directory: Path, tools: ToolRegistry) -> WorkflowSet:
     """Load every ``*.yaml`` file of ``directory``.
+
+    Args:
+        directory: Folder of workflow files.
+        tools: The tools the agent has (see :func:`load_workflow`).
 
     Raises:
         WorkflowError: For the first invalid file, a duplicate workflow id or intent name, or
@@ -401,7 +398,7 @@ def load_workflows(directory: Path) -> WorkflowSet:
     where: dict[str, Path] = {}
     intents: dict[str, Path] = {}
     for path in files:
-        wf = load_workflow(path)
+        wf = load_workflow(path, tools)
         if wf.id in workflows:
             raise WorkflowError(
                 path, "", "id", f"duplicate workflow id {wf.id!r} (also {where[wf.id]})"
