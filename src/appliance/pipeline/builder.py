@@ -41,12 +41,12 @@ from appliance.metrics.latency import TurnLatencyObserver
 from appliance.models.engines import ModelSet
 from appliance.pipeline.health import StageHealthObserver
 from appliance.pipeline.pci import LuhnHandoff, PaymentHandler, PciGate
+from appliance.pipeline.phrase_cache import PhraseCache
 from appliance.pipeline.played import PlayedTextTracker
 from appliance.pipeline.services import (
     LocalKokoroTTSService,
     LocalLlamaLLMService,
     LocalWhisperSTTService,
-    PhraseCache,
 )
 from appliance.pipeline.transport import PjsuaTransport
 from appliance.policy.disclosure import DisclosureOpener, disclosure_text

@@ -5,7 +5,8 @@
 * :class:`LocalLlamaLLMService`: streams llama.cpp tokens as :class:`LLMTextFrame`; an
   interruption cancels the task awaiting the next token and the worker stops within one token.
 * :class:`LocalKokoroTTSService`: sentence-by-sentence synthesis (pipecat's sentence
-  aggregation), 24 kHz output resampled with soxr to the transport rate.
+  aggregation), 24 kHz output resampled with soxr to the transport rate; sentences found in a
+  :class:`~appliance.pipeline.phrase_cache.PhraseCache` are served without synthesis.
 
 None of these log content: transcripts and replies travel only in frames.
 """
@@ -13,13 +14,9 @@ None of these log content: transcripts and replies travel only in frames.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import logging
-import os
 import re
 import threading
 from collections.abc import AsyncGenerator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,13 +36,11 @@ from pipecat.services.stt_service import SegmentedSTTService
 from pipecat.services.tts_service import TTSService
 from pipecat.utils.time import time_now_iso8601
 
-from appliance.agent.templates import split_sentences
 from appliance.errors import ApplianceError
 from appliance.models.engines import KokoroEngine, LlamaEngine, WhisperEngine
+from appliance.pipeline.phrase_cache import PhraseCache
 
 _SENTENCE_END = re.compile(r"[.!?](\s|$)")
-
-_LOGGER = logging.getLogger(__name__)
 
 
 class LocalWhisperSTTService(SegmentedSTTService):
@@ -185,82 +180,6 @@ class LocalLlamaLLMService(LLMService):
             if first:
                 await self.stop_ttfb_metrics()
         await asyncio.shield(worker)
-
-
-class PhraseCache:
-    """Pre-rendered audio for fixed phrases (disclosure, greetings, prompts, KB answers).
-
-    The "hybrid pre-recorded + TTS" technique: fixed utterances are synthesised once per voice,
-    then play with no TTS latency, and still play if the TTS later fails. Keys are the stripped
-    text of a whole phrase and of each of its sentences. Values are 24 kHz 16-bit mono PCM.
-
-    With ``directory`` set, rendered audio is also kept on disk (one file per phrase, named by
-    the SHA-256 of voice, speed and text), so a restart or a second process renders nothing.
-    Fixed phrases hold no caller content.
-
-    Args:
-        engine: The Kokoro engine.
-        speed: Speaking rate.
-        directory: Disk cache directory, or ``None`` for memory only.
-        voice: Voice id (part of the disk key).
-    """
-
-    def __init__(
-        self,
-        engine: KokoroEngine,
-        speed: float,
-        directory: Path | None = None,
-        voice: str = "",
-    ) -> None:
-        self._engine = engine
-        self._speed = speed
-        self._dir = directory
-        self._voice = voice
-        self._audio: dict[str, bytes] = {}
-        if directory is not None:
-            directory.mkdir(parents=True, exist_ok=True)
-
-    def _file(self, key: str) -> Path | None:
-        if self._dir is None:
-            return None
-        digest = hashlib.sha256(f"{self._voice}\0{self._speed}\0{key}".encode()).hexdigest()
-        return self._dir / f"{digest}.pcm"
-
-    def render(self, phrases: list[str], *, whole: bool = False) -> int:
-        """Synthesise the sentences of ``phrases`` not yet cached; returns how many were.
-
-        The TTS service looks sentences up one by one (pipecat aggregates LLM text into
-        sentences); ``whole`` also caches each phrase as a unit, for text spoken with a
-        single ``TTSSpeakFrame`` (the disclosure, the greeting).
-        """
-        done = 0
-        for phrase in phrases:
-            keys = split_sentences(phrase)
-            if whole or len(keys) <= 1:
-                keys = [phrase.strip(), *keys]
-            for key in dict.fromkeys(keys):
-                if not key or key in self._audio:
-                    continue
-                path = self._file(key)
-                if path is not None and path.exists():
-                    self._audio[key] = path.read_bytes()
-                    continue
-                samples = self._engine.synthesize(key, self._speed)
-                audio = (np.clip(samples, -1, 1) * 32767).astype(np.int16).tobytes()
-                self._audio[key] = audio
-                done += 1
-                if path is not None:
-                    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-                    try:
-                        tmp.write_bytes(audio)
-                        tmp.replace(path)
-                    except OSError:
-                        _LOGGER.warning("phrase cache not writable; keeping audio in memory")
-        return done
-
-    def get(self, text: str) -> bytes | None:
-        """Cached 24 kHz PCM for ``text``, or ``None``."""
-        return self._audio.get(text.strip())
 
 
 class LocalKokoroTTSService(TTSService):
