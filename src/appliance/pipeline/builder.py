@@ -40,7 +40,8 @@ from appliance.events import Event
 from appliance.metrics.latency import TurnLatencyObserver
 from appliance.models.engines import ModelSet
 from appliance.pipeline.health import StageHealthObserver
-from appliance.pipeline.pci import LuhnHandoff, PaymentHandler, PciGate
+from appliance.pipeline.payments import LuhnHandoff, PaymentHandler
+from appliance.pipeline.pci import PciGate
 from appliance.pipeline.phrase_cache import PhraseCache
 from appliance.pipeline.played import PlayedTextTracker
 from appliance.pipeline.services import (

@@ -19,79 +19,16 @@ processor to stay muted too.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import urllib.error
-import urllib.request
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Protocol
 
 from pipecat.frames.frames import Frame, InputAudioRawFrame, InputDTMFFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from appliance.events import Event, PciPause
-from appliance.policy.redaction import luhn_valid
+from appliance.pipeline.payments import PaymentHandler, PaymentResult
 
 _LOGGER = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PaymentResult:
-    """``ok`` when the processor accepted the card; ``outcome`` is a fixed name, no digits."""
-
-    ok: bool
-    outcome: str
-
-
-class PaymentHandler(Protocol):
-    """Receives the card number typed during a PCI pause."""
-
-    async def handle(self, pan: str, handoff_id: str) -> PaymentResult:
-        """Process ``pan`` (digits only); never log or store it."""
-        ...
-
-
-class LuhnHandoff:
-    """The default handler: validate the Luhn check digit (ISO/IEC 7812-1), then hand off.
-
-    The hand-off is an HTTP POST of ``{"handoff_id", "pan"}`` to a local payment terminal
-    (``[payments] handoff_url``, loopback or the clinic LAN). Without a URL there is no
-    processor and the result is ``no_processor`` (the workflow then transfers to staff).
-
-    Args:
-        url: The payment terminal's URL, or ``""``.
-        timeout_s: HTTP timeout in seconds.
-    """
-
-    def __init__(self, url: str, timeout_s: float = 5.0) -> None:
-        self._url = url
-        self._timeout = timeout_s
-
-    async def handle(self, pan: str, handoff_id: str) -> PaymentResult:
-        """Validate and hand off ``pan``; see the class docstring for outcomes."""
-        if not 13 <= len(pan) <= 19 or not pan.isdigit():
-            return PaymentResult(False, "bad_length")
-        if not luhn_valid(pan):
-            return PaymentResult(False, "luhn_failed")
-        if not self._url:
-            return PaymentResult(False, "no_processor")
-        body = json.dumps({"handoff_id": handoff_id, "pan": pan}).encode()
-        try:
-            status = await asyncio.to_thread(self._post, body)
-        except (OSError, urllib.error.URLError):
-            return PaymentResult(False, "processor_unreachable")
-        return PaymentResult(200 <= status < 300, "accepted" if status < 300 else "declined")
-
-    def _post(self, body: bytes) -> int:
-        request = urllib.request.Request(
-            self._url, data=body, headers={"Content-Type": "application/json"}, method="POST"
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
-                return int(response.status)
-        except urllib.error.HTTPError as exc:
-            return int(exc.code)
 
 
 class PciGate(FrameProcessor):
