@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
-from pipecat.audio.vad.vad_analyzer import VADParams
+from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.aggregators.llm_context import LLMContext
@@ -65,11 +65,28 @@ FEW_SHOT = [
 
 
 class StoreSileroVADAnalyzer(SileroVADAnalyzer):
-    """Silero VAD loaded from the verified model store instead of pipecat's package data."""
+    """Silero VAD loaded from the verified model store instead of pipecat's package data.
+
+    One ONNX Runtime session per analyzer, i.e. per call: the model keeps recurrent state
+    between 32 ms windows (512 samples at 16 kHz, 256 at 8 kHz), so calls cannot share one.
+    ``SileroVADAnalyzer.__init__`` always loads pipecat's bundled copy, so it is bypassed and
+    its fields are set here (pipecat-ai 1.14; ``tests/pipeline/test_call_pipeline.py`` checks
+    that the fields match a stock analyzer's).
+
+    Args:
+        model_path: ``silero_vad.onnx`` in the model store.
+        params: VAD thresholds and start/stop times (seconds).
+
+    Raises:
+        onnxruntime.capi.onnxruntime_pybind11_state.NoSuchFile: ``model_path`` is missing
+            (other ``onnxruntime`` exceptions for an invalid file).
+    """
 
     def __init__(self, model_path: Path, params: VADParams) -> None:
-        super().__init__(params=params)
+        VADAnalyzer.__init__(self, sample_rate=None, params=params)
         self._model = SileroOnnxModel(str(model_path), force_onnx_cpu=True)
+        self._windows_since_reset = 0
+        self._low_confidence_windows = 0
 
 
 def user_turn_params(
