@@ -14,7 +14,6 @@ Stages, all in seconds, for each caller turn (reference: the pipecat frame flow)
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,23 +29,37 @@ from pipecat.observers.base_observer import BaseObserver, FramePushed
 
 from appliance.events import Event, TurnLatency
 
+_NS = 1e9
+
 
 @dataclass
 class _Turn:
-    voice_end: float
+    vad_stop: float  # when the VAD declared the stop, pipeline-clock seconds
+    hangover: float  # the VAD's stop_secs: the voice ended this long before vad_stop
     user_stopped: float | None = None
     transcript: float | None = None
     llm_ttft: float | None = None
     tts_ttfa: float | None = None
 
+    @property
+    def voice_end(self) -> float:
+        return self.vad_stop - self.hangover
+
 
 class TurnLatencyObserver(BaseObserver):
     """Emits one :class:`~appliance.events.TurnLatency` per answered caller turn.
 
+    Times are the pipeline clock's at each frame's first push (:attr:`FramePushed.timestamp`,
+    nanoseconds), not when the observer gets to it (observers run behind a queue). A turn
+    starts at a :class:`VADUserStoppedSpeakingFrame` and is reported at the next
+    :class:`BotStartedSpeakingFrame` if a :class:`TranscriptionFrame` came in between (a VAD
+    blip without a transcript is not a turn).
+
     Args:
         call_id: Opaque call id.
         emit: Event sink.
-        vad_stop_secs: The VAD's stop hangover in seconds, subtracted to find the voice end.
+        vad_stop_secs: The VAD's stop hangover in seconds, subtracted to find the voice end
+            when the VAD frame does not carry its own ``stop_secs``.
         llm_name: Substring of the LLM processor's name (to attribute TTFB metrics).
         tts_name: Substring of the TTS processor's name.
     """
@@ -60,35 +73,32 @@ class TurnLatencyObserver(BaseObserver):
         llm_name: str = "LLM",
         tts_name: str = "TTS",
     ) -> None:
-        super().__init__()
+        super().__init__(observe_every_push=False)
         self._call_id = call_id
         self._emit = emit
         self._vad_stop = vad_stop_secs
         self._llm_name = llm_name
         self._tts_name = tts_name
         self._turn: _Turn | None = None
-        self._seen: set[int] = set()
         self.turns: list[TurnLatency] = []
 
     async def on_push_frame(self, data: FramePushed) -> None:
         """Track the frames that mark each stage boundary (first push only)."""
-        frame = data.frame
-        if frame.id in self._seen:
+        if not data.first_push:
             return
-        now = time.monotonic()
+        frame = data.frame
+        now = data.timestamp / _NS
         if isinstance(frame, VADUserStoppedSpeakingFrame):
-            self._seen.add(frame.id)
-            self._turn = _Turn(voice_end=now - self._vad_stop)
+            self._turn = _Turn(vad_stop=now, hangover=frame.stop_secs or self._vad_stop)
         elif self._turn is None:
             return
         elif isinstance(frame, UserStoppedSpeakingFrame):
-            self._seen.add(frame.id)
-            self._turn.user_stopped = self._turn.user_stopped or now
+            if self._turn.user_stopped is None:
+                self._turn.user_stopped = now
         elif isinstance(frame, TranscriptionFrame):
-            self._seen.add(frame.id)
-            self._turn.transcript = self._turn.transcript or now
+            if self._turn.transcript is None:
+                self._turn.transcript = now
         elif isinstance(frame, MetricsFrame):
-            self._seen.add(frame.id)
             for item in frame.data:
                 if isinstance(item, TTFBMetricsData) and item.value > 0:
                     if self._llm_name in item.processor and self._turn.llm_ttft is None:
@@ -96,7 +106,6 @@ class TurnLatencyObserver(BaseObserver):
                     elif self._tts_name in item.processor and self._turn.tts_ttfa is None:
                         self._turn.tts_ttfa = item.value
         elif isinstance(frame, BotStartedSpeakingFrame):
-            self._seen.add(frame.id)
             turn, self._turn = self._turn, None
             if turn.transcript is None:
                 return  # a VAD blip without a transcript: not a caller turn
@@ -104,12 +113,10 @@ class TurnLatencyObserver(BaseObserver):
             latency = TurnLatency(
                 self._call_id,
                 endpointing_s=None if turn.user_stopped is None else turn.user_stopped - end,
-                stt_s=turn.transcript - (end + self._vad_stop),
+                stt_s=turn.transcript - turn.vad_stop,
                 llm_ttft_s=turn.llm_ttft,
                 tts_ttfa_s=turn.tts_ttfa,
                 voice_to_voice_s=now - end,
             )
             self.turns.append(latency)
             self._emit(latency)
-        if len(self._seen) > 4096:
-            self._seen.clear()
