@@ -44,9 +44,7 @@ def apply_migrations(
         raise ValueError(f"duplicate migration names in {names}")
     if conn.in_transaction:
         conn.execute("COMMIT")
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)"
-    )
+    conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
     applied: list[str] = []
     for name, fn in migrations:
         conn.execute("BEGIN IMMEDIATE")

@@ -4,9 +4,10 @@ It places a call (pjsua2, G.711), waits for the agent to finish speaking, plays 
 one caller turn, waits for the agent's answer, hangs up and saves everything the agent sent
 as a 16 kHz mono WAV. A REFER from the agent (a transfer to staff) is declined with 603 by
 default, as a phone that cannot transfer would; with ``follow_refer`` the client calls the
-``Refer-To`` target instead and keeps recording on that call. "Finished speaking" is decided by pipecat's Silero VAD on the received
-audio (speech followed by ``--silence-ms`` of non-speech). Per-turn response times (end of
-the caller's audio to the agent's first speech) are printed as JSON.
+``Refer-To`` target instead and keeps recording on that call. "Finished speaking" is decided
+by pipecat's Silero VAD on the received audio (speech followed by ``--silence-ms`` of
+non-speech). Per-turn response times (end of the caller's audio to the agent's first speech)
+are printed as JSON on stdout.
 """
 
 from __future__ import annotations

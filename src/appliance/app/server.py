@@ -53,7 +53,7 @@ from appliance.pipeline.builder import (
     fixed_phrases,
     initial_messages,
 )
-from appliance.pipeline.services import PhraseCache
+from appliance.pipeline.phrase_cache import PhraseCache
 from appliance.policy.scoring import score_call
 
 _LOGGER = logging.getLogger(__name__)
@@ -61,15 +61,37 @@ _LOGGER = logging.getLogger(__name__)
 #: How long to wait for RTP media after answering before giving up on a call, in s.
 MEDIA_TIMEOUT_S = 5.0
 
-#: Test-only fault hook: with this environment variable set to ``sip-stall`` or ``gil-stall``,
-#: SIGUSR2 stalls the SIP thread or holds the GIL for good (the liveness test's stand-ins for
-#: the deadlocks it must catch). Never set in production; the worker warns when it is.
-TEST_FAULT_ENV = "APPLIANCE_TEST_FAULT"
+#: Test-only fault hook: with this environment variable set to ``1``, SIGUSR2 stalls the SIP
+#: thread and SIGUSR1 holds the GIL, both for good (the liveness test's stand-ins for the
+#: deadlocks it must catch). Never set in production; the worker warns when it is.
+TEST_FAULT_ENV = "APPLIANCE_TEST_FAULTS"
 
 AUDIT_FAILURE_TEXT = (
     "I'm sorry, we have a technical problem and can't continue this call. "
     "Please call back in a few minutes. Goodbye."
 )
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def return_freed_memory() -> None:
+    """Give the heap memory freed by an ended call back to the system (glibc ``malloc_trim``).
+
+    Each call builds and drops ONNX sessions and audio buffers on worker threads; glibc keeps
+    the freed pages in its per-thread arenas, so the worker's RSS climbed about 20 MB per call
+    without it (measured over 30 calls; Python objects stayed flat). Blocking for a few ms:
+    run it off the event loop. A no-op where the C library is not glibc.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 class ApplianceServer:
@@ -313,25 +335,20 @@ class ApplianceServer:
             await asyncio.gather(*self._calls.values(), return_exceptions=True)
 
     def _install_test_fault(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Arm the test-only fault hook (:data:`TEST_FAULT_ENV`) on SIGUSR2, if asked."""
-        fault = os.environ.get(TEST_FAULT_ENV, "")
-        if not fault:
+        """Arm the test-only fault hook (:data:`TEST_FAULT_ENV`) on SIGUSR1/SIGUSR2, if asked."""
+        if os.environ.get(TEST_FAULT_ENV, "") != "1":
             return
-        if fault not in ("sip-stall", "gil-stall"):
-            _LOGGER.error("%s=%s is not a known fault; ignored", TEST_FAULT_ENV, fault)
-            return
-        _LOGGER.warning("TEST FAULT HOOK ARMED (%s on SIGUSR2): never in production", fault)
+        _LOGGER.warning("TEST FAULT HOOK ARMED (SIGUSR1, SIGUSR2): never in production")
+        ua = self._ua
+        assert ua is not None
 
-        def trigger() -> None:
-            assert self._ua is not None
-            if fault == "sip-stall":
-                self._ua.stall_for_test()
-            else:
-                _LOGGER.critical("TEST FAULT: holding the GIL on purpose")
-                # ctypes.PyDLL keeps the GIL held across the foreign call.
-                ctypes.PyDLL(None).sleep(3600)
+        def hold_gil() -> None:
+            _LOGGER.critical("TEST FAULT: holding the GIL on purpose")
+            # ctypes.PyDLL keeps the GIL held across the foreign call.
+            ctypes.PyDLL(None).sleep(3600)
 
-        loop.add_signal_handler(signal.SIGUSR2, trigger)
+        loop.add_signal_handler(signal.SIGUSR1, hold_gil)
+        loop.add_signal_handler(signal.SIGUSR2, ua.stall_for_test)
 
     async def _retention_loop(self) -> None:
         """Crypto-shred content past its retention period, periodically (a timer)."""
@@ -481,6 +498,9 @@ class ApplianceServer:
             )
             self._score(handle.call_id)
             _LOGGER.info("call %s ended (%s)", handle.call_id, disposition)
+            trim = asyncio.create_task(asyncio.to_thread(return_freed_memory))
+            self._bg.add(trim)
+            trim.add_done_callback(self._bg.discard)
 
     async def _consult(
         self, target: str, headers: dict[str, str], timeout_s: float

@@ -31,6 +31,7 @@ import asyncio
 import functools
 import gc
 import logging
+import os
 import queue
 import threading
 import time
@@ -560,6 +561,18 @@ class SipUserAgent:
     def _init_endpoint(self) -> None:
         ep = pj.Endpoint()
         self._ep = ep
+        # pjlib prints its start-up banner to stdout before libInit applies our log levels;
+        # stdout is not ours to write to (`appliance call` prints its JSON report there).
+        saved = os.dup(1)
+        try:
+            os.dup2(2, 1)
+            self._init_lib(ep)
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+        self._init_media_and_transport()
+
+    def _init_lib(self, ep: pj.Endpoint) -> None:
         ep.libCreate()
         cfg = pj.EpConfig()
         cfg.uaConfig.threadCnt = 0
@@ -574,6 +587,10 @@ class SipUserAgent:
         cfg.logConfig.level = 1
         cfg.logConfig.consoleLevel = 1
         ep.libInit(cfg)
+
+    def _init_media_and_transport(self) -> None:
+        ep = self._ep
+        assert ep is not None
         ep.audDevManager().setNullDev()
         wanted = {
             c.split("/")[0].upper(): len(self.settings.codecs) - i
