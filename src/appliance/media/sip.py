@@ -28,372 +28,27 @@ address, never the caller's number.
 from __future__ import annotations
 
 import asyncio
-import functools
 import gc
 import logging
-import os
 import queue
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import pjsua2 as pj
 
-from appliance.audio.bridge import PTIME_MS, AudioBridge
+from appliance.audio.bridge import AudioBridge
 from appliance.config.settings import SipSettings
 from appliance.errors import MediaError
+from appliance.media.admission import admit
+from appliance.media.calls import DTMF_RFC4733, DTMF_SIP_INFO, CallHandle, SipAccount, SipCall
+from appliance.media.endpoint import account_config, start_endpoint
+from appliance.media.ports import PortPool
+
+__all__ = ["DTMF_RFC4733", "DTMF_SIP_INFO", "CallHandle", "SipUserAgent"]
 
 _LOGGER = logging.getLogger(__name__)
-
-DTMF_RFC4733 = "rfc4733"
-DTMF_SIP_INFO = "sip-info"
-
-
-@dataclass
-class CallHandle:
-    """Our view of one SIP call, safe to use from asyncio.
-
-    Attributes:
-        call_id: Opaque id used in logs, metrics and events (not the SIP Call-ID).
-        bridge: The call's audio queues (16-bit mono PCM at the bridge clock rate).
-        codec: Negotiated codec name once media is up, e.g. ``"PCMU"``.
-        peer_ip: Source address of the INVITE (the trunk peer).
-    """
-
-    call_id: str
-    bridge: AudioBridge
-    peer_ip: str = ""
-    codec: str = ""
-    answered_at: float | None = None
-    ended_at: float | None = None
-    end_status: int | None = None
-    on_media_ready: Callable[[], None] | None = None
-    on_dtmf: Callable[[str, str], None] | None = None
-    on_disconnected: Callable[[int, str], None] | None = None
-    #: Called with (SIP status, final) for each transfer progress report (REFER response, NOTIFY).
-    on_transfer_status: Callable[[int, bool], None] | None = None
-    #: What became of each REFER the far end sent on this call: ``"declined"`` or ``"followed"``.
-    refers: list[str] = field(default_factory=list)
-    media_ready: asyncio.Event = field(default_factory=asyncio.Event)
-    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
-    _ua: SipUserAgent | None = None
-    _pj_id: int = -1
-
-    def hangup(self, status: int = 200) -> None:
-        """End the call (BYE, or a final response if not yet answered). Idempotent."""
-        if self._ua is not None and not self.disconnected.is_set():
-            self._ua.submit(lambda: self._ua._hangup(self._pj_id, status))  # type: ignore[union-attr]
-
-    def transfer_replacing(self, consult: CallHandle, headers: dict[str, str]) -> None:
-        """Attended transfer: REFER with ``Replaces`` (RFC 3891) naming our ``consult`` call.
-
-        The caller's side is asked to call the consulted party with a ``Replaces`` header, so
-        the staff member who already answered the consult call takes over the caller. Progress
-        arrives through :attr:`on_transfer_status` like :meth:`transfer`.
-        """
-        if self._ua is not None and not self.disconnected.is_set():
-            ua = self._ua
-            ua.submit(lambda: ua._xfer_replaces(self._pj_id, consult._pj_id, headers))
-
-    def transfer(self, target: str, headers: dict[str, str]) -> None:
-        """Blind transfer (RFC 3515 REFER, RFC 5589 call-transfer practice) to ``target``.
-
-        ``target`` is a SIP URI (a queue or extension from the config); ``headers`` are extra
-        SIP headers for the REFER (the non-PHI handoff id only). Progress arrives through
-        :attr:`on_transfer_status` as (status, final): the REFER's response, then the status
-        line of each NOTIFY's ``message/sipfrag`` body.
-        """
-        if self._ua is not None and not self.disconnected.is_set():
-            self._ua.submit(lambda: self._ua._xfer(self._pj_id, target, headers))  # type: ignore[union-attr]
-
-
-def _guarded(what: str) -> Callable[[Callable[[Any, Any], None]], Callable[[Any, Any], None]]:
-    """Wrap a pjsua2 director callback so that no exception ever returns into pjsua2.
-
-    An exception escaping a SWIG director becomes a C++ exception thrown through pjsip's C
-    frames: at best the process aborts, at worst a lock stays held and the agent goes silent.
-    Every failure is logged with its traceback instead (never with call content).
-    """
-
-    def decorate(fn: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
-        @functools.wraps(fn)
-        def callback(self: Any, prm: Any) -> None:
-            try:
-                fn(self, prm)
-            except BaseException:  # noqa: BLE001 - nothing may reach pjsua2
-                try:
-                    _LOGGER.exception("pjsua2 %s callback failed (%s)", what, self)
-                except BaseException:  # noqa: BLE001, S110 - logging itself failed
-                    pass
-
-        return callback
-
-    return decorate
-
-
-class _Port(pj.AudioMediaPort):
-    """AudioMediaPort moving 20 ms PCM frames between the bridge clock and an AudioBridge.
-
-    Its callbacks run on pjmedia's clock thread for as long as the port is registered with the
-    conference bridge, connected or not (it gets a NULL frame every 20 ms even with nothing
-    connected). So a port is never destroyed while the endpoint runs: :class:`_PortPool` hands
-    it from call to call, and a call only attaches and detaches its :class:`AudioBridge`.
-    Destroying a registered port from Python raced the clock thread: the clock thread held the
-    port's lock and called into a half-deallocated Python object (``'_Port' object has no
-    attribute 'bridge'``), the exception left the lock held, and the SIP thread blocked for
-    good on it.
-    """
-
-    def __init__(self, name: str) -> None:
-        pj.AudioMediaPort.__init__(self)
-        self.name = name
-        #: The call's audio queues while a call holds the port; ``None`` while it is free.
-        self.bridge: AudioBridge | None = None
-        #: Callback failures while no call held the port.
-        self.idle_errors = 0
-        self.released_at = 0.0
-
-    def __repr__(self) -> str:
-        return f"port {self.name}"
-
-    def onFrameReceived(self, frame: pj.MediaFrame) -> None:  # noqa: N802 - pjsua2 API
-        bridge = None
-        try:
-            bridge = self.bridge
-            if bridge is not None and frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO and frame.size:
-                bridge.put_inbound(bytes(frame.buf))
-        except BaseException:  # noqa: BLE001 - never raise into the media thread
-            self._failed(bridge)
-
-    def onFrameRequested(self, frame: pj.MediaFrame) -> None:  # noqa: N802 - pjsua2 API
-        bridge = None
-        try:
-            bridge = self.bridge
-            if bridge is None:
-                frame.type = pj.PJMEDIA_FRAME_TYPE_NONE
-                frame.size = 0
-                return
-            chunk = bridge.take_outbound()
-            frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
-            frame.buf = pj.ByteVector(chunk)
-            frame.size = len(chunk)
-        except BaseException:  # noqa: BLE001
-            self._failed(bridge)
-
-    def _failed(self, bridge: AudioBridge | None) -> None:
-        """Count a callback failure on the call's bridge; log its traceback once per call."""
-        try:
-            if bridge is None:
-                self.idle_errors += 1
-                return
-            bridge.stats.callback_errors += 1
-            if bridge.stats.callback_errors == 1:
-                _LOGGER.exception(
-                    "%s: media callback failed (logged once per call, counted as "
-                    "callback_errors)",
-                    self.name,
-                )
-        except BaseException:  # noqa: BLE001, S110 - the clock thread must go on
-            pass
-
-
-class _PortPool:
-    """The media ports of one endpoint, reused across calls (pjsua2 thread only).
-
-    A released port is handed out again only after :attr:`COOLDOWN_S` and once the conference
-    bridge reports no connection from it: removing a call's stream from the bridge is queued
-    to the clock thread, so it completes a tick or two after the call's DISCONNECTED.
-    """
-
-    COOLDOWN_S = 0.5
-
-    def __init__(self, clock_rate: int) -> None:
-        self.clock_rate = clock_rate
-        self._free: list[_Port] = []
-        self._all: list[_Port] = []
-
-    @property
-    def size(self) -> int:
-        """Ports created so far (bounded by the most concurrent calls plus a spare or two)."""
-        return len(self._all)
-
-    def acquire(self, bridge: AudioBridge) -> _Port:
-        """A port attached to ``bridge``; an idle one if any, else a new one.
-
-        Raises:
-            pj.Error: pjmedia could not create or register a new port.
-        """
-        now = time.monotonic()
-        for port in self._free:
-            if now - port.released_at >= self.COOLDOWN_S and not self._connected(port):
-                self._free.remove(port)
-                port.bridge = bridge
-                return port
-        fmt = pj.MediaFormatAudio()
-        fmt.type = pj.PJMEDIA_TYPE_AUDIO
-        fmt.init(pj.PJMEDIA_FORMAT_PCM, self.clock_rate, 1, PTIME_MS * 1000, 16)
-        port = _Port(f"agent-port-{len(self._all)}")
-        port.createPort(port.name, fmt)
-        self._all.append(port)
-        port.bridge = bridge
-        return port
-
-    def release(self, port: _Port) -> None:
-        """Detach the port from its call (its callbacks turn into no-ops at once)."""
-        port.bridge = None
-        port.released_at = time.monotonic()
-        if port not in self._free:
-            self._free.append(port)
-
-    @staticmethod
-    def _connected(port: _Port) -> bool:
-        try:
-            return bool(port.getPortInfo().listeners)
-        except pj.Error:
-            return True
-
-    def destroy(self) -> None:
-        """Destroy every port while its Python object is whole (endpoint teardown only).
-
-        Call once no call is connected; the C++ destructor waits for any callback in flight
-        (the binding releases the GIL while it does), then the port is never called again.
-        """
-        for port in self._all:
-            port.bridge = None
-            try:
-                pj.AudioMediaPort.__swig_destroy__(port)
-            except Exception:  # noqa: BLE001
-                _LOGGER.exception("%s: could not be destroyed", port.name)
-        self._free.clear()
-        self._all.clear()
-
-
-class _Call(pj.Call):
-    def __init__(self, ua: SipUserAgent, acc: pj.Account, pj_id: int, handle: CallHandle) -> None:
-        pj.Call.__init__(self, acc, pj_id)
-        self.ua = ua
-        self.handle = handle
-        self.pj_id = pj_id
-        self.port: _Port | None = None
-        self.accepted = False
-        self.ended = False
-        #: A call placed to follow a REFER from this one, until pjsua2 has given it an id.
-        self.pending_child: _Call | None = None
-        self._last_dtmf: tuple[str, float] = ("", 0.0)
-
-    def __repr__(self) -> str:
-        return f"call {self.handle.call_id}"
-
-    def _track(self) -> None:
-        """Register a call placed by pjsua for a REFER once pjsua2 has given it an id."""
-        if self.pj_id == pj.PJSUA_INVALID_ID:
-            self.pj_id = self.getId()
-            if self.pj_id != pj.PJSUA_INVALID_ID:
-                self.ua._calls[self.pj_id] = self
-
-    @_guarded("call state")
-    def onCallState(self, prm: pj.OnCallStateParam) -> None:  # noqa: N802
-        self._track()
-        info = self.getInfo()
-        if info.state == pj.PJSIP_INV_STATE_CONFIRMED:
-            self.handle.answered_at = time.time()
-            if self.handle._pj_id != self.pj_id:
-                # A followed REFER was answered: the handle now speaks for this call.
-                self.handle._pj_id = self.pj_id
-        elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
-            self.ua._on_disconnected(self, info.lastStatusCode, info.lastReason)
-
-    @_guarded("media state")
-    def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:  # noqa: N802
-        self._track()
-        if self.ended:
-            return
-        info = self.getInfo()
-        for i, media in enumerate(info.media):
-            if media.type != pj.PJMEDIA_TYPE_AUDIO:
-                continue
-            if media.status != pj.PJSUA_CALL_MEDIA_ACTIVE:
-                continue  # on hold or not yet up: keep the port, reconnect later
-            audio = self.getAudioMedia(i)
-            if self.port is None:
-                self.port = self.ua._ports.acquire(self.handle.bridge)
-                self.ua._detach_others(self)
-            # Re-INVITEs may re-create the stream: (re)connecting is idempotent.
-            audio.startTransmit(self.port)
-            self.port.startTransmit(audio)
-            try:
-                self.handle.codec = self.getStreamInfo(i).codecName
-            except pj.Error:
-                pass
-            self.ua._post(self.handle.media_ready.set)
-            if self.handle.on_media_ready is not None:
-                self.ua._post(self.handle.on_media_ready)
-            break
-
-    def _dtmf(self, digit: str, method: str) -> None:
-        now = time.monotonic()
-        # pjsua2 may report one digit through both callbacks; keep the first.
-        if self._last_dtmf[0] == f"{method}:{digit}" and now - self._last_dtmf[1] < 0.08:
-            return
-        self._last_dtmf = (f"{method}:{digit}", now)
-        if self.handle.on_dtmf is not None:
-            cb = self.handle.on_dtmf
-            self.ua._post(lambda: cb(digit, method))
-
-    @_guarded("DTMF")
-    def onDtmfDigit(self, prm: pj.OnDtmfDigitParam) -> None:  # noqa: N802
-        method = DTMF_SIP_INFO if prm.method == pj.PJSUA_DTMF_METHOD_SIP_INFO else DTMF_RFC4733
-        self._dtmf(str(prm.digit), method)
-
-    @_guarded("DTMF event")
-    def onDtmfEvent(self, prm: pj.OnDtmfEventParam) -> None:  # noqa: N802
-        if prm.method == pj.PJSUA_DTMF_METHOD_SIP_INFO:
-            self._dtmf(str(prm.digit), DTMF_SIP_INFO)
-
-    @_guarded("transfer status")
-    def onCallTransferStatus(self, prm: pj.OnCallTransferStatusParam) -> None:  # noqa: N802
-        status, final = int(prm.statusCode), bool(prm.finalNotify)
-        prm.cont = not final
-        cb = self.handle.on_transfer_status
-        if cb is not None:
-            self.ua._post(lambda: cb(status, final))
-
-    @_guarded("transfer request")
-    def onCallTransferRequest(self, prm: pj.OnCallTransferRequestParam) -> None:  # noqa: N802
-        """A REFER from the far end (RFC 3515): declined with 603 unless following is enabled.
-
-        pjsua's default accepts every REFER and dials ``Refer-To`` itself, reusing this
-        ``Call`` object for the new call: the box would dial wherever a peer says, and the
-        reused object is deleted with the first call while the new one still points at it.
-        """
-        refers = self.handle.refers
-        if not self.ua.follow_refer or self.ended:
-            prm.statusCode = 603
-            _LOGGER.info("call %s: REFER declined (603)", self.handle.call_id)
-            self.ua._post(lambda: refers.append("declined"))
-            return
-        child = _Call(self.ua, self.ua._acc, pj.PJSUA_INVALID_ID, self.handle)  # type: ignore[arg-type]
-        child.accepted = self.accepted
-        self.pending_child = child
-        prm.newCall = child
-        self.ua._post(lambda: refers.append("followed"))
-        _LOGGER.info("call %s: REFER accepted, calling the transfer target", self.handle.call_id)
-
-
-class _Account(pj.Account):
-    def __init__(self, ua: SipUserAgent) -> None:
-        pj.Account.__init__(self)
-        self.ua = ua
-
-    def __repr__(self) -> str:
-        return "account"
-
-    @_guarded("incoming call")
-    def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:  # noqa: N802
-        self.ua._on_incoming(self, prm)
 
 
 def _source_ip(src_address: str) -> str:
@@ -446,12 +101,12 @@ class SipUserAgent:
         self._on_incoming_cb = on_incoming
         self._on_rejected_cb = on_rejected
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self._calls: dict[int, _Call] = {}
-        self._dead: list[_Call] = []
+        self._calls: dict[int, SipCall] = {}
+        self._dead: list[SipCall] = []
         #: Ended calls kept until a REFER-placed child of theirs has its own id (pjsua2 finds
         #: the child through its parent's object until then).
-        self._parents: list[_Call] = []
-        self._ports = _PortPool(clock_rate)
+        self._parents: list[SipCall] = []
+        self._ports = PortPool(clock_rate)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -463,7 +118,7 @@ class SipUserAgent:
         #: when nothing probes (client mode). INVITEs are refused with 503 while it is stale.
         self.loop_heartbeat: float | None = None
         self._ep: pj.Endpoint | None = None
-        self._acc: _Account | None = None
+        self._acc: SipAccount | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -493,8 +148,12 @@ class SipUserAgent:
 
     @property
     def active_calls(self) -> int:
-        """Calls accepted and not yet disconnected."""
-        return sum(1 for c in list(self._calls.values()) if c.accepted and not c.ended)
+        """Callers connected: inbound calls answered and not yet disconnected.
+
+        Calls this user agent placed (an attended transfer's consult leg, a test client's
+        call) are not callers; they still hold a pjsua slot, which admission counts apart.
+        """
+        return sum(1 for c in list(self._calls.values()) if c.inbound and not c.ended)
 
     @property
     def media_ports(self) -> int:
@@ -559,67 +218,14 @@ class SipUserAgent:
             self._quiesce()
 
     def _init_endpoint(self) -> None:
-        ep = pj.Endpoint()
-        self._ep = ep
-        # pjlib prints its start-up banner to stdout before libInit applies our log levels;
-        # stdout is not ours to write to (`appliance call` prints its JSON report there).
-        saved = os.dup(1)
-        try:
-            os.dup2(2, 1)
-            self._init_lib(ep)
-        finally:
-            os.dup2(saved, 1)
-            os.close(saved)
-        self._init_media_and_transport()
-
-    def _init_lib(self, ep: pj.Endpoint) -> None:
-        ep.libCreate()
-        cfg = pj.EpConfig()
-        cfg.uaConfig.threadCnt = 0
-        cfg.uaConfig.mainThreadOnly = True
-        cfg.uaConfig.maxCalls = 4
-        cfg.uaConfig.userAgent = self.settings.user_agent
-        cfg.medConfig.clockRate = self.clock_rate
-        cfg.medConfig.sndClockRate = self.clock_rate
-        cfg.medConfig.noVad = True
-        cfg.medConfig.ecTailLen = 0
-        cfg.medConfig.audioFramePtime = PTIME_MS
-        cfg.logConfig.level = 1
-        cfg.logConfig.consoleLevel = 1
-        ep.libInit(cfg)
-
-    def _init_media_and_transport(self) -> None:
-        ep = self._ep
-        assert ep is not None
-        ep.audDevManager().setNullDev()
-        wanted = {
-            c.split("/")[0].upper(): len(self.settings.codecs) - i
-            for i, c in enumerate(self.settings.codecs)
-        }
-        for codec in ep.codecEnum2():
-            name = codec.codecId.split("/")[0].upper()
-            ep.codecSetPriority(codec.codecId, 128 + wanted[name] if name in wanted else 0)
-        tcfg = pj.TransportConfig()
-        tcfg.port = self.settings.port
-        tcfg.boundAddress = self.settings.host
-        try:
-            ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
-        except pj.Error as exc:
-            raise MediaError(
-                "sip_bind_failed", f"cannot bind SIP to {self.settings.bind}: {exc.reason}"
-            ) from exc
-        ep.libStart()
-        acfg = pj.AccountConfig()
-        acfg.idUri = f"sip:appliance@{self.settings.bind}"
-        acfg.mediaConfig.transportConfig.port = self.settings.rtp_port
-        acfg.mediaConfig.transportConfig.portRange = 1000
-        acfg.mediaConfig.transportConfig.boundAddress = self.settings.host
-        acc = _Account(self)
-        acc.create(acfg, True)
+        self._ep = pj.Endpoint()
+        start_endpoint(self._ep, self.settings, self.clock_rate)
+        acc = SipAccount(self)
+        acc.create(account_config(self.settings), True)
         self._acc = acc
 
     def _reject(
-        self, call: _Call, status: int, reason: str, headers: dict[str, str] | None = None
+        self, call: SipCall, status: int, reason: str, headers: dict[str, str] | None = None
     ) -> None:
         op = pj.CallOpParam(True)
         op.statusCode = status
@@ -636,7 +242,7 @@ class SipUserAgent:
         beat = self.loop_heartbeat
         return beat is not None and time.monotonic() - beat > self.settings.liveness_timeout_s / 2
 
-    def _on_incoming(self, acc: _Account, prm: pj.OnIncomingCallParam) -> None:
+    def _on_incoming(self, acc: SipAccount, prm: pj.OnIncomingCallParam) -> None:
         peer = _source_ip(prm.rdata.srcAddress)
         handle = CallHandle(
             call_id=uuid.uuid4().hex[:12],
@@ -645,23 +251,29 @@ class SipUserAgent:
             _ua=self,
             _pj_id=prm.callId,
         )
-        call = _Call(self, acc, prm.callId, handle)
+        call = SipCall(self, acc, prm.callId, handle)
         self._calls[prm.callId] = call
-        if self._on_incoming_cb is None or not self.settings.peer_allowed(peer):
+        decision = admit(
+            peer_allowed=self.settings.peer_allowed(peer),
+            takes_calls=self._on_incoming_cb is not None,
+            draining=self.draining,
+            loop_stalled=self._loop_stalled(),
+            callers=self.active_calls,
+            max_calls=self.settings.max_calls,
+            pjsua_calls=sum(1 for c in self._calls.values() if c is not call and not c.ended),
+        )
+        if decision.status == 403:
             _LOGGER.warning("call %s refused: source %s is not a trunk peer", handle.call_id, peer)
             self._reject(call, 403, "Forbidden")
-            self._notify_rejected(peer, 403, "not_allowed")
-            return
-        stalled = self._loop_stalled()
-        if self.draining or stalled or self.active_calls >= self.settings.max_calls:
-            why = "draining" if self.draining else "stalled" if stalled else "at_capacity"
-            _LOGGER.warning("call %s refused with 503: %s", handle.call_id, why)
+        elif not decision.answered:
+            _LOGGER.warning("call %s refused with 503: %s", handle.call_id, decision.reason)
             self._reject(
                 call, 503, "Service Unavailable", {"Retry-After": str(self.settings.retry_after_s)}
             )
-            self._notify_rejected(peer, 503, why)
+        if not decision.answered:
+            self._notify_rejected(peer, decision.status, decision.reason)
             return
-        call.accepted = True
+        call.accepted = call.inbound = True
         op = pj.CallOpParam(True)
         op.statusCode = 200
         call.answer(op)
@@ -674,17 +286,17 @@ class SipUserAgent:
             cb = self._on_rejected_cb
             self._post(lambda: cb(peer, status, reason))
 
-    def _live_calls(self, handle: CallHandle) -> list[_Call]:
+    def _live_calls(self, handle: CallHandle) -> list[SipCall]:
         return [c for c in self._calls.values() if c.handle is handle and not c.ended]
 
-    def _detach_others(self, call: _Call) -> None:
+    def _detach_others(self, call: SipCall) -> None:
         """A call sharing ``call``'s handle (a followed REFER) got media: free the old port."""
         for other in self._live_calls(call.handle):
             if other is not call and other.port is not None:
                 self._ports.release(other.port)
                 other.port = None
 
-    def _on_disconnected(self, call: _Call, status: int, reason: str) -> None:
+    def _on_disconnected(self, call: SipCall, status: int, reason: str) -> None:
         if call.ended:
             return
         call.ended = True
@@ -779,7 +391,7 @@ class SipUserAgent:
         """
 
         def place() -> None:
-            call = _Call(self, self._acc, pj.PJSUA_INVALID_ID, handle)  # type: ignore[arg-type]
+            call = SipCall(self, self._acc, pj.PJSUA_INVALID_ID, handle)  # type: ignore[arg-type]
             call.accepted = True
             op = pj.CallOpParam(True)
             if headers:
