@@ -262,7 +262,9 @@ class WorkflowOutcome(Event):
     """A workflow reached a terminal outcome.
 
     ``resolved``, ``transferred`` or ``message_taken`` (or ``abandoned`` when the caller
-    hung up first); ``intent`` is the call's main intent.
+    hung up first, ``caller_silent`` when the agent hung up on a caller who stayed silent after
+    "Are you still there?"; ``workflow`` is then empty outside a workflow); ``intent`` is the
+    call's main intent.
     """
 
     workflow: str

@@ -2,26 +2,40 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from pipecat.audio.dtmf.types import KeypadEntry
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
+    Frame,
     InterruptionFrame,
     LLMContextFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMTextFrame,
     TTSSpeakFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
 )
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.tests.utils import SleepFrame, run_test
 
 from appliance.agent.dialog import Next, Reply
-from appliance.agent.receptionist import Receptionist
 from appliance.agent.runtime import AgentRuntime
-from appliance.events import DtmfReceived, Event, IntentRecognized, SlotFilled, TurnEnded
+from appliance.events import (
+    DtmfReceived,
+    Event,
+    IntentRecognized,
+    SlotFilled,
+    TurnEnded,
+    WorkflowOutcome,
+)
+from appliance.pipeline.receptionist import Receptionist
 from appliance.pipeline.transport import SipDTMFFrame
 from appliance.policy.disclosure import DisclosureOpener, disclosure_text
+from appliance.policy.scoring import score_call
 from tests.conftest import NOW
 
 
@@ -31,13 +45,17 @@ def ctx(text: str) -> LLMContextFrame:
     )
 
 
-def make(agent: AgentRuntime, events: list[Event], after: list[Reply]) -> Receptionist:
+def make(
+    agent: AgentRuntime, events: list[Event], after: list[Reply], idle: float | None = None
+) -> Receptionist:
     async def on_after(reply: Reply) -> None:
         after.append(reply)
 
     dialog = agent.new_dialog("c1", events.append)
     dialog._now = lambda: NOW  # noqa: SLF001 - the demo calendar is seeded for NOW
-    return Receptionist("c1", dialog, events.append, on_after, stt_confidence=lambda: 0.9)
+    return Receptionist(
+        "c1", dialog, events.append, on_after, stt_confidence=lambda: 0.9, idle_timeout_s=idle
+    )
 
 
 @pytest.mark.asyncio
@@ -75,8 +93,6 @@ async def test_goodbye_hangs_up_only_after_the_reply_was_played(agent: AgentRunt
 
 @pytest.mark.asyncio
 async def test_dtmf_frames_are_recorded_and_fill_a_keyed_slot(agent: AgentRuntime) -> None:
-    from pipecat.audio.dtmf.types import KeypadEntry
-
     events: list[Event] = []
     proc = make(agent, events, [])
     for turn in ("I need to reschedule my appointment.", "My name is Maria Lopez."):
@@ -128,3 +144,148 @@ async def test_talking_over_the_hold_prompt_does_not_cancel_the_transfer(
     holds = [f for f in down if isinstance(f, TTSSpeakFrame)]
     assert holds and all(f.interruptible is False for f in holds)
     assert [r.next for r in after] == [Next.TRANSFER]
+
+
+# --------------------------------------------------------------------------- caller silence
+
+IDLE = 0.25  # seconds; the real default is 20
+SILENT = SleepFrame(sleep=IDLE * 3)  # long enough for the timer to run out
+SHORT = SleepFrame(sleep=IDLE / 3)  # too short for it
+
+
+def agent_says() -> list[Frame]:
+    """One agent utterance played to the end, as the output transport reports it."""
+    return [BotStartedSpeakingFrame(), SleepFrame(sleep=0.02), BotStoppedSpeakingFrame()]
+
+
+def spoken(frames: list[Frame]) -> list[str]:
+    return [f.text for f in frames if isinstance(f, LLMTextFrame | TTSSpeakFrame)]
+
+
+@pytest.mark.asyncio
+async def test_silent_caller_is_asked_once_then_told_goodbye_and_hung_up(
+    agent: AgentRuntime,
+) -> None:
+    events: list[Event] = []
+    after: list[Reply] = []
+    proc = make(agent, events, after, idle=IDLE)
+    down, _ = await run_test(
+        proc,
+        frames_to_send=[
+            *agent_says(),  # the disclosure and greeting end
+            SILENT,
+            *agent_says(),  # "Are you still there? ..." played
+            SILENT,
+            *agent_says(),  # the goodbye played
+            SleepFrame(sleep=0.05),
+        ],
+    )
+    said = spoken(down)
+    assert said[0] == "Are you still there? What can I help you with?"
+    assert said[1].startswith("I haven't heard anything, so I'll end the call now.")
+    assert said[1].endswith("Goodbye.") and len(said) == 2
+    assert [r.next for r in after] == [Next.HANGUP]
+    [outcome] = [e for e in events if isinstance(e, WorkflowOutcome)]
+    assert (outcome.outcome, outcome.workflow) == ("caller_silent", "")
+    assert score_call(events).outcome == "caller_silent"
+
+
+@pytest.mark.asyncio
+async def test_idle_timer_never_runs_while_the_agent_speaks_or_before_it_spoke(
+    agent: AgentRuntime,
+) -> None:
+    proc = make(agent, [], [], idle=IDLE)
+    down, _ = await run_test(
+        proc,
+        frames_to_send=[
+            SILENT,  # the disclosure has not played yet: no timer
+            BotStartedSpeakingFrame(),  # the disclosure, longer than the timeout
+            SILENT,
+            BotStoppedSpeakingFrame(),
+            SHORT,
+        ],
+    )
+    assert spoken(down) == []
+
+
+@pytest.mark.asyncio
+async def test_caller_speech_or_a_key_resets_the_timer_and_the_count(agent: AgentRuntime) -> None:
+    events: list[Event] = []
+    after: list[Reply] = []
+    proc = make(agent, events, after, idle=IDLE)
+    down, _ = await run_test(
+        proc,
+        frames_to_send=[
+            *agent_says(),
+            SHORT,
+            UserStartedSpeakingFrame(),  # the caller talks longer than the timeout
+            SILENT,
+            UserStoppedSpeakingFrame(),
+            ctx("What are your hours?"),
+            SHORT,
+            *agent_says(),  # the answer and "anything else?"
+            SILENT,  # 1st silence
+            *agent_says(),
+            SHORT,
+            SipDTMFFrame(button=KeypadEntry("5"), method="rfc4733"),  # a stray key: the caller
+            SILENT,  # is there, so this is a 1st silence again, not the goodbye
+            *agent_says(),
+            SleepFrame(sleep=0.05),
+        ],
+    )
+    said = spoken(down)
+    assert said[0].startswith("We're open Monday to Friday")
+    reprompt = "Are you still there? Is there anything else I can help you with?"
+    assert said[1:] == [reprompt, reprompt]
+    assert after == [] and not [e for e in events if isinstance(e, WorkflowOutcome)
+                               and e.outcome == "caller_silent"]  # fmt: skip
+
+
+@pytest.mark.asyncio
+async def test_no_idle_prompt_during_a_pci_pause(agent: AgentRuntime) -> None:
+    events: list[Event] = []
+    after: list[Reply] = []
+    proc = make(agent, events, after, idle=IDLE)
+    down, _ = await run_test(
+        proc,
+        frames_to_send=[ctx("I'd like to pay my copay."), *agent_says(), SILENT],
+    )
+    assert [r.next for r in after] == [Next.PCI] and not proc.dialog.waits_for_caller
+    # Only the card prompt: the keypad is collecting, silence is expected.
+    assert [t.split(",")[0] for t in spoken(down)] == ["For your security"]
+
+    async def pause_ends() -> None:  # what the server does when the payment handler answers
+        await asyncio.sleep(0.02)
+        await proc.speak(proc.dialog.pci_done(True))
+
+    ended = asyncio.create_task(pause_ends())
+    down, _ = await run_test(proc, frames_to_send=[SleepFrame(sleep=0.1), *agent_says(), SILENT])
+    await ended
+    assert spoken(down)[0].startswith("Thank you. Your card details went straight")
+    assert spoken(down)[1:] == ["Are you still there? Is there anything else I can help you with?"]
+
+
+@pytest.mark.asyncio
+async def test_silence_mid_workflow_repeats_the_question_and_ends_the_workflow(
+    agent: AgentRuntime,
+) -> None:
+    events: list[Event] = []
+    after: list[Reply] = []
+    proc = make(agent, events, after, idle=IDLE)
+    down, _ = await run_test(
+        proc,
+        frames_to_send=[
+            ctx("I need to reschedule my appointment."),
+            *agent_says(),
+            SILENT,
+            *agent_says(),
+            SILENT,
+            *agent_says(),
+            SleepFrame(sleep=0.05),
+        ],
+    )
+    said = spoken(down)
+    assert said[1] == "Are you still there? What is your first and last name?"
+    assert [r.next for r in after] == [Next.HANGUP]
+    [outcome] = [e for e in events if isinstance(e, WorkflowOutcome)]
+    assert (outcome.workflow, outcome.outcome) == ("appointments", "caller_silent")

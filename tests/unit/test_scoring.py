@@ -27,7 +27,7 @@ from appliance.events import (
     WorkflowOutcome,
 )
 from appliance.metrics.store import CallMetadataStore
-from appliance.policy.scoring import score_call, transcript_of
+from appliance.policy.scoring import OUTCOMES, score_call, transcript_of
 
 T0 = 1_700_000_000.0
 DISCLOSURE = "This is Maple Clinic's automated assistant, an AI. Calls are recorded."
@@ -220,6 +220,19 @@ def test_hangup_before_any_outcome_is_abandoned() -> None:
     assert score.contained is True
     assert score.sentiment == 0.0
     assert "No intent" in score.summary
+
+
+def test_agent_hanging_up_on_a_silent_caller_is_its_own_outcome() -> None:
+    call = "c-silent"
+    events = [
+        *opening(call),
+        WorkflowOutcome(call, workflow="", outcome="caller_silent", t=T0 + 45),
+        CallEnded(call, disposition="agent_hangup", duration_s=50.0, t=T0 + 50),
+    ]
+    score = score_call(events)
+    assert score.outcome == "caller_silent" and score.outcome in OUTCOMES
+    assert score.contained is True
+    assert "Outcome: caller_silent" in score.summary
 
 
 def test_late_disclosure_fails() -> None:

@@ -145,8 +145,12 @@ class AgentSettings(_Section):
         description="System prompt for the LLM; {clinic}, {hours}, {address}, {parking}.",
     )
     max_reply_tokens: int = Field(40, ge=8, le=512, description="LLM reply budget in tokens.")
-    templates_enabled: bool = Field(True, description="Answer common questions from templates.")
-    idle_timeout_s: float = Field(20.0, gt=0, description="Silence before prompting the caller.")
+    idle_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        description="Caller silence (seconds) after the agent spoke before it asks 'Are you "
+        "still there?'; as long again and it says goodbye and hangs up.",
+    )
     workflows_dir: Path | None = Field(
         None, description="Directory of workflow YAML files; unset: the shipped defaults."
     )

@@ -32,7 +32,6 @@ from pipecat.turns.user_stop import TurnAnalyzerUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
 from appliance.agent.dialog import Reply
-from appliance.agent.receptionist import Receptionist
 from appliance.agent.runtime import AgentRuntime
 from appliance.audio.bridge import AudioBridge
 from appliance.config.settings import ApplianceSettings
@@ -44,6 +43,7 @@ from appliance.pipeline.payments import LuhnHandoff, PaymentHandler
 from appliance.pipeline.pci import PciGate
 from appliance.pipeline.phrase_cache import PhraseCache
 from appliance.pipeline.played import PlayedTextTracker
+from appliance.pipeline.receptionist import Receptionist
 from appliance.pipeline.services import (
     LocalKokoroTTSService,
     LocalLlamaLLMService,
@@ -185,6 +185,7 @@ def build_call_pipeline(
         emit,
         on_after,
         stt_confidence=lambda: stt.last_confidence,
+        idle_timeout_s=settings.agent.idle_timeout_s,
         name="Receptionist",
     )
     pci = PciGate(

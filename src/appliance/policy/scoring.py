@@ -10,9 +10,11 @@ Rules (``events`` are one call's events in time order):
 ======================= ===================================================================
 Field                   Rule
 ======================= ===================================================================
-outcome                 The last ``WorkflowOutcome.outcome``; with none, ``"transferred"`` if
-                        a ``TransferResult`` has ``ok``, else ``"abandoned"`` (the caller hung
-                        up before any outcome).
+outcome                 The last ``WorkflowOutcome.outcome`` (:data:`OUTCOMES`); with none,
+                        ``"transferred"`` if a ``TransferResult`` has ``ok``, else
+                        ``"abandoned"`` (the caller hung up before any outcome).
+                        ``"caller_silent"``: the agent hung up after the caller stayed silent
+                        through the idle re-prompt, during a workflow or before any outcome.
 contained               No ``TransferResult`` with ``ok``: the industry's containment, "handled
                         end to end by the AI without a live agent". A failed transfer followed
                         by a message or a resolution is still contained.
@@ -110,6 +112,10 @@ FAQ_WORKFLOW = "faq"
 
 FAQ_CONFIDENCE = 0.8
 """Confidence at or above which a recognised FAQ intent makes a weak-trigger transfer avoidable."""
+
+OUTCOMES = ("resolved", "transferred", "message_taken", "abandoned", "caller_silent")
+"""Every call outcome: the workflows' terminal outcomes, then the caller leaving (hanging up
+during a workflow or before any outcome) and the agent hanging up on a silent caller."""
 
 DISCLOSURE_DEADLINE_S = 10.0
 """Seconds after the answer by which the AI disclosure must have started."""

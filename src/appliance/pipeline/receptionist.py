@@ -1,13 +1,22 @@
 """The receptionist processor: the dialogue manager's voice in the pipeline.
 
-Sits between the user context aggregator and the LLM service. For each completed caller turn
-(an :class:`LLMContextFrame`) it emits :class:`~appliance.events.TurnEnded`, asks the
+Sits between the user context aggregator and the LLM service (pipecat glue, so it lives in
+the pipeline plane; the dialogue itself is :mod:`appliance.agent.dialog`). For each completed
+caller turn (an :class:`LLMContextFrame`) it emits :class:`~appliance.events.TurnEnded`, asks the
 :class:`~appliance.agent.dialog.DialogManager` for a reply and pushes the reply as one LLM
 response (so the TTS and the assistant aggregator treat it like generated text). Only when the
 dialogue hands an off-script turn to the LLM (``llm_off_script``) does the context go on to it.
 
 Follow-up actions (transfer, hang up) run once the reply has been played in full; a PCI pause
 starts at once, so digits typed during the prompt are already kept from the pipeline.
+
+Caller silence: with ``idle_timeout_s`` set, a timer starts whenever the agent stops speaking
+(``BotStoppedSpeakingFrame``; so never during the disclosure or any other utterance) and the
+dialogue waits for the caller (not during a transfer or a PCI pause). Caller speech
+(``UserStartedSpeakingFrame``, a turn) or a key press stops it and clears the count. When it
+runs out, :meth:`~appliance.agent.dialog.DialogManager.caller_silent` gives the reply: first
+"Are you still there?" with the pending question, then, after another silent
+``idle_timeout_s``, a goodbye that hangs up (and records the outcome ``caller_silent``).
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ from typing import Any
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
+    CancelFrame,
+    EndFrame,
     Frame,
     InputDTMFFrame,
     InterruptionFrame,
@@ -27,7 +38,10 @@ from pipecat.frames.frames import (
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMTextFrame,
+    StartFrame,
     TTSSpeakFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
@@ -63,6 +77,8 @@ class Receptionist(FrameProcessor):
         on_after: Awaited with a :class:`Reply` whose ``next`` is not ``CONTINUE``: after it was
             played (transfer, hang up), or at once (PCI pause).
         stt_confidence: Returns the last transcript's confidence 0..1 (or ``None``).
+        idle_timeout_s: Seconds of caller silence after the agent finished speaking before the
+            dialogue re-prompts (and, after as long again, hangs up); ``None`` or ``0``: never.
     """
 
     def __init__(
@@ -72,6 +88,7 @@ class Receptionist(FrameProcessor):
         emit: Callable[[Event], None],
         on_after: Callable[[Reply], Awaitable[None]],
         stt_confidence: Callable[[], float | None] = lambda: None,
+        idle_timeout_s: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -85,6 +102,12 @@ class Receptionist(FrameProcessor):
         self.last_source = "opening"
         self.last_intent: str | None = None
         self._digit_timer: asyncio.Task[None] | None = None
+        self._idle_timeout_s = idle_timeout_s if idle_timeout_s and idle_timeout_s > 0 else None
+        self._idle_timer: asyncio.Task[None] | None = None
+        self._silences = 0
+        self._bot_speaking = False
+        self._user_speaking = False
+        self._ended = False
 
     @property
     def dialog(self) -> DialogManager:
@@ -102,7 +125,7 @@ class Receptionist(FrameProcessor):
             await self._on_after(reply)
         elif reply.next is not Next.CONTINUE:
             if not reply.text:
-                await self._on_after(reply)
+                await self._after(reply)
                 return
             self._pending = reply
             self._pending_started = False
@@ -119,12 +142,14 @@ class Receptionist(FrameProcessor):
         await self.push_frame(LLMFullResponseEndFrame())
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        """Handle caller turns, keypad digits and the bot-speaking edges of follow-ups."""
+        """Handle caller turns, keypad digits, speaking edges (follow-ups, the idle timer)."""
         await super().process_frame(frame, direction)
         if isinstance(frame, LLMContextFrame) and direction == FrameDirection.DOWNSTREAM:
+            await self._caller_active()
             await self._handle_turn(frame)
             return
         if isinstance(frame, InputDTMFFrame):
+            await self._caller_active()
             method = str(getattr(frame, "method", "unknown"))
             digit = str(frame.button.value)
             self._emit(DtmfReceived(self._call_id, digit=digit, method=method))
@@ -133,18 +158,52 @@ class Receptionist(FrameProcessor):
             self._arm_interdigit()
             if reply is not None:
                 await self.speak(reply)
+            else:
+                self._arm_idle()  # still keying: the silence counts from the last key
             return
+        if isinstance(frame, UserStartedSpeakingFrame):
+            self._user_speaking = True
+            await self._caller_active()
+        elif isinstance(frame, UserStoppedSpeakingFrame):
+            self._user_speaking = False
+            self._arm_idle()  # a turn and its reply normally follow and stop it again
+        elif isinstance(frame, StartFrame):
+            self._ended = self._bot_speaking = self._user_speaking = False
+        elif isinstance(frame, EndFrame | CancelFrame):
+            self._ended = True
+            await self._cancel_idle()
         if isinstance(frame, InterruptionFrame) and self._pending is None:
             self._pending_started = False
-        elif isinstance(frame, BotStartedSpeakingFrame) and self._pending is not None:
-            self._pending_started = True
-        elif isinstance(frame, BotStoppedSpeakingFrame) and self._pending_started:
-            reply, self._pending, self._pending_started = self._pending, None, False
-            await self.push_frame(frame, direction)
-            if reply is not None:
-                await self._on_after(reply)
-            return
+        elif isinstance(frame, BotStartedSpeakingFrame):
+            self._bot_speaking = True
+            await self._cancel_idle()
+            if self._pending is not None:
+                self._pending_started = True
+        elif isinstance(frame, BotStoppedSpeakingFrame):
+            self._bot_speaking = False
+            if self._pending_started:
+                reply, self._pending, self._pending_started = self._pending, None, False
+                await self.push_frame(frame, direction)
+                if reply is not None:
+                    await self._after(reply)
+                return
+            self._arm_idle()
         await self.push_frame(frame, direction)
+
+    async def cleanup(self) -> None:
+        """Stop the inter-digit and idle timers with the pipeline."""
+        await super().cleanup()
+        self._ended = True
+        await self._cancel_idle()
+        if self._digit_timer is not None:
+            await self.cancel_task(self._digit_timer)
+            self._digit_timer = None
+
+    async def _after(self, reply: Reply) -> None:
+        if reply.next is Next.HANGUP:
+            self._ended = True
+            await self._cancel_idle()
+        await self._on_after(reply)
 
     def _arm_interdigit(self) -> None:
         """(Re)start the inter-digit timeout while keyed digits wait for ``#`` or the count."""
@@ -161,6 +220,51 @@ class Receptionist(FrameProcessor):
         if reply is not None:
             await self.speak(reply)
 
+    # ------------------------------------------------------------------ caller silence
+
+    def _may_idle(self) -> bool:
+        """Whether silence now is the caller's: nobody speaks, nothing pending, dialogue waits."""
+        return (
+            self._idle_timeout_s is not None
+            and not self._ended
+            and self._pending is None
+            and not self._bot_speaking
+            and not self._user_speaking
+            and self._dialog.waits_for_caller
+            and not self._dialog.digits_pending
+        )
+
+    def _arm_idle(self) -> None:
+        """(Re)start the idle timer if the caller is the one expected to speak."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if self._may_idle():
+            self._idle_timer = self.create_task(self._idle())
+
+    async def _cancel_idle(self) -> None:
+        if self._idle_timer is not None:
+            task, self._idle_timer = self._idle_timer, None
+            await self.cancel_task(task)
+
+    async def _caller_active(self) -> None:
+        """The caller spoke or pressed a key: stop the idle timer and clear the silence count."""
+        self._silences = 0
+        await self._cancel_idle()
+
+    async def _idle(self) -> None:
+        assert self._idle_timeout_s is not None
+        await asyncio.sleep(self._idle_timeout_s)
+        self._idle_timer = None
+        if not self._may_idle():
+            return
+        self._silences = n = self._silences + 1
+        _LOGGER.info(
+            "call %s: caller silent after the agent spoke (%d)", self._call_id, self._silences
+        )
+        reply = self._dialog.caller_silent(n)
+        await self.speak(reply)
+
     async def _handle_turn(self, frame: LLMContextFrame) -> None:
         text = last_user_text(list(frame.context.get_messages()))
         self._emit(TurnEnded(self._call_id, user_text=text))
@@ -172,3 +276,5 @@ class Receptionist(FrameProcessor):
             return
         self.last_intent = self._dialog.main_intent or None
         await self.speak(reply)
+        if not reply.text:
+            self._arm_idle()  # nothing to say: the caller's turn again
