@@ -21,9 +21,11 @@ systemd watchdog (``WatchdogSec``) stays as a second line.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import faulthandler
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -32,11 +34,39 @@ from typing import Protocol
 
 _LOGGER = logging.getLogger(__name__)
 
+#: Test-only fault hook: with this environment variable set to ``1``, SIGUSR2 stalls the SIP
+#: thread and SIGUSR1 holds the GIL, both for good (the liveness test's stand-ins for the
+#: deadlocks it must catch). Never set in production; the worker warns when it is.
+TEST_FAULT_ENV = "APPLIANCE_TEST_FAULTS"
+
 
 class _Probed(Protocol):
     loop_heartbeat: float | None
 
     def probe(self) -> asyncio.Future[float]: ...
+
+
+class _Stallable(Protocol):
+    def stall_for_test(self) -> None: ...
+
+
+def install_test_faults(loop: asyncio.AbstractEventLoop, ua: _Stallable) -> bool:
+    """Arm the test-only fault hook (:data:`TEST_FAULT_ENV`) on SIGUSR1/SIGUSR2, if asked.
+
+    Returns whether it was armed.
+    """
+    if os.environ.get(TEST_FAULT_ENV, "") != "1":
+        return False
+    _LOGGER.warning("TEST FAULT HOOK ARMED (SIGUSR1, SIGUSR2): never in production")
+
+    def hold_gil() -> None:
+        _LOGGER.critical("TEST FAULT: holding the GIL on purpose")
+        # ctypes.PyDLL keeps the GIL held across the foreign call.
+        ctypes.PyDLL(None).sleep(3600)
+
+    loop.add_signal_handler(signal.SIGUSR1, hold_gil)
+    loop.add_signal_handler(signal.SIGUSR2, ua.stall_for_test)
+    return True
 
 
 class Liveness:

@@ -8,9 +8,7 @@ call, writes call metadata (no content) and, on SIGTERM, drains: new INVITEs get
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -19,12 +17,12 @@ from pathlib import Path
 from pipecat.frames.frames import TTSSpeakFrame
 from pipecat.workers.runner import WorkerRunner
 
-from appliance.agent.dialog import Next, Reply, TransferRequest
+from appliance.agent.dialog import Next, Reply
 from appliance.agent.runtime import AgentRuntime, load_agent
-from appliance.app.cti import post_context
-from appliance.app.liveness import Liveness, RunMarker
+from appliance.app.liveness import Liveness, RunMarker, install_test_faults
+from appliance.app.memory import return_freed_memory
 from appliance.app.sdnotify import SystemdNotifier
-from appliance.audio.bridge import AudioBridge
+from appliance.app.transfer import Transfers
 from appliance.audit.observer import AuditObserver
 from appliance.audit.service import open_audit, retention_sweep
 from appliance.audit.store import AuditError
@@ -41,8 +39,6 @@ from appliance.events import (
     JsonlEventSink,
     MediaStats,
     ServiceStarted,
-    TransferAttempted,
-    TransferResult,
 )
 from appliance.media.sip import CallHandle, SipUserAgent
 from appliance.metrics.store import CallMetadataStore
@@ -61,37 +57,10 @@ _LOGGER = logging.getLogger(__name__)
 #: How long to wait for RTP media after answering before giving up on a call, in s.
 MEDIA_TIMEOUT_S = 5.0
 
-#: Test-only fault hook: with this environment variable set to ``1``, SIGUSR2 stalls the SIP
-#: thread and SIGUSR1 holds the GIL, both for good (the liveness test's stand-ins for the
-#: deadlocks it must catch). Never set in production; the worker warns when it is.
-TEST_FAULT_ENV = "APPLIANCE_TEST_FAULTS"
-
 AUDIT_FAILURE_TEXT = (
     "I'm sorry, we have a technical problem and can't continue this call. "
     "Please call back in a few minutes. Goodbye."
 )
-
-
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    try:
-        return ctypes.CDLL(None).malloc_trim  # type: ignore[no-any-return]
-    except (OSError, AttributeError):  # not glibc
-        return None
-
-
-_MALLOC_TRIM = _load_malloc_trim()
-
-
-def return_freed_memory() -> None:
-    """Give the heap memory freed by an ended call back to the system (glibc ``malloc_trim``).
-
-    Each call builds and drops ONNX sessions and audio buffers on worker threads; glibc keeps
-    the freed pages in its per-thread arenas, so the worker's RSS climbed about 20 MB per call
-    without it (measured over 30 calls; Python objects stayed flat). Blocking for a few ms:
-    run it off the event loop. A no-op where the C library is not glibc.
-    """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 
 class ApplianceServer:
@@ -130,6 +99,7 @@ class ApplianceServer:
         self.agent: AgentRuntime | None = None
         self._call_events: dict[str, list[Event]] = {}
         self.liveness: Liveness | None = None
+        self.transfers: Transfers | None = None
         self._marker = RunMarker(Path(settings.store.metadata_db).with_name("agent.running"))
 
     async def run(self) -> int:
@@ -165,10 +135,11 @@ class ApplianceServer:
             self.settings.sip, loop, self._on_call, on_rejected=self._on_rejected
         )
         self._ua.start()
+        self.transfers = Transfers(self._ua, lambda: self.settings, self.bus.emit)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload_settings)
-        self._install_test_fault(loop)
+        install_test_faults(loop, self._ua)
         self.liveness = Liveness(
             self._ua,
             self.settings.sip.liveness_timeout_s,
@@ -334,22 +305,6 @@ class ApplianceServer:
                 task.cancel()
             await asyncio.gather(*self._calls.values(), return_exceptions=True)
 
-    def _install_test_fault(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Arm the test-only fault hook (:data:`TEST_FAULT_ENV`) on SIGUSR1/SIGUSR2, if asked."""
-        if os.environ.get(TEST_FAULT_ENV, "") != "1":
-            return
-        _LOGGER.warning("TEST FAULT HOOK ARMED (SIGUSR1, SIGUSR2): never in production")
-        ua = self._ua
-        assert ua is not None
-
-        def hold_gil() -> None:
-            _LOGGER.critical("TEST FAULT: holding the GIL on purpose")
-            # ctypes.PyDLL keeps the GIL held across the foreign call.
-            ctypes.PyDLL(None).sleep(3600)
-
-        loop.add_signal_handler(signal.SIGUSR1, hold_gil)
-        loop.add_signal_handler(signal.SIGUSR2, ua.stall_for_test)
-
     async def _retention_loop(self) -> None:
         """Crypto-shred content past its retention period, periodically (a timer)."""
         assert self.audit is not None
@@ -426,7 +381,8 @@ class ApplianceServer:
                     pci_done, digits_max=reply.pci.digits_max, timeout_s=reply.pci.timeout_s
                 )
             elif reply.next is Next.TRANSFER and reply.transfer is not None:
-                if await self._transfer(handle, call, reply.transfer):
+                assert self.transfers is not None
+                if await self.transfers.run(handle, call, reply.transfer):
                     disposition = "transferred"
 
         # Building loads per-call ONNX sessions (VAD, smart-turn): keep it off the event loop.
@@ -502,23 +458,6 @@ class ApplianceServer:
             self._bg.add(trim)
             trim.add_done_callback(self._bg.discard)
 
-    async def _consult(
-        self, target: str, headers: dict[str, str], timeout_s: float
-    ) -> CallHandle | None:
-        """Place the attended transfer's consult call; the handle once answered, else None."""
-        assert self._ua is not None
-        consult = CallHandle(call_id="consult", bridge=AudioBridge(self._ua.clock_rate))
-        self._ua.make_call(target, consult, headers)
-        ready = asyncio.create_task(consult.media_ready.wait())
-        gone = asyncio.create_task(consult.disconnected.wait())
-        await asyncio.wait({ready, gone}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-        ready.cancel()
-        gone.cancel()
-        if not consult.media_ready.is_set() or consult.disconnected.is_set():
-            consult.hangup()
-            return None
-        return consult
-
     def _media_stats(self, handle: CallHandle) -> None:
         """Export the call's media counters (metrics store, audit); log failures once."""
         st = handle.bridge.stats
@@ -548,74 +487,3 @@ class ApplianceServer:
             self.bus.emit(score_call(events))
         except Exception:  # noqa: BLE001 - a scoring bug must not disturb the next call
             _LOGGER.exception("call %s: scoring failed", call_id)
-
-    async def _transfer(self, handle: CallHandle, call: CallPipeline, req: TransferRequest) -> bool:
-        """Warm transfer: CTI webhook with the context, then a blind SIP REFER.
-
-        Returns whether the transfer succeeded; on failure the dialogue's fallback (a message
-        or the workflow's ``on_fail`` node) is spoken, so the caller is never dropped silently.
-        """
-        cfg = self.settings.transfer
-        emit = self.bus.emit
-        emit(
-            TransferAttempted(
-                handle.call_id, mode=cfg.mode, target=cfg.target, handoff_id=req.handoff_id
-            )
-        )
-        delivered = False
-        if cfg.webhook_url:
-            delivered = await asyncio.to_thread(
-                post_context, cfg.webhook_url, req.context, cfg.webhook_timeout_s
-            )
-        status = 0
-        if cfg.target:
-            loop = asyncio.get_running_loop()
-            result: asyncio.Future[int] = loop.create_future()
-
-            def on_status(code: int, final: bool) -> None:
-                if final and not result.done():
-                    result.set_result(code)
-                elif code >= 300 and not result.done():
-                    result.set_result(code)  # REFER refused outright
-
-            handle.on_transfer_status = on_status
-            headers = {cfg.handoff_header: req.handoff_id}
-            consult: CallHandle | None = None
-            if cfg.mode == "attended":
-                consult = await self._consult(cfg.target, headers, cfg.timeout_s)
-                if consult is None:
-                    result.set_result(480)  # the target did not answer the consult call
-                else:
-                    handle.transfer_replacing(consult, headers)
-            else:
-                handle.transfer(cfg.target, headers)
-            try:
-                status = await asyncio.wait_for(result, cfg.timeout_s)
-            except TimeoutError:
-                status = 0
-            if consult is not None:
-                if 200 <= status < 300:
-                    # The caller's side now replaces our consult leg; end it if the far end
-                    # has not within a few seconds, so no orphan call stays up.
-                    loop.call_later(5.0, consult.hangup)
-                else:
-                    consult.hangup()
-        ok = 200 <= status < 300
-        emit(
-            TransferResult(
-                handle.call_id,
-                handoff_id=req.handoff_id,
-                ok=ok,
-                status=status,
-                webhook_delivered=delivered,
-            )
-        )
-        _LOGGER.info(
-            "call %s: transfer %s (status %d)", handle.call_id, "ok" if ok else "failed", status
-        )
-        if ok:
-            call.receptionist.dialog.transfer_succeeded()
-            handle.hangup()
-            return True
-        await call.receptionist.speak(call.receptionist.dialog.transfer_failed())
-        return False
