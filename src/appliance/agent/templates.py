@@ -1,7 +1,8 @@
 """Former home of the text helpers, now in :mod:`appliance.text`.
 
-Kept only as a re-export for :mod:`appliance.pipeline.services`, which still imports
-:func:`split_sentences` from here; new code imports :mod:`appliance.text`.
+A re-export kept while ``tests/unit/test_phrase_cache.py`` still imports
+:func:`split_sentences` from here; new code imports :mod:`appliance.text`. Delete this module
+once nothing imports it.
 """
 
 from __future__ import annotations
