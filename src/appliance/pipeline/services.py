@@ -34,13 +34,42 @@ from pipecat.services.llm_service import LLMService
 from pipecat.services.settings import LLMSettings, STTSettings, TTSSettings
 from pipecat.services.stt_service import SegmentedSTTService
 from pipecat.services.tts_service import TTSService
+from pipecat.utils.string import SENTENCE_ENDING_PUNCTUATION, match_endofsentence
 from pipecat.utils.time import time_now_iso8601
 
 from appliance.errors import ApplianceError
 from appliance.models.engines import KokoroEngine, LlamaEngine, WhisperEngine
 from appliance.pipeline.phrase_cache import PhraseCache
 
-_SENTENCE_END = re.compile(r"[.!?](\s|$)")
+
+class _FirstSentence:
+    """Finds where a streamed reply's first sentence of at least ``min_words`` words ends.
+
+    A sentence end is what pipecat's TTS aggregation takes for one
+    (:func:`~pipecat.utils.string.match_endofsentence`), confirmed by the text that follows
+    it, so "Dr." or "8 a.m." does not end the reply. Short openers ("Yes.") are kept and
+    the next sentence is awaited.
+    """
+
+    def __init__(self, min_words: int = 3) -> None:
+        self._min_words = min_words
+        self._text = ""
+        self._start = 0  # where the sentence being generated starts
+
+    def feed(self, piece: str) -> str | None:
+        """Add ``piece``; return its part up to the end of the reply, or ``None`` to go on."""
+        before = len(self._text)
+        self._text += piece
+        while True:
+            rest = self._text[self._start :]
+            if not any(c in SENTENCE_ENDING_PUNCTUATION for c in rest):
+                return None
+            end = match_endofsentence(rest)
+            if not end or not rest[end:].strip():
+                return None  # no sentence end yet, or none confirmed by following text
+            self._start += end
+            if len(self._text[: self._start].split()) >= self._min_words:
+                return self._text[before : self._start] if self._start > before else ""
 
 
 class LocalWhisperSTTService(SegmentedSTTService):
@@ -97,7 +126,8 @@ class LocalLlamaLLMService(LLMService):
     Args:
         engine: The process-wide llama.cpp engine.
         max_tokens: Reply budget in tokens.
-        one_sentence: Stop after the first complete sentence (keeps tiny models grounded).
+        one_sentence: Stop after the first complete sentence of at least three words, as
+            pipecat's sentence aggregation delimits sentences (keeps tiny models grounded).
     """
 
     def __init__(
@@ -158,7 +188,7 @@ class LocalLlamaLLMService(LLMService):
 
         await self.start_ttfb_metrics()
         worker = loop.run_in_executor(None, produce)
-        text = ""
+        stop = _FirstSentence() if self._one_sentence else None
         first = True
         try:
             while True:
@@ -171,9 +201,11 @@ class LocalLlamaLLMService(LLMService):
                 if first:
                     await self.stop_ttfb_metrics()
                     first = False
-                text += piece
-                await self._push_llm_text(piece)
-                if self._one_sentence and len(text.split()) >= 3 and _SENTENCE_END.search(text):
+                cut = stop.feed(piece) if stop is not None else None
+                out = piece if cut is None else cut
+                if out:
+                    await self._push_llm_text(out)
+                if cut is not None:
                     break
         finally:
             cancelled.set()  # barge-in or early stop: free the model within one token
