@@ -1,4 +1,4 @@
-"""LLM service on the real SmolLM2 GGUF: streaming, and cancellation on barge-in."""
+"""LLM service on the real SmolLM2 GGUF: streaming, grounding, cancellation on barge-in."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from pipecat.frames.frames import (
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.tests.utils import SleepFrame, run_test
 
+from appliance.config.settings import ApplianceSettings, ClinicSettings
+from appliance.pipeline.builder import system_prompt
 from appliance.pipeline.services import LocalLlamaLLMService
 
 pytestmark = pytest.mark.pipeline
@@ -22,27 +24,63 @@ pytestmark = pytest.mark.pipeline
 RELEVANT = (LLMFullResponseStartFrame, LLMTextFrame, LLMFullResponseEndFrame)
 
 
-def context(question: str) -> LLMContext:
+def context(question: str, system: str = "You are a helpful assistant.") -> LLMContext:
     return LLMContext(
         messages=[
-            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "system", "content": system},
             {"role": "user", "content": question},
         ]
     )
 
 
-@pytest.mark.asyncio
-async def test_streams_a_short_grounded_reply(models) -> None:  # noqa: ANN001
-    llm = LocalLlamaLLMService(models.llm, max_tokens=40)
-    down, _ = await run_test(
-        llm,
-        frames_to_send=[LLMContextFrame(context("Say hello.")), SleepFrame(sleep=0.1)],
+def clinic_prompt(name: str) -> str:
+    """The production system prompt (builder.system_prompt) for a clinic called ``name``."""
+    clinic = ClinicSettings(
+        name=name,
+        hours="Tuesday to Saturday, 7 AM to 3 PM",
+        address="9 Quay Road, Portside",
+        parking="Park on Quay Road.",
     )
+    return system_prompt(ApplianceSettings(clinic=clinic))
+
+
+async def ask(llm: LocalLlamaLLMService, ctx: LLMContext) -> tuple[list[type], str]:
+    down, _ = await run_test(llm, frames_to_send=[LLMContextFrame(ctx), SleepFrame(sleep=0.1)])
     down = [f for f in down if isinstance(f, RELEVANT)]
-    kinds = [type(f) for f in down]
+    return [type(f) for f in down], "".join(f.text for f in down if isinstance(f, LLMTextFrame))
+
+
+@pytest.mark.asyncio
+async def test_streams_one_short_reply(models) -> None:  # noqa: ANN001
+    llm = LocalLlamaLLMService(models.llm, max_tokens=40)
+    kinds, text = await ask(llm, context("Say hello."))
     assert kinds[0] is LLMFullResponseStartFrame and kinds[-1] is LLMFullResponseEndFrame
-    text = "".join(f.text for f in down if isinstance(f, LLMTextFrame))
-    assert 0 < len(text.split()) <= 40
+    assert kinds.count(LLMTextFrame) >= 1 and 0 < len(text.split()) <= 40
+
+
+@pytest.mark.asyncio
+async def test_reply_is_grounded_in_the_clinic_named_in_its_context(models) -> None:  # noqa: ANN001
+    """The clinic's name comes from the context given, and only from it.
+
+    What SmolLM2-135M (the default model) reliably takes from the system prompt is the
+    clinic's name: asked for it, it answered with it in 20 of 20 samples for each clinic
+    below (temperature 0.2, this prompt). It does not reliably answer hours, address or
+    parking from the prompt (hours 0 of 16, address 2 of 16 samples; it invents towns and
+    calls the clinic "non-profit"), so this is not a check that the whole reply is supported:
+    those questions are answered from the knowledge base, never by this model. The two
+    clinics alternate on one engine, so a reply carrying the other clinic's name (a fact not
+    in its context) would also reveal a stale prompt or KV-cache reuse across calls.
+    """
+    llm = LocalLlamaLLMService(models.llm, max_tokens=40)
+    names = ("Harbour View Clinic", "Maple Street Family Clinic")
+    for name in (*names, *names):
+        other = names[1] if name == names[0] else names[0]
+        kinds, text = await ask(
+            llm, context("What is the name of the clinic?", clinic_prompt(name))
+        )
+        assert kinds[0] is LLMFullResponseStartFrame and kinds[-1] is LLMFullResponseEndFrame
+        assert name.lower() in text.lower(), f"{name!r} not in {text!r}"
+        assert other.lower() not in text.lower(), f"{other!r} leaked into {text!r}"
 
 
 @pytest.mark.asyncio
