@@ -17,8 +17,9 @@ Order of precedence for a caller turn (rules before models, safety before conven
 
 Escalation always ends in a person or a message: if a transfer fails the caller is asked for a
 message (or the workflow's ``on_fail`` node runs). The caller is never hung up on silently: a
-caller who stays silent is asked once whether they are still there (:meth:`DialogManager.
-caller_silent`, driven by the receptionist's idle timer), and only then told goodbye.
+caller who stays silent is asked once whether they are still there
+(:meth:`DialogManager.caller_silent`, driven by the receptionist's idle timer), and only then
+told goodbye.
 
 The workflow in progress is run by :class:`~appliance.agent.engine.WorkflowEngine`; the reply
 types and fixed phrases are in :mod:`appliance.agent.replies` (re-exported here), the tools in
@@ -180,7 +181,8 @@ class DialogManager:
         rule = global_intent(text)
         if rule == "emergency":
             self._intent("emergency", 1.0, "rule")
-            self._emit(Escalated(self._call_id, reason="emergency", **s.where()))
+            wf, node = s.where()
+            self._emit(Escalated(self._call_id, reason="emergency", workflow=wf, node=node))
             return Reply([EMERGENCY_TEXT], source="template")
         if s.wait is Wait.MESSAGE:
             return e.take_message(text)
@@ -402,7 +404,8 @@ class DialogManager:
     def _escalate(self, reason: str, hold_text: str, *, fail_node: str = "") -> Reply:
         s = self._s
         s.escalation_reason = reason
-        self._emit(Escalated(self._call_id, reason=reason, **s.where()))
+        wf, node = s.where()
+        self._emit(Escalated(self._call_id, reason=reason, workflow=wf, node=node))
         handoff_id = uuid.uuid4().hex[:16]
         s.transfer_fail_node = fail_node
         s.wait = Wait.TRANSFER
@@ -412,13 +415,15 @@ class DialogManager:
         return Reply(texts, Next.TRANSFER, transfer=TransferRequest(handoff_id, reason, context))
 
     def _intent(self, intent: str, confidence: float, method: str) -> None:
+        wf, node = self._s.where()
         self._emit(
             IntentRecognized(
                 self._call_id,
                 intent=intent,
                 confidence=round(confidence, 3),
                 method=method,
-                **self._s.where(),
+                workflow=wf,
+                node=node,
             )
         )
 

@@ -3,8 +3,9 @@
 :class:`~appliance.agent.dialog.DialogManager` decides which workflow runs and what the call
 does around it (rules, intents, escalation); this module runs the chosen workflow's graph:
 says node texts, asks for slots and reads them back when unsure, takes keyed digits, asks
-yes/no questions, takes messages, calls tools through the :class:`~appliance.agent.tools.
-ToolRegistry` and records the outcome. Both share one :class:`DialogState` per call.
+yes/no questions, takes messages, calls tools through the tool registry
+(:class:`~appliance.agent.tools.ToolRegistry`) and records the outcome. Both share one
+:class:`DialogState` per call.
 """
 
 from __future__ import annotations
@@ -101,9 +102,9 @@ class DialogState:
     outcome: str = ""
     escalation_reason: str = ""
 
-    def where(self) -> dict[str, str]:
-        """``workflow`` and ``node`` fields for events (empty outside a workflow)."""
-        return {"workflow": self.workflow.id if self.workflow else "", "node": self.node}
+    def where(self) -> tuple[str, str]:
+        """``(workflow, node)`` for events (``("", "")`` outside a workflow)."""
+        return (self.workflow.id if self.workflow else "", self.node)
 
 
 Escalate = Callable[..., Reply]
