@@ -201,7 +201,7 @@ class SipCall(pj.Call):
             _LOGGER.info("call %s: REFER declined (603)", self.handle.call_id)
             self.ua._post(lambda: refers.append("declined"))
             return
-        child = SipCall(self.ua, self.ua._acc, pj.PJSUA_INVALID_ID, self.handle)  # type: ignore[arg-type]
+        child = SipCall(self.ua, self.ua._acc, pj.PJSUA_INVALID_ID, self.handle)
         child.accepted = self.accepted
         self.pending_child = child
         prm.newCall = child

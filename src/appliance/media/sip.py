@@ -279,6 +279,7 @@ class SipUserAgent:
         call.answer(op)
         _LOGGER.info("call %s answered (peer %s)", handle.call_id, peer)
         cb = self._on_incoming_cb
+        assert cb is not None  # admission refuses every call in client mode
         self._post(lambda: cb(handle))
 
     def _notify_rejected(self, peer: str, status: int, reason: str) -> None:
@@ -364,9 +365,9 @@ class SipUserAgent:
     def _xfer_replaces(self, pj_id: int, other_id: int, headers: dict[str, str]) -> None:
         call, other = self._calls.get(pj_id), self._calls.get(other_id)
         if call is None or other is None or call.ended or other.ended:
-            cb = call.handle.on_transfer_status if call is not None else None
-            if cb is not None:
-                self._post(lambda: cb(481, True))
+            failed = call.handle.on_transfer_status if call is not None else None
+            if failed is not None:
+                self._post(lambda: failed(481, True))
             return
         op = pj.CallOpParam(True)
         op.txOption.headers = _header_vector(headers)
@@ -391,7 +392,7 @@ class SipUserAgent:
         """
 
         def place() -> None:
-            call = SipCall(self, self._acc, pj.PJSUA_INVALID_ID, handle)  # type: ignore[arg-type]
+            call = SipCall(self, self._acc, pj.PJSUA_INVALID_ID, handle)
             call.accepted = True
             op = pj.CallOpParam(True)
             if headers:
@@ -418,7 +419,12 @@ class SipUserAgent:
     def stall_for_test(self) -> None:
         """Block the pjsua2 thread for good (the liveness test's stand-in for a deadlock)."""
         _LOGGER.critical("TEST FAULT: stalling the SIP thread on purpose")
-        self.submit(threading.Event().wait)
+        never = threading.Event()
+
+        def block() -> None:
+            never.wait()
+
+        self.submit(block)
 
     # -- teardown -----------------------------------------------------------------------------
 
