@@ -3,7 +3,9 @@
 #
 #   ./build.sh setup             system packages, .venv, Python deps, default models (idempotent)
 #   ./build.sh run [ARGS]        setup, then `appliance serve --config config/appliance.toml ARGS`
-#   ./build.sh test [ARGS]       setup, then pytest on tests/ (extra ARGS go to pytest)
+#   ./build.sh test [ARGS]       setup, static checks (ruff, import-linter, mypy), then pytest on
+#                                tests/ (extra ARGS go to pytest)
+#   ./build.sh lint              setup, then the static checks alone
 #   ./build.sh bench [ARGS]      setup, then `python -m benchmarks.run ARGS`
 #   ./build.sh fetch-production [--pin]
 #                                connected build host only: download the production weights
@@ -54,7 +56,7 @@ die() {
 }
 
 usage() {
-  sed -n '2,12s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+  sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 as_root() {
@@ -259,9 +261,25 @@ image_assemble() {
   rm -rf "$parts"
 }
 
+# Static checks, before any test: lint and formatting (ruff), the module layering contract
+# (import-linter), and types (mypy: strict on media, audio, audit and pipeline; see pyproject.toml).
+cmd_lint() {
+  local bin="$VENV/bin" rc=0
+  log "lint: ruff check"
+  "$bin/ruff" check src tests benchmarks || rc=1
+  log "lint: ruff format --check"
+  "$bin/ruff" format --check src tests benchmarks || rc=1
+  log "lint: lint-imports"
+  "$bin/lint-imports" || rc=1
+  log "lint: mypy"
+  "$bin/mypy" || rc=1
+  return "$rc"
+}
+
 cmd_test() {
   setup
   setup_apt "${IMAGE_APT_PACKAGES[@]}"
+  cmd_lint || die "static checks failed (ruff, import-linter or mypy): see above"
   local rc=0
   "$PY" -m pytest -ra tests "$@" || rc=$?
   if ((rc == 5)); then
@@ -280,6 +298,10 @@ main() {
       exec "$VENV/bin/appliance" serve --config config/appliance.toml "$@"
       ;;
     test) cmd_test "$@" ;;
+    lint)
+      setup
+      cmd_lint
+      ;;
     image) cmd_image "$@" ;;
     bench)
       setup
