@@ -255,6 +255,8 @@ class PciPause(Event):
     active: bool
     digits: int = 0
     outcome: str = ""
+    #: The opaque id the payment handler got with the card number (links the two records).
+    handoff_id: str = ""
 
 
 @dataclass(frozen=True)

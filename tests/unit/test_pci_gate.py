@@ -235,6 +235,16 @@ async def test_payment_post_carries_the_pauses_handoff_id() -> None:
     assert terminal.bodies == [{"handoff_id": "5e1f0c2d9a8b7c6d", "pan": TEST_PAN}]
     assert call.starter.handoff_ids == ["5e1f0c2d9a8b7c6d"]
     assert call.done == [True]
+    # The audit record of the pause carries the same id: the two records can be linked.
+    started = [e for e in call.events if isinstance(e, PciPause) and e.active]
+    assert [e.handoff_id for e in started] == ["5e1f0c2d9a8b7c6d"]
+
+
+def test_each_pci_request_from_the_dialogue_has_its_own_handoff_id() -> None:
+    from appliance.agent.replies import PciRequest
+
+    a, b = PciRequest(13, 19, 30.0), PciRequest(13, 19, 30.0)
+    assert re.fullmatch(r"[0-9a-f]{16}", a.handoff_id) and a.handoff_id != b.handoff_id
 
 
 async def test_a_pause_started_without_an_id_gets_a_fresh_one() -> None:

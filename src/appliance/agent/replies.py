@@ -6,6 +6,7 @@ A reply is texts to say, then what the call does (:class:`Next`). Pure data;
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -38,11 +39,14 @@ class PciRequest:
     """Start the PCI DTMF pause.
 
     Collect ``digits_min``..``digits_max`` digits, ended by ``#``, within ``timeout_s`` seconds.
+    ``handoff_id`` is the opaque, non-PHI id the payment handler gets with the card number and
+    the audit log gets with the pause (16 hex digits, like a transfer's).
     """
 
     digits_min: int
     digits_max: int
     timeout_s: float
+    handoff_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
 
 
 @dataclass

@@ -378,7 +378,10 @@ class ApplianceServer:
                     await call.receptionist.speak(call.receptionist.dialog.pci_done(ok))
 
                 call.pci.start(
-                    pci_done, digits_max=reply.pci.digits_max, timeout_s=reply.pci.timeout_s
+                    pci_done,
+                    digits_max=reply.pci.digits_max,
+                    timeout_s=reply.pci.timeout_s,
+                    handoff_id=reply.pci.handoff_id,
                 )
             elif reply.next is Next.TRANSFER and reply.transfer is not None:
                 assert self.transfers is not None

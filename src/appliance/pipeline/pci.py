@@ -100,7 +100,7 @@ class PciGate(FrameProcessor):
         self._max = digits_max
         self._handoff_id = handoff_id or uuid.uuid4().hex[:16]
         self._on_done = on_done
-        self._emit(PciPause(self._call_id, active=True))
+        self._emit(PciPause(self._call_id, active=True, handoff_id=self._handoff_id))
         self._timer = asyncio.get_running_loop().create_task(self._timeout(timeout_s))
         return self._handoff_id
 
