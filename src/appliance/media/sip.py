@@ -347,39 +347,44 @@ class SipUserAgent:
             pass
 
     def _xfer(self, pj_id: int, target: str, headers: dict[str, str]) -> None:
+        self._refer(pj_id, headers, lambda call, op: call.xfer(target, op))
+
+    def _xfer_replaces(self, pj_id: int, other_id: int, headers: dict[str, str]) -> None:
+        other = self._calls.get(other_id)
+        if other is None or other.ended:
+            self._transfer_failed(self._calls.get(pj_id), 481)
+            return
+        self._refer(pj_id, headers, lambda call, op: call.xferReplaces(other, op))
+
+    def _refer(
+        self,
+        pj_id: int,
+        headers: dict[str, str],
+        send: Callable[[SipCall, pj.CallOpParam], None],
+    ) -> None:
+        """Send a REFER on call ``pj_id``; a call gone or a REFER not sent is a final failure.
+
+        481 (Call/Transaction Does Not Exist) when the call has ended, 500 when pjsua could
+        not send the REFER; both reach the handle's ``on_transfer_status`` as final.
+        """
         call = self._calls.get(pj_id)
         if call is None or call.ended:
+            self._transfer_failed(call, 481)
             return
         op = pj.CallOpParam(True)
         op.txOption.headers = _header_vector(headers)
         try:
-            call.xfer(target, op)
+            send(call, op)
         except pj.Error as exc:
             _LOGGER.warning(
                 "call %s: REFER could not be sent (%s)", call.handle.call_id, exc.reason
             )
-            cb = call.handle.on_transfer_status
-            if cb is not None:
-                self._post(lambda: cb(500, True))
+            self._transfer_failed(call, 500)
 
-    def _xfer_replaces(self, pj_id: int, other_id: int, headers: dict[str, str]) -> None:
-        call, other = self._calls.get(pj_id), self._calls.get(other_id)
-        if call is None or other is None or call.ended or other.ended:
-            failed = call.handle.on_transfer_status if call is not None else None
-            if failed is not None:
-                self._post(lambda: failed(481, True))
-            return
-        op = pj.CallOpParam(True)
-        op.txOption.headers = _header_vector(headers)
-        try:
-            call.xferReplaces(other, op)
-        except pj.Error as exc:
-            _LOGGER.warning(
-                "call %s: REFER/Replaces not sent (%s)", call.handle.call_id, exc.reason
-            )
-            cb = call.handle.on_transfer_status
-            if cb is not None:
-                self._post(lambda: cb(500, True))
+    def _transfer_failed(self, call: SipCall | None, status: int) -> None:
+        report = call.handle.on_transfer_status if call is not None else None
+        if report is not None:
+            self._post(lambda: report(status, True))
 
     def make_call(
         self, uri: str, handle: CallHandle, headers: dict[str, str] | None = None
