@@ -142,8 +142,8 @@ def _explain(error: Any, data: Any, path: Path) -> str:
             index = loc[i]
             i += 1
             node = node[index] if isinstance(node, list) and 0 <= index < len(node) else None
-            named = isinstance(node, dict) and isinstance(node.get("name"), str)
-            where.append(f"{key}[{index}]" + (f" ({node['name']})" if named else ""))
+            name = node.get("name") if isinstance(node, dict) else None
+            where.append(f"{key}[{index}]" + (f" ({name})" if isinstance(name, str) else ""))
         elif key == "source" or kind != "value_error" or i < len(loc):
             where.append(str(key))  # a nested table, or a field pydantic's message does not name
     if kind == "missing":

@@ -36,9 +36,9 @@ SCHEMA_VERSION = 1
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _URL_SCHEMES = ("https://", "file://")
-_SOURCE_KINDS = ("locate", "resource", "parts", "url")
 
 SourceKind = Literal["locate", "resource", "parts", "url"]
+_SOURCE_KINDS: tuple[SourceKind, ...] = ("locate", "resource", "parts", "url")
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,7 +221,7 @@ class Source(_Table):
     @property
     def kind(self) -> SourceKind:
         """Which of the four kinds of source this is."""
-        return next(k for k in _SOURCE_KINDS if k in self.model_fields_set)  # type: ignore[return-value]
+        return next(k for k in _SOURCE_KINDS if k in self.model_fields_set)
 
     def describe(self) -> str:
         """Return a short human-readable description of the source."""
@@ -290,7 +290,8 @@ class Model(_Table):
         return url if entry.path == "." else f"{url.rstrip('/')}/{entry.path}"
 
 
-def _schema_version(value: Any) -> int:
+def _schema_version(value: object) -> object:
+    # A before-validator: the value it passes on is then validated as an int.
     if isinstance(value, bool) or value != SCHEMA_VERSION:
         raise ValueError(f"unsupported schema {value!r} (want {SCHEMA_VERSION})")
     return value
