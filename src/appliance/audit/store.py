@@ -177,7 +177,7 @@ class AuditLog:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._sync_locked()
                 start = self._tree.size
-                rows = []
+                rows: list[tuple[int, bytes, bytes]] = []
                 hashes = []
                 tree = copy.deepcopy(self._tree)  # O(log n) state; committed only on success
                 for entry in entries:

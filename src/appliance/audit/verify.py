@@ -105,12 +105,12 @@ def verify(
                     f"record {idx} was altered, removed or moved: the "
                     "re-derived root differs from the one stored with it",
                 )
-            cp = checkpoints.get(tree.size)
-            if cp is not None and cp.root != root:
+            signed = checkpoints.get(tree.size)
+            if signed is not None and signed.root != root:
                 return _fail(
                     report,
                     idx,
-                    f"records up to {idx} do not match the signed checkpoint at size {cp.size}",
+                    f"records up to {idx} do not match the signed checkpoint at size {signed.size}",
                 )
             expected += 1
         report.size = tree.size

@@ -32,6 +32,13 @@ from appliance.errors import ConfigError
 MAX_CALLS_PER_PROCESS = 4
 
 
+RiskTier = Literal["low", "medium", "high"]
+
+
+def _all_tiers() -> list[RiskTier]:
+    return ["low", "medium", "high"]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -157,8 +164,8 @@ class AgentSettings(_Section):
     knowledge_file: Path | None = Field(
         None, description="Knowledge-base YAML file; unset: the shipped default entries."
     )
-    enabled_tiers: list[Literal["low", "medium", "high"]] = Field(
-        default_factory=lambda: ["low", "medium", "high"],
+    enabled_tiers: list[RiskTier] = Field(
+        default_factory=_all_tiers,
         description="Risk tiers whose workflows run; others are refused with a transfer.",
     )
     llm_off_script: bool = Field(
