@@ -41,7 +41,7 @@ _LOGGER = logging.getLogger(__name__)
 
 
 def _m001_calls(db: sqlite_utils.Database) -> None:
-    db["calls"].create(
+    db.table("calls").create(
         {
             "call_id": str,
             "answered_at": float,
@@ -55,7 +55,7 @@ def _m001_calls(db: sqlite_utils.Database) -> None:
         },
         pk="call_id",
     )
-    db["turn_latency"].create(
+    db.table("turn_latency").create(
         {
             "call_id": str,
             "t": float,
@@ -66,12 +66,12 @@ def _m001_calls(db: sqlite_utils.Database) -> None:
             "voice_to_voice_s": float,
         }
     )
-    db["rejections"].create({"t": float, "status": int, "reason": str})
+    db.table("rejections").create({"t": float, "status": int, "reason": str})
 
 
 def _m002_call_scores(db: sqlite_utils.Database) -> None:
     # Booleans as 0/1; transfer_appropriate is NULL when no transfer was attempted. No summary.
-    db["call_scores"].create(
+    db.table("call_scores").create(
         {
             "call_id": str,
             "scored_at": float,
@@ -96,12 +96,12 @@ def _m002_call_scores(db: sqlite_utils.Database) -> None:
             "judge",
         },
     )
-    db["call_scores"].create_index(["scored_at"])  # type: ignore[union-attr]
+    db.table("call_scores").create_index(["scored_at"])
 
 
 def _m003_media_stats(db: sqlite_utils.Database) -> None:
     # One row per call: 20 ms frame counts and media callback failures (MediaStats).
-    db["call_media"].create(
+    db.table("call_media").create(
         {
             "call_id": str,
             "rx_frames": int,
@@ -280,7 +280,7 @@ class CallMetadataStore:
     @staticmethod
     def _write_score(db: sqlite_utils.Database, item: _ScoreWrite) -> None:
         score = item.score
-        db["call_scores"].insert(  # type: ignore[union-attr]
+        db.table("call_scores").insert(
             {
                 "call_id": item.call_id,
                 "scored_at": score.t,
@@ -301,9 +301,9 @@ class CallMetadataStore:
 
     @staticmethod
     def _write(db: sqlite_utils.Database, event: Event) -> None:
-        calls = db["calls"]
+        calls = db.table("calls")
         if isinstance(event, CallAnswered):
-            calls.upsert(  # type: ignore[union-attr]
+            calls.upsert(
                 {
                     "call_id": event.call_id,
                     "answered_at": event.t,
@@ -314,9 +314,9 @@ class CallMetadataStore:
                 pk="call_id",
             )
         elif isinstance(event, DisclosurePlayed):
-            calls.upsert({"call_id": event.call_id, "disclosure_at": event.t}, pk="call_id")  # type: ignore[union-attr]
+            calls.upsert({"call_id": event.call_id, "disclosure_at": event.t}, pk="call_id")
         elif isinstance(event, TurnLatency):
-            db["turn_latency"].insert(  # type: ignore[union-attr]
+            db.table("turn_latency").insert(
                 {
                     "call_id": event.call_id,
                     "t": event.t,
@@ -333,7 +333,7 @@ class CallMetadataStore:
                 "UPDATE calls SET barge_ins = barge_ins + 1 WHERE call_id = ?", [event.call_id]
             )
         elif isinstance(event, CallEnded):
-            calls.upsert(  # type: ignore[union-attr]
+            calls.upsert(
                 {
                     "call_id": event.call_id,
                     "ended_at": event.t,
@@ -345,9 +345,11 @@ class CallMetadataStore:
         elif isinstance(event, MediaStats):
             row = asdict(event)
             del row["t"]
-            db["call_media"].upsert(row, pk="call_id")  # type: ignore[union-attr]
+            db.table("call_media").upsert(row, pk="call_id")
         elif isinstance(event, CallRejected):
-            db["rejections"].insert({"t": event.t, "status": event.status, "reason": event.reason})  # type: ignore[union-attr]
+            db.table("rejections").insert(
+                {"t": event.t, "status": event.status, "reason": event.reason}
+            )
 
 
 def summary(path: Path) -> dict[str, object]:
