@@ -17,7 +17,7 @@ from appliance.agent.dialog import DialogManager, DialogSettings, fixed_texts
 from appliance.agent.kb import Embed, KnowledgeBase, default_file, facts
 from appliance.agent.scheduling_tools import default_tools
 from appliance.agent.tools import ToolRegistry
-from appliance.agent.understanding import IntentClassifier, LlmIntentClassifier
+from appliance.agent.understanding import CompleteJson, IntentClassifier, LlmIntentClassifier
 from appliance.agent.workflow import WorkflowSet, default_dir, load_workflows
 from appliance.config.settings import ApplianceSettings
 from appliance.events import Event
@@ -82,7 +82,7 @@ def load_agent(
     embed: Embed,
     *,
     calendar: SchedulingAdapter | None = None,
-    complete_json: Callable[[list[dict[str, str]], dict], dict] | None = None,
+    complete_json: CompleteJson | None = None,
 ) -> AgentRuntime:
     """Load and validate the workflows and the knowledge base; open the calendar.
 

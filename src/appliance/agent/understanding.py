@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +35,10 @@ INTENT_ACCEPT = 0.5
 INTENT_UNSURE = 0.35
 
 Embed = Callable[[list[str]], np.ndarray]
+
+#: ``(messages, schema) -> dict``: a reply constrained to a JSON schema, parsed
+#: (``LlamaEngine.complete_json``).
+CompleteJson = Callable[[list[dict[str, str]], dict[str, Any]], dict[str, Any]]
 
 
 def normalise(text: str) -> str:
@@ -372,9 +377,7 @@ class LlmIntentClassifier:
         intents: The allowed intent names.
     """
 
-    def __init__(
-        self, complete_json: Callable[[list[dict[str, str]], dict], dict], intents: list[str]
-    ) -> None:
+    def __init__(self, complete_json: CompleteJson, intents: list[str]) -> None:
         self._complete = complete_json
         self._intents = sorted(intents)
         self.schema = {

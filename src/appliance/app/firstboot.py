@@ -515,7 +515,13 @@ def ensure_enrolment(
         _ensure_mode(hash_file, 0o600, None)
         return
     code = new_enrolment_code()
-    hashed = PasswordHasher(type=Type.ID, **ARGON2_PARAMS).hash(code)
+    hasher = PasswordHasher(
+        time_cost=ARGON2_PARAMS["time_cost"],
+        memory_cost=ARGON2_PARAMS["memory_cost"],
+        parallelism=ARGON2_PARAMS["parallelism"],
+        type=Type.ID,
+    )
+    hashed = hasher.hash(code)
     _private_dir(notice_file.parent, None)
     notice = (
         "Clinic voice appliance: one-time enrolment code for the first administrator\n"
