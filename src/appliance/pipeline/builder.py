@@ -84,7 +84,7 @@ class StoreSileroVADAnalyzer(SileroVADAnalyzer):
 
     def __init__(self, model_path: Path, params: VADParams) -> None:
         VADAnalyzer.__init__(self, sample_rate=None, params=params)
-        self._model = SileroOnnxModel(str(model_path), force_onnx_cpu=True)
+        self._model = SileroOnnxModel(str(model_path), force_onnx_cpu=True)  # type: ignore[no-untyped-call]
         self._windows_since_reset = 0
         self._low_confidence_windows = 0
 
@@ -108,7 +108,9 @@ def user_turn_params(
             ]
         ),
         user_mute_strategies=(
-            [MuteUntilFirstBotCompleteUserMuteStrategy()] if mute_until_first_bot else []
+            [MuteUntilFirstBotCompleteUserMuteStrategy()]  # type: ignore[no-untyped-call]
+            if mute_until_first_bot
+            else []
         ),
     )
 

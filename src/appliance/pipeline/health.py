@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from pipecat.frames.frames import ErrorFrame
 from pipecat.observers.base_observer import BaseObserver, FramePushed
@@ -33,7 +34,9 @@ class StageHealthObserver(BaseObserver):
         on_failure: Awaited with ``"stt"``, ``"llm"`` or ``"tts"``.
     """
 
-    def __init__(self, call_id: str, on_failure: Callable[[str], Awaitable[None]]) -> None:
+    def __init__(
+        self, call_id: str, on_failure: Callable[[str], Coroutine[Any, Any, None]]
+    ) -> None:
         super().__init__()
         self._call_id = call_id
         self._on_failure = on_failure

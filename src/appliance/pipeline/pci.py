@@ -23,6 +23,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from pipecat.frames.frames import Frame, InputAudioRawFrame, InputDTMFFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
@@ -47,7 +48,7 @@ class PciGate(FrameProcessor):
         call_id: str,
         emit: Callable[[Event], None],
         handler: PaymentHandler,
-        **kwargs: object,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self._call_id = call_id
@@ -134,7 +135,7 @@ class PciGate(FrameProcessor):
 
     async def cleanup(self) -> None:
         """Drop a pause still in progress when the call ends (its digits go nowhere)."""
-        await super().cleanup()
+        await super().cleanup()  # type: ignore[no-untyped-call]
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

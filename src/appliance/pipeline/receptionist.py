@@ -192,7 +192,7 @@ class Receptionist(FrameProcessor):
 
     async def cleanup(self) -> None:
         """Stop the inter-digit and idle timers with the pipeline."""
-        await super().cleanup()
+        await super().cleanup()  # type: ignore[no-untyped-call]
         self._ended = True
         await self._cancel_idle()
         if self._digit_timer is not None:

@@ -196,7 +196,10 @@ class LocalLlamaLLMService(LLMService):
                 if piece is None:
                     break
                 if isinstance(piece, BaseException):
-                    await self.push_error(error_msg="llm generation failed", exception=piece)
+                    # pipecat's ErrorFrame carries an Exception; a bare BaseException (SystemExit
+                    # in the worker thread) is still reported, without the exception attached.
+                    exception = piece if isinstance(piece, Exception) else None
+                    await self.push_error(error_msg="llm generation failed", exception=exception)
                     break
                 if first:
                     await self.stop_ttfb_metrics()
