@@ -90,7 +90,7 @@ class ApplianceServer:
         self._ua: SipUserAgent | None = None
         self._calls: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
-        self._bg: set[asyncio.Task[None]] = set()
+        self._bg: set[asyncio.Task[object]] = set()
         self._notifier = SystemdNotifier()
         self.store: CallMetadataStore | None = None
         self.phrases: PhraseCache | None = None

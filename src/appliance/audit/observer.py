@@ -81,7 +81,7 @@ class AuditObserver:
     def __init__(
         self,
         log: AuditLog,
-        on_failure: Callable[[AuditError], None] | None = None,
+        on_failure: Callable[[AuditError], object] | None = None,
         *,
         checkpoint_on_call_end: bool = True,
     ) -> None:

@@ -205,7 +205,7 @@ class LlamaEngine:
                     messages=messages,  # type: ignore[arg-type]
                     max_tokens=max_tokens,
                     temperature=0.0,
-                    response_format={"type": "json_object", "schema": schema},  # type: ignore[typeddict-item]
+                    response_format={"type": "json_object", "schema": schema},
                 )
                 text = out["choices"][0]["message"]["content"] or ""  # type: ignore[index]
                 return dict(json.loads(text))
@@ -317,7 +317,8 @@ class EmbeddingEngine:
     def _encode_one(self, text: str) -> np.ndarray:
         with self._lock:
             vec = self._model.encode([text], normalize_embeddings=True, convert_to_numpy=True)
-        return vec[0].astype(np.float32)
+        row: np.ndarray = vec[0]  # numpy types indexing an array of unknown shape as Any
+        return row.astype(np.float32)
 
 
 @dataclass
