@@ -20,7 +20,7 @@ from pipecat.workers.runner import WorkerRunner
 from appliance.agent.dialog import Next, Reply
 from appliance.agent.runtime import AgentRuntime, load_agent
 from appliance.app.liveness import Liveness, RunMarker, install_test_faults
-from appliance.app.memory import return_freed_memory
+from appliance.app.memory import freeze_startup_objects, return_freed_memory
 from appliance.app.sdnotify import SystemdNotifier
 from appliance.app.transfer import Transfers
 from appliance.audit.observer import AuditObserver
@@ -114,6 +114,7 @@ class ApplianceServer:
             self.models = await asyncio.to_thread(load_models, self.settings.models)
         self.agent = await asyncio.to_thread(self._load_agent, self.settings)
         await asyncio.to_thread(self._warm)
+        _LOGGER.info("%d start-up objects frozen out of the collector", freeze_startup_objects())
         self.store = CallMetadataStore(self.settings.store.metadata_db)
         self.bus.subscribe(self.store.on_event)
         self.bus.subscribe(self._collect)
