@@ -183,16 +183,37 @@ def appointment_from_json(text: str) -> Appointment:
 # Each runs on a connection inside the caller's transaction.
 
 
+def _require_row(conn: sqlite3.Connection, table: str, noun: str, row_id: str) -> sqlite3.Row:
+    """The row of ``table`` (one of the schema's, never caller input) with this ID.
+
+    Raises:
+        NotFound: No such row; the message names the ``noun`` and the ID only.
+    """
+    row: sqlite3.Row | None = conn.execute(
+        f"SELECT * FROM {table} WHERE id = ?", [row_id]
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"no {noun} {row_id}")
+    return row
+
+
 def require_provider(conn: sqlite3.Connection, provider_id: str) -> Provider:
     """The provider with this ID.
 
     Raises:
         NotFound: Unknown provider.
     """
-    row = conn.execute("SELECT * FROM providers WHERE id = ?", [provider_id]).fetchone()
-    if row is None:
-        raise NotFound(f"no provider {provider_id}")
+    row = _require_row(conn, "providers", "provider", provider_id)
     return Provider(row["id"], row["name"])
+
+
+def require_patient(conn: sqlite3.Connection, patient_id: str) -> Patient:
+    """The patient with this ID.
+
+    Raises:
+        NotFound: Unknown patient.
+    """
+    return patient_row(_require_row(conn, "patients", "patient", patient_id))
 
 
 def require_slot(conn: sqlite3.Connection, slot_id: str) -> Slot:
@@ -201,10 +222,7 @@ def require_slot(conn: sqlite3.Connection, slot_id: str) -> Slot:
     Raises:
         NotFound: Unknown slot.
     """
-    row = conn.execute("SELECT * FROM slots WHERE id = ?", [slot_id]).fetchone()
-    if row is None:
-        raise NotFound(f"no slot {slot_id}")
-    return slot_row(row)
+    return slot_row(_require_row(conn, "slots", "slot", slot_id))
 
 
 def require_appointment(conn: sqlite3.Connection, appointment_id: str) -> Appointment:
@@ -213,10 +231,7 @@ def require_appointment(conn: sqlite3.Connection, appointment_id: str) -> Appoin
     Raises:
         NotFound: Unknown appointment.
     """
-    row = conn.execute("SELECT * FROM appointments WHERE id = ?", [appointment_id]).fetchone()
-    if row is None:
-        raise NotFound(f"no appointment {appointment_id}")
-    return appointment_row(row)
+    return appointment_row(_require_row(conn, "appointments", "appointment", appointment_id))
 
 
 def take_slot(conn: sqlite3.Connection, slot_id: str) -> Slot:
@@ -231,6 +246,11 @@ def take_slot(conn: sqlite3.Connection, slot_id: str) -> Slot:
         raise SlotUnavailable(f"slot {slot_id} is already taken")
     conn.execute("UPDATE slots SET free = 0 WHERE id = ?", [slot_id])
     return slot
+
+
+def release_slot(conn: sqlite3.Connection, slot_id: str) -> None:
+    """Mark a slot free again (an unknown ID changes nothing)."""
+    conn.execute("UPDATE slots SET free = 1 WHERE id = ?", [slot_id])
 
 
 def replay(

@@ -26,6 +26,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -33,7 +34,6 @@ from appliance.agent.calendar.adapter import (
     BOOKED,
     CANCELLED,
     Appointment,
-    NotFound,
     Patient,
     Provider,
     SchedulingError,
@@ -45,9 +45,11 @@ from appliance.agent.calendar.schema import (
     fmt,
     migrate,
     patient_row,
+    release_slot,
     remember,
     replay,
     require_appointment,
+    require_patient,
     require_provider,
     require_slot,
     slot_id,
@@ -55,6 +57,19 @@ from appliance.agent.calendar.schema import (
     take_slot,
 )
 from appliance.errors import ErrorCategory
+
+
+def _booked_in(appointment_id: str, patient_id: str, slot: Slot) -> Appointment:
+    """The booked appointment ``appointment_id`` of ``patient_id`` holding ``slot``."""
+    return Appointment(
+        id=appointment_id,
+        patient_id=patient_id,
+        provider_id=slot.provider_id,
+        slot_id=slot.id,
+        start=slot.start,
+        end=slot.end,
+        status=BOOKED,
+    )
 
 
 class SqliteCalendar:
@@ -235,10 +250,7 @@ class SqliteCalendar:
             NotFound: Unknown patient.
         """
         with self._read() as conn:
-            row = conn.execute("SELECT * FROM patients WHERE id = ?", [patient_id]).fetchone()
-        if row is None:
-            raise NotFound(f"no patient {patient_id}")
-        return patient_row(row)
+            return require_patient(conn, patient_id)
 
     def upcoming(self, patient_id: str, now: datetime) -> list[Appointment]:
         """Return the patient's booked appointments starting at or after ``now``, earliest first.
@@ -349,18 +361,8 @@ class SqliteCalendar:
             previous = replay(conn, idempotency_key, "book", request)
             if previous is not None:
                 return previous
-            if conn.execute("SELECT 1 FROM patients WHERE id = ?", [patient_id]).fetchone() is None:
-                raise NotFound(f"no patient {patient_id}")
-            slot = take_slot(conn, slot_id)
-            appt = Appointment(
-                id=f"appt-{uuid.uuid4().hex[:16]}",
-                patient_id=patient_id,
-                provider_id=slot.provider_id,
-                slot_id=slot.id,
-                start=slot.start,
-                end=slot.end,
-                status=BOOKED,
-            )
+            require_patient(conn, patient_id)
+            appt = _booked_in(f"appt-{uuid.uuid4().hex[:16]}", patient_id, take_slot(conn, slot_id))
             conn.execute(
                 "INSERT INTO appointments VALUES (?, ?, ?, ?, ?, ?, ?, datetime('now'))",
                 [
@@ -412,16 +414,8 @@ class SqliteCalendar:
                 remember(conn, idempotency_key, "reschedule", request, current)
                 return current
             slot = take_slot(conn, new_slot_id)
-            conn.execute("UPDATE slots SET free = 1 WHERE id = ?", [current.slot_id])
-            appt = Appointment(
-                id=current.id,
-                patient_id=current.patient_id,
-                provider_id=slot.provider_id,
-                slot_id=slot.id,
-                start=slot.start,
-                end=slot.end,
-                status=BOOKED,
-            )
+            release_slot(conn, current.slot_id)
+            appt = _booked_in(current.id, current.patient_id, slot)
             conn.execute(
                 'UPDATE appointments SET provider_id = ?, slot_id = ?, start = ?, "end" = ?,'
                 " updated_at = datetime('now') WHERE id = ?",
@@ -458,15 +452,7 @@ class SqliteCalendar:
                     " WHERE id = ?",
                     [appointment_id],
                 )
-                conn.execute("UPDATE slots SET free = 1 WHERE id = ?", [current.slot_id])
-            appt = Appointment(
-                id=current.id,
-                patient_id=current.patient_id,
-                provider_id=current.provider_id,
-                slot_id=current.slot_id,
-                start=current.start,
-                end=current.end,
-                status=CANCELLED,
-            )
+                release_slot(conn, current.slot_id)
+            appt = replace(current, status=CANCELLED)
             remember(conn, idempotency_key, "cancel", request, appt)
         return appt
