@@ -21,8 +21,9 @@ the call's idempotency key (:attr:`~appliance.agent.tools.ToolCall.key`) to the 
 from __future__ import annotations
 
 from datetime import date, datetime
+from typing import Protocol
 
-from appliance.agent.calendar import Appointment, SchedulingAdapter, SchedulingError
+from appliance.agent.calendar import Appointment, Patient, SchedulingAdapter, SchedulingError
 from appliance.agent.tools import Param, ToolCall, ToolRegistry, ToolResult, ToolSpec
 from appliance.agent.understanding import speak_when
 from appliance.events import IdentityVerified
@@ -109,22 +110,43 @@ def _changed(cal: SchedulingAdapter, call: ToolCall, appt: Appointment) -> ToolR
     )
 
 
+class _SlotChange(Protocol):
+    """A calendar change of what is in hand into a slot (``book``, ``reschedule``)."""
+
+    def __call__(self, held_id: str, slot_id: str, /, *, idempotency_key: str) -> Appointment:
+        """Return the changed appointment."""
+        ...
+
+
+def _into_slot(
+    cal: SchedulingAdapter,
+    call: ToolCall,
+    change: _SlotChange,
+    held: Patient | Appointment | None,
+    error: str,
+) -> ToolResult:
+    """Apply ``change`` to the ID of what is ``held`` and the slot in hand.
+
+    Returns:
+        The changed appointment's result, or a failure ``{"error": error}`` when either is
+        missing.
+    """
+    slot = call.session.slot
+    if held is None or slot is None:
+        return ToolResult(False, {"error": error})
+    return _changed(cal, call, change(held.id, slot.id, idempotency_key=call.key))
+
+
 def reschedule(call: ToolCall) -> ToolResult:
     """Move the appointment in hand to the slot in hand."""
     cal = _calendar(call)
-    appt, slot = call.session.appointment, call.session.slot
-    if appt is None or slot is None:
-        return ToolResult(False, {"error": "nothing_to_reschedule"})
-    return _changed(cal, call, cal.reschedule(appt.id, slot.id, idempotency_key=call.key))
+    return _into_slot(cal, call, cal.reschedule, call.session.appointment, "nothing_to_reschedule")
 
 
 def book(call: ToolCall) -> ToolResult:
     """Book the slot in hand for the verified patient."""
     cal = _calendar(call)
-    patient, slot = call.session.patient, call.session.slot
-    if patient is None or slot is None:
-        return ToolResult(False, {"error": "no_slot"})
-    return _changed(cal, call, cal.book(patient.id, slot.id, idempotency_key=call.key))
+    return _into_slot(cal, call, cal.book, call.session.patient, "no_slot")
 
 
 def cancel(call: ToolCall) -> ToolResult:
