@@ -196,12 +196,25 @@ class IdentityVerified(Event):
     attempts: int = 1
 
 
+ESCALATION_REASONS = (
+    "explicit_request",
+    "misunderstood_twice",
+    "out_of_scope",
+    "high_risk",
+    "low_confidence",
+    "frustration",
+    "stage_failure",
+    "tier_disabled",
+    "emergency",
+)
+"""The documented escalation triggers, the values of :attr:`Escalated.reason`."""
+
+
 @dataclass(frozen=True)
 class Escalated(Event):
     """The dialogue decided to hand the caller to a person; ``reason`` is a fixed trigger name.
 
-    Triggers: ``explicit_request``, ``misunderstood_twice``, ``out_of_scope``, ``high_risk``,
-    ``low_confidence``, ``frustration``, ``stage_failure``, ``tier_disabled``, ``emergency``.
+    Triggers: :data:`ESCALATION_REASONS`.
     """
 
     reason: str

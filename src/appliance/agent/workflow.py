@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from appliance.agent.tools import ArgsError, ToolRegistry
 from appliance.errors import ConfigError
+from appliance.events import ESCALATION_REASONS
 
 SCHEMA_VERSION = 1
 
@@ -50,19 +51,6 @@ SLOT_TYPES = ("person_name", "date_of_birth", "date_time", "digits", "yes_no", "
 
 #: Clinic facts available to every template.
 FACTS = ("clinic_name", "clinic_hours", "clinic_address", "clinic_parking", "kb_answer")
-
-#: Escalation reasons (also :class:`appliance.events.Escalated` reasons).
-ESCALATION_REASONS = (
-    "explicit_request",
-    "misunderstood_twice",
-    "out_of_scope",
-    "high_risk",
-    "low_confidence",
-    "frustration",
-    "stage_failure",
-    "tier_disabled",
-    "emergency",
-)
 
 
 class WorkflowError(ConfigError):

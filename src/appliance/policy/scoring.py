@@ -61,6 +61,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from appliance.events import (
+    ESCALATION_REASONS,
     AgentSpoke,
     CallAnswered,
     CallEnded,
@@ -84,20 +85,8 @@ from appliance.text.sentiment import sentiment
 
 _LOGGER = logging.getLogger(__name__)
 
-TRIGGERS = frozenset(
-    {
-        "explicit_request",
-        "misunderstood_twice",
-        "out_of_scope",
-        "high_risk",
-        "low_confidence",
-        "frustration",
-        "stage_failure",
-        "tier_disabled",
-        "emergency",
-    }
-)
-"""Documented escalation triggers (``Escalated.reason``)."""
+TRIGGERS = frozenset(ESCALATION_REASONS)
+"""Documented escalation triggers: :data:`appliance.events.ESCALATION_REASONS` as a set."""
 
 WEAK_TRIGGERS = frozenset({"out_of_scope", "low_confidence"})
 """Triggers that do not justify a transfer when a confident FAQ intent was recognised."""
