@@ -47,6 +47,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from appliance.agent.dialog import DialogManager, Next, Reply
 from appliance.events import DtmfReceived, Event, TurnEnded
+from appliance.text import message_text
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -60,10 +61,8 @@ def last_user_text(messages: list[Any]) -> str:
     for message in reversed(messages):
         if isinstance(message, dict) and message.get("role") == "user":
             content = message.get("content")
-            if isinstance(content, str):
-                return content
-            if isinstance(content, list):
-                return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+            if isinstance(content, str | list):
+                return message_text(content)
     return ""
 
 

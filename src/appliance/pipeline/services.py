@@ -40,6 +40,7 @@ from pipecat.utils.time import time_now_iso8601
 from appliance.errors import ApplianceError
 from appliance.models.engines import KokoroEngine, LlamaEngine, WhisperEngine
 from appliance.pipeline.phrase_cache import PhraseCache
+from appliance.text import message_text
 
 
 class _FirstSentence:
@@ -112,14 +113,6 @@ class LocalWhisperSTTService(SegmentedSTTService):
             yield TranscriptionFrame(result.text, "caller", time_now_iso8601(), finalized=True)
 
 
-def _message_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return ""
-
-
 class LocalLlamaLLMService(LLMService):
     """In-process llama.cpp chat completion, streamed, cancellable.
 
@@ -167,7 +160,7 @@ class LocalLlamaLLMService(LLMService):
 
     async def _generate(self, raw_messages: list[Any]) -> None:
         messages = [
-            {"role": str(m.get("role")), "content": _message_text(m.get("content"))}
+            {"role": str(m.get("role")), "content": message_text(m.get("content"))}
             for m in raw_messages
             if isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
         ]

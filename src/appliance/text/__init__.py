@@ -22,3 +22,19 @@ def split_sentences(text: str) -> list[str]:
 def normalise(text: str) -> str:
     """Lower-case, collapse whitespace and straighten apostrophes (``\u2019`` to ``'``)."""
     return " ".join(text.lower().replace("\u2019", "'").split())
+
+
+def message_text(content: object) -> str:
+    """The text of an OpenAI-style chat message's ``content``.
+
+    Args:
+        content: A string, or a list of parts whose ``dict`` parts may carry ``"text"``.
+
+    Returns:
+        The string itself, the text parts joined by single spaces, or ``""`` for anything else.
+    """
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
