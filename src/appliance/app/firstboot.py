@@ -108,15 +108,25 @@ def _in_root(root: Path, path: Path) -> Path:
     return root / path.relative_to(path.anchor) if path.is_absolute() else root / path
 
 
-def _write_private(path: Path, data: bytes, mode: int = 0o600, owner: _Owner | None = None) -> None:
-    """Create ``path`` atomically with ``mode``; never overwrite an existing file.
+def _write_atomic(
+    path: Path, data: bytes, mode: int, owner: _Owner | None, *, replace: bool
+) -> None:
+    """Write ``path`` through a fsynced temporary file with ``mode`` (and ``owner``) set.
+
+    Args:
+        path: The file to write; its directory is created if missing.
+        data: The whole content.
+        mode: Permission bits, e.g. ``0o600``, whatever the umask.
+        owner: Owner to give the file; ``None`` keeps the caller.
+        replace: Rename over an existing file; otherwise link the file in, never overwriting.
 
     Raises:
-        FileExistsError: The file appeared meanwhile.
+        FileExistsError: ``replace`` is false and the file (or the temporary one) exists.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if replace else os.O_EXCL)
+    fd = os.open(tmp, flags, mode)
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), mode)
@@ -125,9 +135,21 @@ def _write_private(path: Path, data: bytes, mode: int = 0o600, owner: _Owner | N
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.link(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _write_private(path: Path, data: bytes, mode: int = 0o600, owner: _Owner | None = None) -> None:
+    """Create ``path`` atomically with ``mode``; never overwrite an existing file.
+
+    Raises:
+        FileExistsError: The file appeared meanwhile.
+    """
+    _write_atomic(path, data, mode, owner, replace=False)
 
 
 def _ensure_mode(path: Path, mode: int, owner: _Owner | None) -> None:
@@ -193,17 +215,7 @@ def _find_trunk(root: Path, candidates: Iterable[Path]) -> Path | None:
 
 def _replace_text(path: Path, text: str, mode: int = 0o644) -> None:
     """Write ``path`` atomically (temporary file, fsync, rename over the old one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _write_atomic(path, text.encode("utf-8"), mode, None, replace=True)
 
 
 def _text_or_none(path: Path) -> str | None:
