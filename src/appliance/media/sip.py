@@ -435,26 +435,24 @@ class SipUserAgent:
 
     def _quiesce(self) -> None:
         """End every call and let pjsua2 send the BYEs; keep the endpoint for process exit."""
-        ep = self._ep
-        if ep is None:
-            return
+        if self._ep is not None:
+            self._hang_up_all(self._ep)
+
+    @staticmethod
+    def _hang_up_all(ep: pj.Endpoint) -> None:
+        """Hang up every call and turn the event loop 300 ms so the BYEs go out."""
         try:
             ep.hangupAllCalls()
             for _ in range(30):
                 ep.libHandleEvents(10)
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001, S110 - best effort on the way out
             pass
 
     def _destroy(self) -> None:
         ep = self._ep
         if ep is None:
             return
-        try:
-            ep.hangupAllCalls()
-            for _ in range(30):
-                ep.libHandleEvents(10)
-        except Exception:  # noqa: BLE001
-            pass
+        self._hang_up_all(ep)
         # No call is connected any more: the ports go while their Python side is whole.
         self._ports.destroy()
         self._calls.clear()
