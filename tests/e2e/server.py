@@ -82,7 +82,7 @@ class ApplianceProcess:
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if "ready" in self.log():
+            if "ready: accepting" in self.log():  # not "N fixed phrases ready"
                 return
             if self.proc.poll() is not None:
                 raise RuntimeError(f"appliance exited {self.proc.returncode}:\n{self.log()}")

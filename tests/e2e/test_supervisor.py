@@ -42,10 +42,12 @@ def test_supervisord_runs_and_stops_the_agent(tmp_path: Path, store: Path) -> No
     try:
         deadline = time.monotonic() + 300  # a cold phrase cache renders every fixed phrase
         while time.monotonic() < deadline:
-            if log.exists() and "ready" in log.read_text(errors="replace"):
+            if log.exists() and "ready: accepting" in log.read_text(errors="replace"):
                 break
             time.sleep(0.5)
-        assert "ready" in log.read_text(errors="replace"), log.read_text(errors="replace")[-2000:]
+        assert "ready: accepting" in log.read_text(errors="replace"), log.read_text(
+            errors="replace"
+        )[-2000:]
         deadline = time.monotonic() + 15  # RUNNING once up for startsecs
         while True:
             status = subprocess.run(

@@ -110,6 +110,10 @@ class ApplianceServer:
             MediaError: SIP cannot bind.
         """
         loop = asyncio.get_running_loop()
+        # From the first moment: a stop asked for while models load ends the run cleanly once
+        # they have (no call is taken), instead of killing the process half-started.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
         if self.models is None:
             self.models = await asyncio.to_thread(load_models, self.settings.models)
         self.agent = await asyncio.to_thread(self._load_agent, self.settings)
@@ -136,9 +140,8 @@ class ApplianceServer:
             self.settings.sip, loop, self._on_call, on_rejected=self._on_rejected
         )
         self._ua.start()
+        self._ua.draining = self._stop.is_set()
         self.transfers = Transfers(self._ua, lambda: self.settings, self.bus.emit)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload_settings)
         install_test_faults(loop, self._ua)
         self.liveness = Liveness(
