@@ -280,6 +280,9 @@ class Fleet:
                 "appliance_state_dir": str(host.state),
                 "appliance_sip_bind": f"{host.ip}:5060",
                 "config_audit_origin": f"fleet-test/{host.name}/audit",
+                # The live call across the rolling update is a silent caller (sipp pauses);
+                # the default 20 s idle timeout would end it before the drain.
+                "config_agent_idle_timeout_s": 600,
             }
         inventory = {
             "all": {

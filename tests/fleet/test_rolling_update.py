@@ -368,9 +368,9 @@ def test_checkpoints_are_witnessed_and_truncation_is_refused(fleet: Fleet) -> No
 def test_runtime_layer_is_shipped_checked_and_unpacked(fleet: Fleet) -> None:
     """The role's real runtime install path, at a smaller scale than the 2.6 GB runtime.
 
-    A small environment (what ``appliance --version`` needs, plus pip and setuptools to build
-    and install the wheel) is packed by build_release.py as a runtime layer with its own id,
-    and a release is built against it. site.yml stages that release on host B over SSH: the
+    A small environment (what ``appliance --version`` and the release builder's manifest reader
+    need, plus pip and setuptools to build and install the wheel) is packed by build_release.py
+    as a runtime layer with its own id, and a release is built against it. site.yml stages that release on host B over SSH: the
     runtime artefact is copied from the controller's repository, its SHA-256 checked, unpacked
     into a staging directory and moved into place; the release's venv is layered on it. A
     corrupted artefact is refused first, before anything is unpacked. The serving release is not
@@ -382,7 +382,10 @@ def test_runtime_layer_is_shipped_checked_and_unpacked(fleet: Fleet) -> None:
     repo = fleet.root / "artefacts"
     small = fleet.root / "small-runtime-venv"
     t0 = time.monotonic()
-    copy_distributions(small, ["cryptography", "sqlite-utils", "pip", "setuptools"])
+    # build_release.py reads the model manifest (pydantic schema, tomlkit for the lock file).
+    copy_distributions(
+        small, ["cryptography", "sqlite-utils", "pydantic", "tomlkit", "pip", "setuptools"]
+    )
     py = str(small / "bin" / "python")
     script = str(REPO / "ansible" / "scripts" / "build_release.py")
     run([py, script, "runtime", "--repo", str(repo)])
