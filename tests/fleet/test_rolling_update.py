@@ -370,9 +370,10 @@ def test_runtime_layer_is_shipped_checked_and_unpacked(fleet: Fleet) -> None:
 
     A small environment (what ``appliance --version`` and the release builder's manifest reader
     need, plus pip and setuptools to build and install the wheel) is packed by build_release.py
-    as a runtime layer with its own id, and a release is built against it. site.yml stages that release on host B over SSH: the
-    runtime artefact is copied from the controller's repository, its SHA-256 checked, unpacked
-    into a staging directory and moved into place; the release's venv is layered on it. A
+    as a runtime layer with its own id, and a release is built against it. site.yml stages that
+    release on host B over SSH: the runtime artefact is copied from the controller's
+    repository, its SHA-256 checked, unpacked into a staging directory and moved into place;
+    the release's venv is layered on it. A
     corrupted artefact is refused first, before anything is unpacked. The serving release is not
     touched (site.yml only stages on a box that runs one).
     """
