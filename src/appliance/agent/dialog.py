@@ -77,6 +77,7 @@ from appliance.events import (
     ToolCalled,
     WorkflowOutcome,
 )
+from appliance.text.listening import FREE, Listening
 from appliance.text.sentiment import is_frustrated
 
 _LOGGER = logging.getLogger(__name__)
@@ -91,6 +92,16 @@ __all__ = [
     "fixed_texts",
     "goodbye_text",
 ]
+
+
+_SLOT_LISTENING: dict[str, Callable[[AskNode], Listening]] = {
+    "person_name": lambda n: Listening("name", slot=n.slot.name),
+    "date_of_birth": lambda n: Listening("date", 8, 8, slot=n.slot.name),
+    "date_time": lambda n: Listening("time", slot=n.slot.name),
+    "digits": lambda n: Listening("digits", n.slot.digits_min, n.slot.digits_max, slot=n.slot.name),
+    "yes_no": lambda n: Listening("yes_no", slot=n.slot.name),
+    "free_text": lambda n: Listening("free", slot=n.slot.name),
+}
 
 
 class DialogManager:
@@ -172,6 +183,28 @@ class DialogManager:
     def waits_for_caller(self) -> bool:
         """Whether caller silence is silence: not while a transfer or a PCI pause is running."""
         return self._s.wait not in (Wait.TRANSFER, Wait.PCI)
+
+    @property
+    def listening(self) -> Listening:
+        """What the caller is expected to say next (read by the STT and the endpointing).
+
+        A slot question gives the slot's kind (``digits`` with its length, ``date`` for a date
+        of birth, with the keypad's 8 digits, ``time``, ``name``); a read-back, a yes/no node,
+        an unsure intent and "anything else?" give ``yes_no``; a message gives ``message``;
+        everything else ``free``.
+        """
+        s = self._s
+        if s.wait is Wait.SLOT:
+            node = self._engine.node()
+            if isinstance(node, AskNode):
+                return _SLOT_LISTENING[node.slot.type](node)
+        if s.wait in (Wait.CONFIRM_SLOT, Wait.YES_NO, Wait.INTENT_CONFIRM, Wait.ANYTHING_ELSE):
+            node = self._engine.node()
+            slot = node.slot.name if isinstance(node, AskNode) else ""
+            return Listening("yes_no", slot=slot)
+        if s.wait is Wait.MESSAGE:
+            return Listening("message")
+        return FREE
 
     def handle_turn(self, text: str, stt_confidence: float = 1.0) -> Reply:
         """Answer one caller turn (``text``: the final transcript; ``stt_confidence`` 0..1)."""
