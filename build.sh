@@ -29,6 +29,7 @@ PYTHON="${PYTHON:-python3}"
 APT_PACKAGES=(
   python3 python3-venv python3-dev build-essential cmake git
   sip-tester tshark kamailio baresip-core sox libsndfile1 espeak-ng
+  festival festvox-kallpc8k festvox-kdlpc8k
   openssh-server openssh-client iproute2
 )
 # Installed with --no-deps: its own dependency list pulls the `llm` CLI, which we do not use.
