@@ -59,11 +59,13 @@ def test_wrong_birth_date_is_refused_then_escalated(agent: AgentRuntime) -> None
     events: list[Event] = []
     dm = dialog(agent, events)
     for turn in ("I need to cancel my appointment.", "My name is Maria Lopez.",
-                 "January first, nineteen ninety.", "Yes.", "My name is Maria Lopez.",
                  "January first, nineteen ninety."):  # fmt: skip
         reply = dm.handle_turn(turn, 0.9)
         assert "Patel" not in reply.text
-    reply = dm.handle_turn("Yes.", 0.9)
+    spell = dm.handle_turn("Yes.", 0.9)
+    assert "spell your last name" in spell.text and "Patel" not in spell.text
+    assert dm.listening.kind == "spelling"
+    reply = dm.handle_turn("L O P E Z", 0.9)
     assert reply.next is Next.TRANSFER and reply.transfer is not None
     assert [e.ok for e in events if isinstance(e, IdentityVerified)] == [False, False]
     assert reply.transfer.context["identity_verified"] is False

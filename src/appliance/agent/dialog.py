@@ -44,6 +44,8 @@ from appliance.agent.replies import (
     FOLLOW_UP_TEXT,
     FRAGMENT_WORDS,
     HOLD_TEXT,
+    LANGUAGE_HOLD_TEXTS,
+    LANGUAGE_SURE,
     MESSAGE_PROMPT_TEXT,
     NOT_SURE_TEXT,
     REPROMPT_TEXT,
@@ -57,6 +59,7 @@ from appliance.agent.replies import (
     TransferRequest,
     fixed_texts,
     goodbye_text,
+    is_fragment,
 )
 from appliance.agent.scheduling_tools import default_tools
 from appliance.agent.tools import ToolRegistry
@@ -94,6 +97,17 @@ __all__ = [
 ]
 
 
+#: Waits in which the caller speaks freely (a request, a question): a fragment there is held.
+_FREE_WAITS = (Wait.NOTHING, Wait.ANYTHING_ELSE)
+
+
+def _language_code(language: str | None) -> str:
+    """``"es"`` for ``"es"``, ``"es-MX"``, ``"ES"``; ``""`` for none."""
+    if not language:
+        return ""
+    return language.strip().lower().replace("_", "-").split("-")[0]
+
+
 _SLOT_LISTENING: dict[str, Callable[[AskNode], Listening]] = {
     "person_name": lambda n: Listening("name", slot=n.slot.name),
     "date_of_birth": lambda n: Listening("date", 8, 8, slot=n.slot.name),
@@ -101,6 +115,7 @@ _SLOT_LISTENING: dict[str, Callable[[AskNode], Listening]] = {
     "digits": lambda n: Listening("digits", n.slot.digits_min, n.slot.digits_max, slot=n.slot.name),
     "yes_no": lambda n: Listening("yes_no", slot=n.slot.name),
     "free_text": lambda n: Listening("free", slot=n.slot.name),
+    "spelled_name": lambda n: Listening("spelling", slot=n.slot.name),
 }
 
 
@@ -143,6 +158,7 @@ class DialogManager:
         self._settings = settings
         self._now = now
         self._s = DialogState()
+        self._turn_confidence = 1.0
         self._engine = WorkflowEngine(
             call_id,
             self._s,
@@ -206,10 +222,32 @@ class DialogManager:
             return Listening("message")
         return FREE
 
-    def handle_turn(self, text: str, stt_confidence: float = 1.0) -> Reply:
-        """Answer one caller turn (``text``: the final transcript; ``stt_confidence`` 0..1)."""
+    def handle_turn(
+        self,
+        text: str,
+        stt_confidence: float = 1.0,
+        *,
+        language: str | None = None,
+        language_probability: float = 0.0,
+    ) -> Reply:
+        """Answer one caller turn.
+
+        Args:
+            text: The final transcript.
+            stt_confidence: The STT's confidence, 0..1.
+            language: The language the STT detected (ISO 639-1 code, e.g. ``"es"``), if any.
+            language_probability: The STT's probability for ``language``, 0..1. A language
+                other than English at :data:`LANGUAGE_SURE` or more is answered in it where
+                we have the words and handed to staff (reason ``language``).
+        """
         s = self._s
         e = self._engine
+        self._turn_confidence = stt_confidence
+        free = s.wait in _FREE_WAITS
+        if s.fragment and free:
+            # The caller paused mid-sentence ("I wanted to ask" | "about my bill"): endpointing
+            # cut the turn, so read the two parts together.
+            text, s.fragment = f"{s.fragment} {text}", ""
         s.last_text = text
         rule = global_intent(text)
         if rule == "emergency":
@@ -221,9 +259,18 @@ class DialogManager:
             return e.take_message(text)
         if s.wait in (Wait.TRANSFER, Wait.PCI):
             return Reply()  # the call is being handed over / the keypad is collecting
+        code = _language_code(language)
+        if code and code != "en" and language_probability >= LANGUAGE_SURE:
+            self._intent("language", language_probability, "rule")
+            reply = self._escalate("language", LANGUAGE_HOLD_TEXTS.get(code, HOLD_TEXT))
+            reply.source = "template"
+            return reply
         if rule == "human":
             self._intent("human", 1.0, "rule")
             return self._escalate("explicit_request", HOLD_TEXT)
+        if free and rule is None and is_fragment(text):
+            s.fragment = text.strip()
+            return Reply()  # wait for the rest of the sentence
         if rule == "goodbye" and s.wait is not Wait.SLOT:
             self._intent("goodbye", 1.0, "rule")
             if s.workflow is not None:
@@ -236,11 +283,11 @@ class DialogManager:
         if s.wait is Wait.CONFIRM_SLOT:
             return e.confirm_slot(text, stt_confidence)
         if s.wait is Wait.YES_NO:
-            return e.answer_yes_no(text)
+            return e.answer_yes_no(text, stt_confidence)
         if s.wait is Wait.INTENT_CONFIRM:
             answer = yes_no(text)
             if answer is True:
-                return self._start(s.unsure_intent, 0.0, "confirmed")
+                return self._start(s.unsure_intent, 0.0, "confirmed", s.unsure_text)
             if answer is False:
                 s.wait = Wait.NOTHING
                 return Reply([FOLLOW_UP_TEXT])
@@ -345,13 +392,9 @@ class DialogManager:
 
     def _top(self, text: str) -> Reply:
         s = self._s
-        if s.fragment:
-            # The caller paused mid-sentence ("I need..." | "to reschedule my appointment"):
-            # endpointing cut the turn, so read the two parts together.
-            text, s.fragment = f"{s.fragment} {text}", ""
         result = self._classifier.classify(text)
         if result.intent is not None:
-            return self._start(result.intent, result.confidence, result.method)
+            return self._start(result.intent, result.confidence, result.method, text)
         hit = self._kb.answer(text)
         if hit is not None:
             self._intent("clinic_question", hit.score, "kb")
@@ -380,10 +423,10 @@ class DialogManager:
             except ApplianceError:
                 chosen = None
             if chosen is not None:
-                return self._start(chosen, top[1], "llm")
+                return self._start(chosen, top[1], "llm", text)
         if top is not None and top[1] >= INTENT_UNSURE:
             wf, spec = self._workflows.intents()[top[0]]
-            s.unsure_intent = top[0]
+            s.unsure_intent, s.unsure_text = top[0], text
             s.wait = Wait.INTENT_CONFIRM
             what = spec.description or wf.title[0].lower() + wf.title[1:]
             s.unsure_question = NOT_SURE_TEXT.format(what=what)
@@ -402,17 +445,21 @@ class DialogManager:
             return self._escalate("misunderstood_twice", HOLD_TEXT)
         return Reply([REPROMPT_TEXT])
 
-    def _start(self, intent: str, confidence: float, method: str) -> Reply:
+    def _start(self, intent: str, confidence: float, method: str, text: str = "") -> Reply:
+        """Start ``intent``'s workflow; slot values said in ``text`` are not asked for again."""
         s = self._s
         wf, spec = self._workflows.intents()[intent]
         s.workflow, s.intent, s.misunderstood = wf, intent, 0
         s.attempts, s.pending, s.dtmf = {}, None, ""
+        s.slots, s.variables, s.volunteered, s.filled_at = {}, {}, {}, {}
         s.run += 1
         self._intent(intent, confidence, method)
         if not s.main_intent or s.main_intent in ("clinic_question", "human", "goodbye"):
             s.main_intent = intent
         if wf.risk_tier not in self._settings.enabled_tiers:
             return self._escalate("tier_disabled", HOLD_TEXT)
+        if text:
+            self._engine.volunteer(text, self._turn_confidence)
         return self._engine.run(spec.start)
 
     def _pending_question(self) -> str:

@@ -11,6 +11,7 @@ yes/no questions, takes messages, calls tools through the tool registry
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,7 +30,14 @@ from appliance.agent.replies import (
     Reply,
 )
 from appliance.agent.tools import ToolRegistry, ToolSession
-from appliance.agent.understanding import Extraction, extract_slot, yes_no
+from appliance.agent.understanding import (
+    Extraction,
+    extract_name,
+    extract_slot,
+    itn,
+    normalise,
+    yes_no,
+)
 from appliance.agent.workflow import (
     AskNode,
     BranchNode,
@@ -39,6 +47,7 @@ from appliance.agent.workflow import (
     MessageNode,
     PciNode,
     SayNode,
+    SlotSpec,
     ToolNode,
     TransferNode,
     Workflow,
@@ -74,9 +83,12 @@ class DialogState:
 
     ``workflow``/``node``/``wait`` say where the call is; ``slots``, ``variables`` (tool
     outputs, the knowledge-base answer) and ``attempts`` belong to the workflow in progress;
-    ``run`` counts workflow starts (part of the tools' idempotency scope); ``session`` is what
-    the tools share (the verified patient stays for the whole call). ``main_intent``,
-    ``outcome`` and ``escalation_reason`` summarise the call.
+    ``run`` counts workflow starts (part of the tools' idempotency scope); ``volunteered``
+    holds values the caller gave before they were asked (taken at their ``ask`` node instead
+    of asking); ``filled_at`` names the ``ask`` node each slot was filled at (a later
+    correction resumes after it); ``session`` is what the tools share (the verified patient
+    stays for the whole call). ``main_intent``, ``outcome`` and ``escalation_reason``
+    summarise the call.
     """
 
     workflow: Workflow | None = None
@@ -93,11 +105,14 @@ class DialogState:
     misunderstood: int = 0
     unsure_intent: str = ""
     unsure_question: str = ""
+    unsure_text: str = ""
     transfer_fail_node: str = ""
     session: ToolSession = field(default_factory=ToolSession)
     actions: list[dict[str, Any]] = field(default_factory=list)
     last_text: str = ""
     fragment: str = ""
+    volunteered: dict[str, Extraction] = field(default_factory=dict)
+    filled_at: dict[str, str] = field(default_factory=dict)
     main_intent: str = ""
     outcome: str = ""
     escalation_reason: str = ""
@@ -185,6 +200,16 @@ class WorkflowEngine:
         for _ in range(MAX_STEPS):
             s.node = node_id
             node = s.workflow.nodes[node_id]
+            if isinstance(node, AskNode) and node.slot.name in s.volunteered:
+                # Said before it was asked: take it here instead of asking (read back if unsure).
+                ex = s.volunteered.pop(node.slot.name)
+                if ex.confidence < node.slot.confirm_below:
+                    s.pending, s.wait, s.dtmf_offered = ex, Wait.CONFIRM_SLOT, False
+                    texts.append(readback_text(ex))
+                    return Reply(texts)
+                self._store(node, ex, "speech")
+                node_id = node.next
+                continue
             if node.text and not isinstance(node, (KbAnswerNode, EndNode)):
                 texts.append(self.render(node.text))
             if isinstance(node, SayNode):
@@ -257,44 +282,88 @@ class WorkflowEngine:
         s.workflow, s.node, s.wait = None, "", Wait.NOTHING
         # A verified caller stays verified for the rest of the call; the rest is per workflow.
         s.slots, s.variables, s.attempts = {}, {}, {}
+        s.volunteered, s.filled_at, s.pending = {}, {}, None
         s.session.end_workflow()
 
     # ------------------------------------------------------------------ answers
 
     def answer_slot(self, text: str, stt_confidence: float) -> Reply:
-        """Fill the asked slot from a spoken answer (read back when unsure)."""
-        node = self.node()
-        assert isinstance(node, AskNode)
-        ex = extract_slot(node.slot, text, stt_confidence, self._now())
-        if ex is None:
-            return self._slot_failed(node, "Sorry, I didn't get that.")
-        if ex.confidence < node.slot.confirm_below:
-            self._s.pending = ex
-            self._s.wait = Wait.CONFIRM_SLOT
-            return Reply([readback_text(ex)])
-        return self._fill(node, ex, "speech")
+        """Fill the asked slot from a spoken answer (read back when unsure).
 
-    def confirm_slot(self, text: str, stt_confidence: float) -> Reply:
-        """The answer to a read-back: yes fills the slot, no asks again, else a fresh answer."""
+        Values for the workflow's other slots said in the same turn are kept for their ``ask``
+        nodes (:meth:`volunteer`). A turn that holds no value of the asked slot's type but one
+        of another slot is not taken for the asked slot (a date is never a name): the asked
+        question is repeated, not counted as a failure. "Actually, make it Thursday" replaces
+        a value given earlier in the workflow (:meth:`_revise`).
+        """
         node = self.node()
         assert isinstance(node, AskNode)
         s = self._s
-        answer = yes_no(text)
-        if answer is True and s.pending is not None:
+        ex = self.extract(node.slot, text, stt_confidence)
+        others = self._others(text, stt_confidence, exclude=node.slot.name)
+        if ex is None:
+            revised = self._revise(text, stt_confidence, need_cue=True)
+            if revised is not None:
+                return revised
+            if others:
+                s.volunteered.update(others)
+                s.wait = Wait.SLOT
+                return Reply(["Thank you.", self.render(node.text)])
+            return self._slot_failed(node, "Sorry, I didn't get that.")
+        s.volunteered.update(others)
+        return self._accept(node, ex)
+
+    def confirm_slot(self, text: str, stt_confidence: float) -> Reply:
+        """The answer to a read-back.
+
+        Yes fills the slot; no asks again; a correction ("no wait, Tuesday", "no, it's Lopez")
+        replaces the value. A turn that is neither but holds the next slot's value ("March 4th
+        1982" after "I heard Maria Lopez. Is that right?") confirms by moving on when the
+        value read back was not a poor guess; otherwise the read-back is asked again and the
+        other value kept. Anything else is taken as a fresh answer.
+        """
+        node = self.node()
+        assert isinstance(node, AskNode)
+        s = self._s
+        answer, rest = split_correction(text)
+        changed = _CHANGE.search(normalise(text)) is not None
+        if answer is True and s.pending is not None and not changed:
             ex, s.pending = s.pending, None
             return self._fill(node, ex, "speech", confirmed=True)
-        if answer is False:
-            s.pending = None
-            s.wait = Wait.SLOT
-            return self._slot_failed(node, "Sorry about that.")
+        if answer is False or changed:
+            fresh = self._correction(node, rest, stt_confidence)
+            if fresh is not None:
+                s.pending, s.wait = None, Wait.SLOT
+                return self._accept(node, fresh)
+            if answer is False:
+                s.pending, s.wait = None, Wait.SLOT
+                return self._slot_failed(node, "Sorry about that.")
+        fresh_ex = self.extract(node.slot, text, stt_confidence)
+        others = self._others(text, stt_confidence, exclude=node.slot.name)
+        if fresh_ex is None and others and s.pending is not None:
+            s.volunteered.update(others)
+            after = self._next_ask(node)
+            sensible = s.pending.confidence >= node.slot.confirm_below / 2
+            if after is not None and after.slot.name in others and sensible:
+                ex, s.pending = s.pending, None
+                return self._fill(node, ex, "speech")
+            return Reply([f"Sorry, first, {readback_text(s.pending)}"])
         s.wait = Wait.SLOT  # a fresh answer instead of yes/no
         return self.answer_slot(text, stt_confidence)
 
-    def answer_yes_no(self, text: str) -> Reply:
-        """The answer to a ``confirm`` node (the second unclear answer escalates)."""
+    def answer_yes_no(self, text: str, stt_confidence: float = 1.0) -> Reply:
+        """The answer to a ``confirm`` node (the second unclear answer escalates).
+
+        A new value for a slot of the workflow ("actually, make it Thursday") replaces it and
+        the workflow resumes after that slot's question.
+        """
         node = self.node()
         assert isinstance(node, ConfirmNode)
         answer = yes_no(text)
+        if answer is None or _CHANGE.search(normalise(text)):
+            revised = self._revise(text, stt_confidence, need_cue=answer is not None)
+            if revised is not None:
+                return revised
         if answer is None:
             s = self._s
             s.attempts[s.node] = s.attempts.get(s.node, 0) + 1
@@ -303,6 +372,135 @@ class WorkflowEngine:
             return Reply(["Sorry, was that a yes or a no?"])
         self._s.wait = Wait.NOTHING
         return self.run(node.on_yes if answer else node.on_no)
+
+    # ------------------------------------------------------------------ slot values
+
+    def extract(
+        self, spec: SlotSpec, text: str, stt_confidence: float, *, keyed: bool = False
+    ) -> Extraction | None:
+        """A value of ``spec``'s type from one turn, or ``None``.
+
+        A name is read from the words before any date ("Maria Lopez, March 4th 1982") and never
+        from a turn of numbers or request words; a ``spelled_name`` is letters spelled out.
+        """
+        if spec.type == "spelled_name":
+            return _spelled(text, 1.0 if keyed else stt_confidence)
+        if spec.type == "person_name" and not keyed:
+            said = _before_dates(text)
+            if not said.strip() or re.search(r"\d", said):
+                return None
+            ex = extract_name(said, stt_confidence)
+            if ex is None or any(w.lower() in _NOT_NAMES for w in str(ex.value).split()):
+                return None
+            return ex
+        return extract_slot(spec, text, stt_confidence, self._now(), keyed=keyed)
+
+    def volunteer(self, text: str, stt_confidence: float) -> None:
+        """Keep the values of the workflow's slots said in ``text`` (a workflow just started).
+
+        Each is taken at its ``ask`` node instead of asking (read back when unsure).
+        """
+        self._s.volunteered.update(self._others(text, stt_confidence, exclude=""))
+
+    def _others(self, text: str, stt_confidence: float, exclude: str) -> dict[str, Extraction]:
+        """Values in ``text`` for the workflow's unfilled slots other than ``exclude``.
+
+        Only values that stand on their own: a date of birth (with its year), an appointment
+        day that is not a date of birth nor negated ("I can't make it on Friday"), a name
+        introduced as one ("this is Maria Lopez"), digits. Yes/no and free text are never
+        taken unasked.
+        """
+        s = self._s
+        found: dict[str, Extraction] = {}
+        if s.workflow is None:
+            return found
+        specs: dict[str, SlotSpec] = {}
+        for n in s.workflow.nodes.values():
+            if isinstance(n, AskNode):
+                specs.setdefault(n.slot.name, n.slot)
+        said = itn(text)
+        has_year = _YEAR.search(said) is not None
+        dated = False
+        for name, spec in specs.items():
+            if name == exclude or name in s.slots:
+                continue
+            ex: Extraction | None = None
+            if spec.type == "date_of_birth" and has_year:
+                ex = extract_slot(spec, _birth_clause(said), stt_confidence, self._now())
+            elif spec.type == "date_time" and not has_year and not _NEGATED.search(said):
+                ex = extract_slot(spec, text, stt_confidence, self._now())
+            elif spec.type == "person_name":
+                ex = _introduced_name(text, stt_confidence)
+            elif spec.type == "digits" and not has_year and not dated:
+                ex = extract_slot(spec, text, stt_confidence, self._now())
+            if ex is not None:
+                found[name] = ex
+                dated = dated or spec.type in ("date_of_birth", "date_time")
+        return found
+
+    def _next_ask(self, node: AskNode) -> AskNode | None:
+        """The ``ask`` node reached from ``node`` through ``say`` nodes, if any."""
+        s = self._s
+        assert s.workflow is not None
+        target = s.workflow.nodes.get(node.next)
+        for _ in range(MAX_STEPS):
+            if isinstance(target, SayNode):
+                target = s.workflow.nodes.get(target.next)
+            else:
+                break
+        return target if isinstance(target, AskNode) else None
+
+    def _correction(self, node: AskNode, rest: str, stt_confidence: float) -> Extraction | None:
+        """The corrected value in what follows "no"/"wait": a whole value or a family name."""
+        rest = _LEAD_CUES.sub("", rest).strip()
+        if not rest:
+            return None
+        ex = self.extract(node.slot, rest, stt_confidence)
+        pending = self._s.pending
+        if ex is None and node.slot.type == "person_name" and pending is not None:
+            words = re.findall(r"[A-Za-z][A-Za-z'\-]*", _FAMILY_LEAD.sub("", rest))
+            given = str(pending.value).split()[:-1]
+            if len(words) == 1 and given and words[0].lower() not in _NOT_NAMES:
+                name = " ".join([*given, words[0][0].upper() + words[0][1:]])
+                ex = Extraction(name, name, round(stt_confidence * 0.9, 3))
+        return ex
+
+    def _revise(self, text: str, stt_confidence: float, *, need_cue: bool) -> Reply | None:
+        """Replace an earlier answer of this workflow ("actually, make it Thursday").
+
+        The latest filled slot whose type the turn holds is replaced (read back when unsure)
+        and the workflow resumes after its question. Identity slots are not revised once the
+        caller is verified.
+        """
+        s = self._s
+        if s.workflow is None or not s.filled_at:
+            return None
+        if need_cue and not _CHANGE.search(normalise(text)):
+            return None
+        _, rest = split_correction(text)
+        rest = _LEAD_CUES.sub("", rest).strip()
+        if not rest:
+            return None
+        for name in reversed(list(s.filled_at)):
+            ask = s.workflow.nodes.get(s.filled_at[name])
+            if not isinstance(ask, AskNode) or ask.slot.type in ("yes_no", "free_text"):
+                continue
+            if ask.slot.type in _IDENTITY_TYPES and s.session.patient is not None:
+                continue
+            ex = self.extract(ask.slot, rest, stt_confidence)
+            if ex is None:
+                continue
+            s.node, s.pending = s.filled_at[name], None
+            return self._accept(ask, ex)
+        return None
+
+    def _accept(self, node: AskNode, ex: Extraction) -> Reply:
+        """Fill ``node``'s slot with ``ex``, or read it back first when unsure."""
+        if ex.confidence < node.slot.confirm_below:
+            self._s.pending = ex
+            self._s.wait = Wait.CONFIRM_SLOT
+            return Reply([readback_text(ex)])
+        return self._fill(node, ex, "speech")
 
     def take_message(self, text: str) -> Reply:
         """Take the caller's turn as the message (``MessageTaken``), then go on or hang up."""
@@ -347,7 +545,7 @@ class WorkflowEngine:
         keyed, s.dtmf = s.dtmf, ""
         if not keyed:
             return None
-        ex = extract_slot(node.slot, keyed, 1.0, self._now(), keyed=True)
+        ex = self.extract(node.slot, keyed, 1.0, keyed=True)
         if ex is None:
             return self._slot_failed(node, "I didn't get that number.")
         return self._fill(node, ex, "dtmf")
@@ -368,8 +566,17 @@ class WorkflowEngine:
     def _fill(
         self, node: AskNode, ex: Extraction, source: str, *, confirmed: bool = False
     ) -> Reply:
+        self._store(node, ex, source, confirmed=confirmed)
+        return self.run(node.next)
+
+    def _store(
+        self, node: AskNode, ex: Extraction, source: str, *, confirmed: bool = False
+    ) -> None:
         s = self._s
         s.slots[node.slot.name] = ex
+        s.filled_at.pop(node.slot.name, None)
+        s.filled_at[node.slot.name] = s.node
+        s.volunteered.pop(node.slot.name, None)
         s.pending = None
         s.attempts.pop(s.node, None)
         self._emit(
@@ -384,7 +591,6 @@ class WorkflowEngine:
             )
         )
         s.wait = Wait.NOTHING
-        return self.run(node.next)
 
     # ------------------------------------------------------------------ tools
 
@@ -414,3 +620,112 @@ class WorkflowEngine:
 def readback_text(ex: Extraction) -> str:
     """The question that reads an unsure slot value back to the caller."""
     return f"I heard {ex.display}. Is that right?"
+
+
+# ------------------------------------------------------------------ reading caller turns
+
+#: Slots that identify the caller: never revised once the caller is verified.
+_IDENTITY_TYPES = ("person_name", "date_of_birth", "spelled_name")
+
+_YEAR = re.compile(r"\b(18|19|20)\d{2}\b")
+_MONTHS = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
+#: Where a date begins in a turn: a birth cue, a month followed by a number, any digit.
+_DATE_START = re.compile(
+    r"[,;]?\s*(?:\b(?:born|birthday|birth date|date of birth|dob|d o b)\b|\b"
+    + _MONTHS
+    + r"\s+\d|\d)",
+    re.IGNORECASE,
+)
+_BIRTH_CUE = re.compile(
+    r"\b(?:born(?: on)?|birthday(?: is)?|birth date(?: is)?|date of birth(?: is)?|dob(?: is)?)\s+",
+    re.IGNORECASE,
+)
+#: Negated days are the days a caller cannot come, not the ones they want.
+_NEGATED = re.compile(r"\b(can'?t|cannot|won'?t|couldn'?t|not|unable)\b", re.IGNORECASE)
+#: A caller changing an answer ("actually, make it Thursday", "no wait, Tuesday").
+_CHANGE = re.compile(
+    r"\b(actually|instead|i meant|i mean|make (it|that)|change (it|that) to|switch (it|that) to|"
+    r"wait|scratch that|rather)\b"
+)
+#: Words that lead a correction and are not part of the value.
+_LEAD_CUES = re.compile(
+    r"^\W*(?:(?:no|nope|nah|yes|yeah|wait|sorry|actually|i mean|i meant|make (?:it|that)|"
+    r"change (?:it|that) to|switch (?:it|that) to|scratch that|rather|instead|how about|"
+    r"let'?s say|um+|uh+|oh)\b[\s,.!-]*)+",
+    re.IGNORECASE,
+)
+_FAMILY_LEAD = re.compile(
+    r"^\W*(?:(?:it'?s|it is|that'?s|that is|my|the|last|family|sur|name|is|was)\b[\s,.!-]*)+",
+    re.IGNORECASE,
+)
+#: Introductions that put a name in a turn that was not asked for one.
+_INTRO = re.compile(
+    r"\b(?:my name is|my name's|name is|the name is|this is|i am|i'm|it's|it is|speaking is)\s+"
+    r"([A-Za-z][A-Za-z'\-]*(?:\s+[A-Za-z][A-Za-z'\-]*){0,3})",
+    re.IGNORECASE,
+)
+#: Words that are not names (a request taken for a name asks for the wrong thing).
+_NOT_NAMES = frozenset(
+    """
+    i me my mine we our you your he she it its they them this that these those the a an and or
+    but so to too for of on in at by with about from into is am are was were be been being do
+    does did have has had can could would should will shall may might must need needs want
+    wants wanted like calling call called just also here there what when where why how who
+    yes no not please thanks thank hi hello hey okay ok well um uh sorry appointment
+    appointments reschedule cancel book booking schedule change move visit checkup check
+    doctor doctors dr nurse prescription refill bill billing payment pay born birthday birth
+    date day days time today tomorrow week month year morning afternoon evening wait actually
+    make sure right wrong again name last first family calling trying see kid son daughter
+    """.split()
+)
+
+
+def _before_dates(text: str) -> str:
+    """The words of ``text`` before a date or birth cue (a name comes first)."""
+    said = itn(text)
+    return _DATE_START.split(said, maxsplit=1)[0]
+
+
+def _birth_clause(said: str) -> str:
+    """From a birth cue on ("born March 4th 1982"), else all of ``said``."""
+    match = _BIRTH_CUE.search(said)
+    return said[match.end() :] if match else said
+
+
+def _introduced_name(text: str, stt_confidence: float) -> Extraction | None:
+    """A name the caller introduced ("this is Maria Lopez, born ..."), or ``None``."""
+    for match in _INTRO.finditer(text):
+        words: list[str] = []
+        for word in match.group(1).split():
+            if word.lower() in _NOT_NAMES:
+                break
+            words.append(word)
+        if 2 <= len(words) <= 3:
+            return extract_name("my name is " + " ".join(words), stt_confidence)
+    return None
+
+
+def _spelled(text: str, stt_confidence: float) -> Extraction | None:
+    """A family name spelled letter by letter ("L O P E Z"), as ``"Lopez"``."""
+    letters = extract_spelled(text)
+    if not letters or len(letters) < 2:
+        return None
+    name = letters[0].upper() + letters[1:].lower()
+    return Extraction(name, name, round(stt_confidence * 0.9, 3))
+
+
+try:  # the understanding module's readers; local ones until they land there
+    from appliance.agent.understanding import extract_spelled, split_correction
+except ImportError:  # pragma: no cover - removed once understanding has them
+
+    def extract_spelled(text: str) -> str | None:
+        """Letters spelled one by one ("L-O-P-E-Z", "l o p e z"), joined; else ``None``."""
+        tokens = re.findall(r"[A-Za-z]+", text)
+        letters = [t for t in tokens if len(t) == 1]
+        if len(letters) < 2 or len(letters) < len(tokens) / 2:
+            return None
+        return "".join(letters)
+
+    def split_correction(text: str) -> tuple[bool | None, str]:
+        """``(yes/no at the start or None, the rest after the yes/no and correction cues)``."""
+        return yes_no(text), _LEAD_CUES.sub("", text, count=1).strip()

@@ -6,6 +6,7 @@ A reply is texts to say, then what the call does (:class:`Next`). Pure data;
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, field
 from enum import Enum
@@ -103,6 +104,54 @@ STILL_THERE_TEXT = "Are you still there?"
 """Said, with the pending question, after the caller stayed silent for the idle timeout."""
 SILENT_GOODBYE_TEXT = "I haven't heard anything, so I'll end the call now."
 """Said before the goodbye when the caller stayed silent after :data:`STILL_THERE_TEXT`."""
+
+#: The STT's language probability from which a caller is taken to speak another language.
+LANGUAGE_SURE = 0.8
+
+#: "One moment, please. I'll connect you with a member of our staff.", by ISO 639-1 code: said
+#: to a caller who speaks another language before the transfer (others hear :data:`HOLD_TEXT`).
+LANGUAGE_HOLD_TEXTS = {
+    "es": "Un momento, por favor. Le comunico con una persona del personal.",
+    "zh": "请稍等，我为您转接工作人员。",
+    "vi": "Xin vui lòng chờ một chút. Tôi sẽ chuyển cuộc gọi đến nhân viên.",
+    "tl": "Sandali lang po. Ikokonekta ko kayo sa isang kawani.",
+    "fr": "Un instant, s'il vous plaît. Je vous mets en relation avec un membre du personnel.",
+    "ar": "لحظة من فضلك. سأحولك إلى أحد الموظفين.",
+    "ko": "잠시만 기다려 주세요. 직원에게 연결해 드리겠습니다.",
+    "pt": "Um momento, por favor. Vou transferir a sua chamada para um membro da equipe.",
+}
+
+#: A free-speech turn ending in a word that cannot end a sentence was cut by a pause.
+_DANGLING = re.compile(
+    r"\b(and|or|but|so|because|cause|about|for|to|with|of|in|on|at|from|into|by|the|a|an|my|"
+    r"your|our|if|that|um+|uh+|er|like|have|has|is|are|was|get|any|some)\W*$"
+)
+#: A turn made only of lead-in words ("I wanted to ask", "um so", "do you have").
+_LEAD_IN = re.compile(
+    r"^\W*(?:(?:um+|uh+|er|erm|so|well|okay|ok|and|also|i|i'm|i am|i was|i wanted|i want|"
+    r"i need|i needed|i'd|i would|like|i have|i've|i got|i've got|can|could|do|does|is|are|"
+    r"there|you|wanted|want|to|ask|asking|know|wondering|calling|call|question|a|quick|just|"
+    r"about|have|got|see|if|yeah|hmm+)\b[\s,.!?-]*)+$"
+)
+#: The most words a held fragment may grow to (then it is read as it is).
+_FRAGMENT_MAX_WORDS = 16
+
+
+def is_fragment(text: str) -> bool:
+    """Whether a free-speech turn is obviously cut short and should wait for its rest.
+
+    Ends in a conjunction, preposition, article or filler ("Do you have..." -> "have",
+    "I need to talk to you about"), or is only a lead-in ("I wanted to ask", "um so"). A turn
+    of :data:`_FRAGMENT_MAX_WORDS` words or more is never held.
+    """
+    said = " ".join(text.lower().replace("\u2019", "'").split())
+    words = said.split()
+    if not words or len(words) >= _FRAGMENT_MAX_WORDS:
+        return False
+    if said.endswith(("...", "\u2026")) or _LEAD_IN.match(said):
+        return True
+    return _DANGLING.search(said) is not None
+
 
 #: The outcome recorded when the agent hangs up on a silent caller.
 CALLER_SILENT = "caller_silent"

@@ -4,7 +4,8 @@
 Tool                     Arguments (slot types)                       Sets on success
 =======================  ===========================================  =========================
 ``identity.verify``      ``name`` (person_name), ``birth_date``        ``patient_given_name``
-                         (date_of_birth)
+                         (date_of_birth), ``family_name``
+                         (spelled_name, optional)
 ``calendar.upcoming``    none                                         ``appointment_when``,
                                                                       ``appointment_provider``
 ``calendar.free_slots``  ``after`` (date_time, optional: now)          ``slot_when``,
@@ -47,14 +48,20 @@ def _appointment_outputs(cal: SchedulingAdapter, appt: Appointment) -> dict[str,
 def verify_identity(call: ToolCall) -> ToolResult:
     """Find the patient by name and date of birth; emit ``IdentityVerified`` either way.
 
-    The first and last words of ``name`` are taken as given and family name.
+    The first and last words of ``name`` are taken as given and family name; a spelled
+    ``family_name``, when given, replaces the family name heard. The check is the calendar's
+    (:meth:`~appliance.agent.calendar.SchedulingAdapter.find_patient`): a spelled name is one
+    more try of the same check, never a looser one. Nothing of the record is returned on a
+    failure, so no stored name reaches an unverified caller.
     """
     cal = _calendar(call)
     name, born = call.arguments.get("name"), call.arguments.get("birth_date")
+    spelled = call.arguments.get("family_name")
     patient = None
     if isinstance(name, str) and name.split() and isinstance(born, date):
         words = name.split()
-        patient = cal.find_patient(words[0], words[-1], born)
+        family = spelled if isinstance(spelled, str) and spelled.strip() else words[-1]
+        patient = cal.find_patient(words[0], family.strip(), born)
     call.emit(
         IdentityVerified(
             call.call_id, workflow=call.workflow, ok=patient is not None, attempts=call.attempt
@@ -165,7 +172,11 @@ def default_tools() -> ToolRegistry:
             ToolSpec(
                 "identity.verify",
                 verify_identity,
-                params=(Param("name", ("person_name",)), Param("birth_date", ("date_of_birth",))),
+                params=(
+                    Param("name", ("person_name",)),
+                    Param("birth_date", ("date_of_birth",)),
+                    Param("family_name", ("spelled_name",), required=False),
+                ),
                 outputs=("patient_given_name",),
             ),
             ToolSpec(

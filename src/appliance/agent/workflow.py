@@ -47,7 +47,15 @@ TIERS = ("low", "medium", "high")
 OUTCOMES = ("resolved", "transferred", "message_taken")
 
 #: Slot types the extractors in :mod:`appliance.agent.understanding` know.
-SLOT_TYPES = ("person_name", "date_of_birth", "date_time", "digits", "yes_no", "free_text")
+SLOT_TYPES = (
+    "person_name",
+    "date_of_birth",
+    "date_time",
+    "digits",
+    "yes_no",
+    "free_text",
+    "spelled_name",
+)
 
 #: Clinic facts available to every template.
 FACTS = ("clinic_name", "clinic_hours", "clinic_address", "clinic_parking", "kb_answer")
@@ -82,7 +90,16 @@ class SlotSpec(_Strict):
     """What an ``ask`` node collects."""
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
-    type: Literal["person_name", "date_of_birth", "date_time", "digits", "yes_no", "free_text"]
+    #: ``spelled_name``: a (family) name spelled letter by letter, e.g. "L O P E Z".
+    type: Literal[
+        "person_name",
+        "date_of_birth",
+        "date_time",
+        "digits",
+        "yes_no",
+        "free_text",
+        "spelled_name",
+    ]
     #: Below this extraction confidence (0..1) the agent reads the value back for confirmation.
     confirm_below: float = Field(0.75, ge=0.0, le=1.0)
     #: Offer keypad entry when speech fails or is unsure (digit-like slots).
