@@ -19,11 +19,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import numpy as np
 
+from appliance.agent.spoken import parse_birth_date, parse_spelled, spoken_digits, title_name
 from appliance.agent.workflow import SlotSpec, WorkflowSet
 
 #: Intents at or above this cosine similarity start their workflow (measured on the default
@@ -53,43 +54,145 @@ _EMERGENCY = re.compile(
     r"bleeding (badly|a lot)|overdose\w*|suicid\w*|kill myself|stroke|unconscious)\b"
 )
 _HUMAN = re.compile(
-    r"\b(operator|representative|receptionist|human|real person|a person|live person|"
-    r"someone (real|there)|(speak|talk)\w* (to|with) (\w+ )?(person|human|someone|"
-    r"somebody|staff|nurse|doctor|agent|receptionist|representative|operator)|transfer me|agent)\b"
+    r"\b(operator|representative|receptionist|reception|front desk|front office|human|"
+    r"real person|a person|live person|someone (real|there)|"
+    r"(speak|talk)\w* (to|with) (\w+ )?(person|human|someone|somebody|staff|nurse|doctor|agent|"
+    r"receptionist|representative|operator|office|desk|reception)|transfer me|agent|"
+    r"put me (through|thru)|connect me|get me (someone|somebody|a person|a human|the office)|"
+    r"(someone|somebody) (in|at|from) the (office|clinic|desk)|"
+    r"(talk|speak)\w* to (someone|somebody|anyone|anybody))\b"
 )
+#: Whisper tiny.en's renderings of a caller saying "operator" on an 8 kHz line (heard in calls).
+_HUMAN_MISHEARD = ("ah we're ready", "upper rator", "operate her", "opera tor", "up a rater")
+#: Words a request for a person is made of, compared whole-turn by spelling and by sound.
+_HUMAN_TARGETS = ("operator", "representative", "receptionist", "reception", "front desk")
+#: Minimum rapidfuzz ratio (0-100) of a short turn to a target, in spelling and in metaphone
+#: code both: "upper rator" scores 78/80 for "operator", "operation" 82/60 and "cooperate"
+#: 71/67 do not pass (tests/unit/test_understanding.py).
+HUMAN_FUZZY = 75.0
+_HUMAN_FILLER = {
+    "um", "uh", "er", "ah", "the", "a", "an", "please", "i", "want", "need", "can", "get",
+    "give", "me", "just", "yes", "hi", "hello", "you", "could", "is", "to", "your",
+}  # fmt: skip
 _GOODBYE = re.compile(r"\b(good ?bye|bye|that'?s all|that is all|nothing else|hang up)\b")
 _YES = re.compile(
-    r"^\W*(yes|yeah|yep|yup|sure|correct|right|that'?s right|that is right|that'?s correct|"
-    r"ok(ay)?|please do|please|go ahead|do it|sounds good|absolutely|of course)\b"
+    r"^\W*(yes|yeah|yea|yep|yup|ya|yah|sure|correct|right|exactly|affirmative|indeed|"
+    r"that'?s (right|correct|it|the one|me)|that is (right|correct|it)|you got it|"
+    r"uh[ -]?huh|mm[ -]?hmm|mhm|ok(ay)?|please do|please|go ahead|do it|sounds good|"
+    r"absolutely|of course|definitely|certainly|perfect|great|yes please)\b"
 )
 _NO = re.compile(
-    r"^\W*(no|nope|nah|not really|that'?s wrong|wrong|incorrect|don'?t|do not|no thanks?)\b"
+    r"^\W*(no|nope|nah|negative|not really|not quite|not exactly|not right|not correct|"
+    r"that'?s (wrong|not (right|it|correct|quite))|that is (wrong|not)|wrong|incorrect|"
+    r"don'?t|do not|no thanks?|uh[ -]uh|nuh[ -]uh|actually no|wait no|not that)\b"
 )
+_LEAD_FILLER = re.compile(r"^\W*((um+|uh+|er+|ah+|oh|well|so|hmm+)\b\W*)+", re.IGNORECASE)
+#: Words between a "no" and the corrected value: "no wait, Tuesday", "no, I said the 15th".
+_CORRECTION_LEAD = re.compile(
+    r"^\W*((wait|sorry|actually|i said|i meant|i mean|make (that|it)|rather|it'?s|it is|"
+    r"it should be|should be|instead|but|not that|that'?s not (it|right)|um+|uh+)\b\W*)+",
+    re.IGNORECASE,
+)
+
+
+def _sounds_like_human_request(said: str) -> bool:
+    """A short turn that is a garbled "operator"/"receptionist" (spelling and sound both close)."""
+    import jellyfish
+    from rapidfuzz import fuzz
+
+    if any(garble in said for garble in _HUMAN_MISHEARD):
+        return True
+    words = [w for w in re.findall(r"[a-z']+", said) if w not in _HUMAN_FILLER]
+    if not 1 <= len(words) <= 3:
+        return False
+    heard = "".join(words).replace("'", "")
+    sound = jellyfish.metaphone(heard)
+    for target in _HUMAN_TARGETS:
+        key = target.replace(" ", "")
+        if (
+            fuzz.ratio(heard, key) >= HUMAN_FUZZY
+            and fuzz.ratio(sound, jellyfish.metaphone(key)) >= HUMAN_FUZZY
+        ):
+            return True
+    return False
 
 
 def global_intent(text: str) -> str | None:
     """Safety-level intents by rule: ``emergency``, ``human``, ``goodbye`` or ``None``.
 
-    Order matters: an emergency cue beats everything, then a request for a person, then goodbye.
+    Order matters: an emergency cue beats everything, then a request for a person (in any of
+    the wordings of :data:`_HUMAN`, or on a turn of at most three content words a known or
+    fuzzy-matched mishearing of "operator"/"receptionist"/"representative"), then goodbye.
     """
     said = normalise(text)
     if _EMERGENCY.search(said):
         return "emergency"
-    if _HUMAN.search(said):
+    if _HUMAN.search(said) or _sounds_like_human_request(said):
         return "human"
     if _GOODBYE.search(said) and len(said.split()) <= 6:
         return "goodbye"
     return None
 
 
+def _strip_lead(said: str) -> str:
+    if re.match(r"^\W*(uh[ -]?huh|uh[ -]uh)\b", said, re.IGNORECASE):
+        return said
+    return _LEAD_FILLER.sub("", said)
+
+
 def yes_no(text: str) -> bool | None:
-    """``True`` for yes, ``False`` for no, ``None`` when the turn is neither."""
-    said = normalise(text)
+    """``True`` for yes, ``False`` for no, ``None`` when the turn is neither.
+
+    Leading fillers are skipped ("um, yeah"); "uh huh"/"mm hmm" are yes, "uh uh"/"not quite"/
+    "that's not right" are no, and a "no" wins over a later "yes" ("no wait, yes" is no).
+    """
+    said = _strip_lead(normalise(text))
     if _NO.search(said):
         return False
     if _YES.search(said):
         return True
     return None
+
+
+def split_correction(text: str) -> tuple[bool | None, str]:
+    """The yes/no answer of a turn and what follows it, which may hold a corrected value.
+
+    "no wait, Tuesday" -> ``(False, "Tuesday")``; "yes" -> ``(True, "")``; "Tuesday" ->
+    ``(None, "Tuesday")``; "no, it's March 4th" -> ``(False, "March 4th")``. The remainder
+    keeps the caller's casing, without the correction words ("wait", "I said", "it's").
+    """
+    answer = yes_no(text)
+    said = text.replace("\u2019", "'").strip()
+    if answer is None:
+        return None, said
+    rest = said
+    pattern = _NO if answer is False else _YES
+    for _ in range(3):  # "yeah, that's right", "no no, not quite"
+        rest = _strip_lead(rest).lstrip(" \t,.;:!?-")
+        match = pattern.match(normalise(rest))
+        if not match:
+            break
+        # normalise() lower-cases and collapses spaces: map the length back onto ``rest``
+        rest = rest[_original_span(rest, len(match.group(0).strip())) :]
+    rest = _CORRECTION_LEAD.sub("", rest)
+    return answer, rest.strip(" \t,.;:!?-")
+
+
+def _original_span(text: str, normalised_len: int) -> int:
+    """How many characters of ``text`` produce the first ``normalised_len`` of normalise()."""
+    seen = 0
+    prev_space = False
+    for i, ch in enumerate(text):
+        if seen >= normalised_len:
+            return i
+        if ch.isspace():
+            if not prev_space:
+                seen += 1
+            prev_space = True
+        else:
+            seen += 1
+            prev_space = False
+    return len(text)
 
 
 # --- intents -----------------------------------------------------------------------------------
@@ -212,15 +315,38 @@ _FILLERS = {"um", "uh", "er", "ah", "yes", "yeah", "hi", "hello", "so", "well", 
 
 
 def extract_name(text: str, stt_confidence: float) -> Extraction | None:
-    """A caller's first and last name, e.g. "My name is Maria Lopez." -> ``"Maria Lopez"``."""
-    match = _NAME_LEAD.search(text)
-    body = match.group(1) if match else text
+    """A caller's first and last name, e.g. "My name is Maria Lopez." -> ``"Maria Lopez"``.
+
+    Apostrophes and hyphens stay ("Maria O'Connor", "Ann Smith-Jones"); a lone "O" or "D"
+    before a capitalised word is the apostrophe prefix Whisper split off ("O Connor" ->
+    "O'Connor"); lower-case words are title-cased ("o'connor" -> "O'Connor").
+    """
+    said = text.replace("\u2019", "'").replace("\u2018", "'")
+    match = _NAME_LEAD.search(said)
+    body = match.group(1) if match else said
     words = [w for w in re.findall(r"[A-Za-z][A-Za-z'\-]*", body) if w.lower() not in _FILLERS]
-    if not 2 <= len(words) <= 4:
+    words = [w.strip("'-") for w in words]
+    joined: list[str] = []
+    for w in words:
+        if joined and joined[-1] in ("O", "D") and len(joined) >= 2 and w[:1].isupper():
+            joined[-1] = f"{joined[-1]}'{w}"
+        else:
+            joined.append(w)
+    if not 2 <= len(joined) <= 4:
         return None
-    name = " ".join(w[0].upper() + w[1:] for w in words[:3])
+    name = " ".join(title_name(w) if w.islower() else w[0].upper() + w[1:] for w in joined[:3])
     certainty = 0.95 if match else 0.8
     return Extraction(name, name, round(stt_confidence * certainty, 3))
+
+
+def extract_spelled(text: str) -> str | None:
+    """A family name spelled letter by letter, in title case, or ``None``.
+
+    "O apostrophe C O N N O R" -> ``"O'Connor"``; "L-O-P-E-Z" -> ``"Lopez"``; "L as in Lima,
+    O as in Oscar, P as in Papa, E as in Echo, Z as in Zulu" -> ``"Lopez"``; "C O double N O R"
+    -> ``"Connor"`` (rules in :func:`appliance.agent.spoken.parse_spelled`).
+    """
+    return parse_spelled(text)
 
 
 def _search_date(text: str, *, prefer: str, base: datetime) -> datetime | None:
@@ -249,26 +375,22 @@ _MONTH = re.compile(
 
 
 def extract_birth_date(text: str, stt_confidence: float, today: date) -> Extraction | None:
-    """A date of birth from speech ("March 4th, 1982", "3/4/1982") or keypad ``MMDDYYYY``.
+    """A date of birth as callers say it, or keypad ``MMDDYYYY``.
 
-    The year must be between 1900 and ``today``.
+    Forms (US month-day-year): "March 4th, 1982", "the fourth of July 1975", "March the 15th
+    88", "7/4/01", "03-15-1988", "oh three, fifteen, eighty-eight", "zero three one five one
+    nine eight eight", "nineteen eighty" years (:func:`appliance.agent.spoken.parse_birth_date`);
+    two-digit years are the most recent past year. The date must be between 1900-01-01 and
+    ``today``; impossible dates (February 30) and dates without a year give ``None``.
+
+    Certainty: 1.0 keyed, 0.95 with a month name, 0.85 for three spoken groups, 0.7-0.8 for
+    slashes or an unsegmented digit run.
     """
-    digits = re.sub(r"\D", "", text)
-    if re.fullmatch(r"\d{8}", text.strip()):
-        try:
-            value = date(int(digits[4:]), int(digits[:2]), int(digits[2:4]))
-        except ValueError:
-            return None
-        certainty = 1.0
-    else:
-        spoken = itn(text)
-        if not re.search(r"\b(18|19|20)\d{2}\b", spoken):
-            return None  # a birth date without a year is not enough to verify anyone
-        found = _search_date(spoken, prefer="past", base=datetime.combine(today, time()))
-        if found is None:
-            return None
-        value = found.date()
-        certainty = 0.95 if _MONTH.search(spoken) else 0.7  # 3/4/1982 is ambiguous
+    keyed = re.fullmatch(r"\d{8}", text.strip()) is not None
+    parsed = parse_birth_date(text, today)
+    if parsed is None:
+        return None  # no year, an impossible date, or no date at all
+    value, certainty = parsed.value, 1.0 if keyed else parsed.certainty
     if not date(1900, 1, 1) <= value <= today:
         return None
     display = f"{value:%B} {value.day}, {value.year}"
@@ -293,12 +415,43 @@ def speak_when(when: datetime) -> str:
     return f"{when:%A}, {when:%B} {when.day} at {hour}{minutes} {when:%p}"
 
 
+_UNIT_WORDS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+_CLOCK: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
+    (re.compile(r"\bhalf past (\d{1,2})\b", re.I), lambda m: f"{m[1]}:30"),
+    (re.compile(r"\bquarter past (\d{1,2})\b", re.I), lambda m: f"{m[1]}:15"),
+    (
+        re.compile(r"\bquarter (?:to|till|of) (\d{1,2})\b", re.I),
+        lambda m: f"{(int(m[1]) - 2) % 12 + 1}:45",
+    ),
+    (re.compile(r"\b(\d{1,2}) (?:oh|o) (\d)\b", re.I), lambda m: f"{m[1]}:0{m[2]}"),
+    (
+        re.compile(r"\b(at|@|by|around) (\d{1,2}) ([0-5]\d)\b", re.I),
+        lambda m: f"{m[1]} {m[2]}:{m[3]}",
+    ),
+    (re.compile(r"\b(\d{1,2}) ([0-5]\d) ?(am|pm)\b", re.I), lambda m: f"{m[1]}:{m[2]} {m[3]}"),
+    # a bare hour before more words ("at 2 on Friday") reads as a day number to dateparser
+    (re.compile(r"\b(at|@) (\d{1,2})(?= [a-z])(?! ?(am|pm|o'?clock)\b)", re.I), r"\1 \2:00"),
+]
+
+
 def extract_when(text: str, stt_confidence: float, now: datetime) -> Extraction | None:
     """A future appointment day and time, e.g. "next Wednesday at eleven in the morning".
 
-    Without a time of day, 9 AM that day is used (the first opening of the day is offered).
+    Clock words become ``h:mm`` first ("ten thirty", "half past two", "quarter to ten", "ten oh
+    five"). Without a time of day, 9 AM that day is used (the first opening of the day is
+    offered).
     """
     spoken = itn(text)
+    # alpha2digit leaves isolated small numbers as words ("at two"): convert them after clock
+    # words, where they can only be hours.
+    spoken = re.sub(
+        r"\b(at|past|to|till|of|by|around) (one|two|three|four|five|six|seven|eight|nine)\b",
+        lambda m: f"{m[1]} {_UNIT_WORDS.index(m[2].lower()) + 1}",
+        spoken,
+        flags=re.IGNORECASE,
+    )
+    for clock, to_clock in _CLOCK:
+        spoken = clock.sub(to_clock, spoken)
     for pattern, repl in _DAYPART:
         spoken = pattern.sub(repl, spoken)
     found = _search_date(spoken, prefer="future", base=now)
@@ -328,16 +481,27 @@ def extract_when(text: str, stt_confidence: float, now: datetime) -> Extraction 
     )
 
 
+def heard_digits(text: str) -> str:
+    """Every digit in a caller's turn, in order (``len()`` of it is how many were heard).
+
+    "oh" is zero, "double five" is ``55``, groups join ("five five five, one two three four" ->
+    ``"5551234"``), number words count by their digits ("eighty-eight" -> ``88``).
+    """
+    return spoken_digits(text)
+
+
 def extract_digits(
     text: str, stt_confidence: float, minimum: int, maximum: int
 ) -> Extraction | None:
     """A digit string (member id, phone number) from speech or keypad input.
 
-    Spoken digits are hard for small STT models (MODELS.md: 27% WER on isolated digits at
-    8 kHz), so speech gets a certainty of 0.7 and keypad input 1.0.
+    Speech goes through :func:`heard_digits`. ``None`` when the count is outside
+    ``minimum..maximum``; :func:`heard_digits` tells the dialogue how many it got. Spoken digits
+    are hard for small STT models (MODELS.md: 27% WER on isolated digits at 8 kHz), so speech
+    gets a certainty of 0.7 and keypad input 1.0. ``display`` is the digits spaced ("5 5 5").
     """
     keyed = re.fullmatch(r"[0-9]+", text.strip()) is not None
-    digits = re.sub(r"\D", "", text if keyed else itn(text))
+    digits = text.strip() if keyed else heard_digits(text)
     if not minimum <= len(digits) <= maximum:
         return None
     display = " ".join(digits)
