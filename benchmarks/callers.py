@@ -817,7 +817,13 @@ def build_call(script: Script, voice: str, work: Path, cache: Path) -> tuple[Pat
         else:
             steps.append({"wait": t.wait})
             src = "silence"
-        info.append({"turn": k, "source": src, **{a: b for a, b in asdict(t).items() if b}})
+        info.append(
+            {
+                "turn": k,
+                "source": src,
+                **{a: b for a, b in asdict(t).items() if b is not None and b != ""},
+            }
+        )
     path = work / "script.json"
     path.write_text(json.dumps({"steps": steps}, indent=1))
     return path, info
