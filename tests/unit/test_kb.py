@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from appliance.agent.kb import KB_ACCEPT, KnowledgeBase, default_file
 from appliance.config.settings import ClinicSettings
@@ -99,11 +100,6 @@ def test_empty_question_has_no_hit(kb: KnowledgeBase) -> None:
     assert kb.search("  ") is None and kb.answer("") is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: 'cancel my appointment' scores 0.60 for walk_ins (the cancellation "
-    "entry has no such example question), so the walk-in answer would be spoken",
-)
 def test_cancelling_question_reaches_the_cancellation_policy(kb: KnowledgeBase) -> None:
     hit = kb.answer("what if I need to cancel my appointment")
     assert hit is None or hit.entry_id == "cancellation_policy"
@@ -135,3 +131,26 @@ def test_missing_file_is_refused(tmp_path: Path, embedder) -> None:  # noqa: ANN
     with pytest.raises(ConfigError) as err:
         KnowledgeBase(tmp_path / "absent.yaml", CLINIC, embedder.encode)
     assert err.value.code == "kb_unreadable"
+
+
+#: Held-out paraphrases (never copied into the entries), 43 questions over the 7 entries.
+PARAPHRASES = Path(__file__).parent / "data" / "kb_paraphrases.yaml"
+
+
+def test_held_out_paraphrase_retrieval_rate(kb: KnowledgeBase) -> None:
+    """Top-1 retrieval over the held-out set (floors below the measured figures).
+
+    Measured 42/43 (97.7%) with the shipped entries (74.4% before they gained paraphrase-style
+    examples); 32/43 (74.4%) also reach KB_ACCEPT (23.3% before).
+    """
+    data = yaml.safe_load(PARAPHRASES.read_text(encoding="utf-8"))["paraphrases"]
+    pairs = [(question, entry) for entry, questions in data.items() for question in questions]
+    assert len(pairs) >= 40
+    hits = [kb.search(question) for question, _ in pairs]
+    top1 = sum(h is not None and h.entry_id == entry for h, (_, entry) in zip(hits, pairs, strict=True))
+    answered = sum(
+        h is not None and h.entry_id == entry and h.score >= KB_ACCEPT
+        for h, (_, entry) in zip(hits, pairs, strict=True)
+    )
+    assert top1 / len(pairs) >= 0.93
+    assert answered / len(pairs) >= 0.65
