@@ -147,7 +147,9 @@ def test_held_out_paraphrase_retrieval_rate(kb: KnowledgeBase) -> None:
     pairs = [(question, entry) for entry, questions in data.items() for question in questions]
     assert len(pairs) >= 40
     hits = [kb.search(question) for question, _ in pairs]
-    top1 = sum(h is not None and h.entry_id == entry for h, (_, entry) in zip(hits, pairs, strict=True))
+    top1 = sum(
+        h is not None and h.entry_id == entry for h, (_, entry) in zip(hits, pairs, strict=True)
+    )
     answered = sum(
         h is not None and h.entry_id == entry and h.score >= KB_ACCEPT
         for h, (_, entry) in zip(hits, pairs, strict=True)
