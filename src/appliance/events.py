@@ -101,13 +101,23 @@ class DtmfReceived(Event):
 
 @dataclass(frozen=True)
 class TurnLatency(Event):
-    """Per-turn stage latencies in seconds (no content)."""
+    """Per-turn stage latencies in seconds (no content).
+
+    ``endpointing_s + agent_s + reply_s == voice_to_voice_s`` when all three are known: the
+    caller's last voice to the turn's end, the turn's end to the dialogue's reply leaving the
+    receptionist, and that to the agent's first audio. ``stt_s`` (VAD stop to transcript)
+    overlaps the endpointing; ``llm_ttft_s`` and ``tts_ttfa_s`` lie inside ``reply_s``.
+    ``listening`` is the kind of answer the dialogue expected (``free``, ``digits``, ...).
+    """
 
     endpointing_s: float | None
     stt_s: float | None
     llm_ttft_s: float | None
     tts_ttfa_s: float | None
     voice_to_voice_s: float | None
+    agent_s: float | None = None
+    reply_s: float | None = None
+    listening: str = ""
 
 
 @dataclass(frozen=True)

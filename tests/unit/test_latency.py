@@ -6,8 +6,10 @@ import pytest
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     Frame,
+    LLMFullResponseStartFrame,
     MetricsFrame,
     TranscriptionFrame,
+    TTSSpeakFrame,
     UserStoppedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
@@ -182,3 +184,27 @@ async def test_in_a_running_pipeline_figures_follow_the_push_times() -> None:
     assert 0.25 <= lat.stt_s < 0.25 + 0.5
     assert 0.65 <= lat.voice_to_voice_s < 0.65 + 0.5
     assert lat.endpointing_s < lat.voice_to_voice_s
+
+
+async def test_the_agent_stage_closes_the_breakdown(events: list[Event]) -> None:
+    receptionist = FrameProcessor(name="Receptionist#0")
+    obs = TurnLatencyObserver("c1", events.append, vad_stop_secs=0.2, listening=lambda: "date")
+    timeline: list[tuple[float, Frame, FrameProcessor]] = [
+        (10.0, VADUserStoppedSpeakingFrame(stop_secs=0.2), SRC),  # voice ended at 9.8
+        (10.2, transcript(), SRC),
+        (10.4, UserStoppedSpeakingFrame(), SRC),
+        (10.5, TTSSpeakFrame("not the receptionist's"), SRC),  # another processor's frame
+        (10.55, LLMFullResponseStartFrame(), receptionist),  # the dialogue answered
+        (10.6, TTSSpeakFrame("later"), receptionist),  # only the first reply frame counts
+        (11.0, BotStartedSpeakingFrame(), SRC),
+    ]
+    for at, frame, source in timeline:
+        push = pushed(frame, at)
+        push.source = source
+        await obs.on_push_frame(push)
+    (lat,) = events
+    assert lat.endpointing_s == pytest.approx(0.6)
+    assert lat.agent_s == pytest.approx(0.15)
+    assert lat.reply_s == pytest.approx(0.45)
+    assert lat.endpointing_s + lat.agent_s + lat.reply_s == pytest.approx(lat.voice_to_voice_s)
+    assert lat.listening == "date"

@@ -379,7 +379,9 @@ class ApplianceServer:
             elif reply.next is Next.PCI and reply.pci is not None:
 
                 async def pci_done(ok: bool) -> None:
-                    await call.receptionist.speak(call.receptionist.dialog.pci_done(ok))
+                    await call.receptionist.speak(
+                        await call.receptionist.ask(call.receptionist.dialog.pci_done, ok)
+                    )
 
                 call.pci.start(
                     pci_done,

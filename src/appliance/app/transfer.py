@@ -127,8 +127,10 @@ class Transfers:
             "call %s: transfer %s (status %d)", handle.call_id, "ok" if ok else "failed", status
         )
         if ok:
-            call.receptionist.dialog.transfer_succeeded()
+            await call.receptionist.ask(call.receptionist.dialog.transfer_succeeded)
             handle.hangup()
             return True
-        await call.receptionist.speak(call.receptionist.dialog.transfer_failed())
+        await call.receptionist.speak(
+            await call.receptionist.ask(call.receptionist.dialog.transfer_failed)
+        )
         return False

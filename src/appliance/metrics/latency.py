@@ -7,9 +7,16 @@ Stages, all in seconds, for each caller turn (reference: the pipecat frame flow)
 * ``stt_s``: VAD stop to the final :class:`TranscriptionFrame` (segment transcription).
 * ``llm_ttft_s``: the LLM's time to first token (its TTFB metric); ``None`` for templated turns.
 * ``tts_ttfa_s``: the TTS's time to first audio (its TTFB metric) for the first sentence.
+* ``agent_s``: the turn's end to the receptionist's reply (the dialogue manager's time: rules,
+  intents, slot parsing, tools), i.e. the first reply frame the receptionist pushes
+  (:class:`LLMFullResponseStartFrame`, :class:`TTSSpeakFrame`, or the
+  :class:`LLMContextFrame` it hands to the LLM).
+* ``reply_s``: that reply to :class:`BotStartedSpeakingFrame` (LLM, TTS or the phrase cache,
+  and the output queue).
 * ``voice_to_voice_s``: caller's last voice to :class:`BotStartedSpeakingFrame` (agent audio
-  queued to the wire), measured inside the process. The wire-level figure is measured by the
-  calling peer in ``benchmarks/``.
+  queued to the wire), measured inside the process; it equals
+  ``endpointing_s + agent_s + reply_s``. The wire-level figure is measured by the calling peer
+  in ``benchmarks/``.
 """
 
 from __future__ import annotations
@@ -19,8 +26,11 @@ from dataclasses import dataclass
 
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
+    LLMContextFrame,
+    LLMFullResponseStartFrame,
     MetricsFrame,
     TranscriptionFrame,
+    TTSSpeakFrame,
     UserStoppedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
@@ -40,6 +50,7 @@ class _Turn:
     transcript: float | None = None
     llm_ttft: float | None = None
     tts_ttfa: float | None = None
+    replied: float | None = None
 
     @property
     def voice_end(self) -> float:
@@ -62,6 +73,8 @@ class TurnLatencyObserver(BaseObserver):
             when the VAD frame does not carry its own ``stop_secs``.
         llm_name: Substring of the LLM processor's name (to attribute TTFB metrics).
         tts_name: Substring of the TTS processor's name.
+        agent_name: Substring of the receptionist's name (whose reply frames end ``agent_s``).
+        listening: Returns the kind of answer the dialogue expects (recorded per turn).
     """
 
     def __init__(
@@ -72,6 +85,8 @@ class TurnLatencyObserver(BaseObserver):
         vad_stop_secs: float,
         llm_name: str = "LLM",
         tts_name: str = "TTS",
+        agent_name: str = "Receptionist",
+        listening: Callable[[], str] = lambda: "",
     ) -> None:
         super().__init__(observe_every_push=False)
         self._call_id = call_id
@@ -79,6 +94,9 @@ class TurnLatencyObserver(BaseObserver):
         self._vad_stop = vad_stop_secs
         self._llm_name = llm_name
         self._tts_name = tts_name
+        self._agent_name = agent_name
+        self._listening = listening
+        self._kind = ""
         self._turn: _Turn | None = None
         self.turns: list[TurnLatency] = []
 
@@ -95,6 +113,15 @@ class TurnLatencyObserver(BaseObserver):
         elif isinstance(frame, UserStoppedSpeakingFrame):
             if self._turn.user_stopped is None:
                 self._turn.user_stopped = now
+                self._kind = self._listening()
+        elif isinstance(frame, LLMFullResponseStartFrame | TTSSpeakFrame | LLMContextFrame):
+            source = getattr(data.source, "name", "")
+            if (
+                self._agent_name in source
+                and self._turn.user_stopped is not None
+                and self._turn.replied is None
+            ):
+                self._turn.replied = now
         elif isinstance(frame, TranscriptionFrame):
             if self._turn.transcript is None:
                 self._turn.transcript = now
@@ -110,6 +137,9 @@ class TurnLatencyObserver(BaseObserver):
             if turn.transcript is None:
                 return  # a VAD blip without a transcript: not a caller turn
             end = turn.voice_end
+            agent_s = reply_s = None
+            if turn.user_stopped is not None and turn.replied is not None:
+                agent_s, reply_s = turn.replied - turn.user_stopped, now - turn.replied
             latency = TurnLatency(
                 self._call_id,
                 endpointing_s=None if turn.user_stopped is None else turn.user_stopped - end,
@@ -117,6 +147,9 @@ class TurnLatencyObserver(BaseObserver):
                 llm_ttft_s=turn.llm_ttft,
                 tts_ttfa_s=turn.tts_ttfa,
                 voice_to_voice_s=now - end,
+                agent_s=agent_s,
+                reply_s=reply_s,
+                listening=self._kind,
             )
             self.turns.append(latency)
             self._emit(latency)

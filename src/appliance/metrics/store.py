@@ -114,10 +114,21 @@ def _m003_media_stats(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m004_turn_stages(db: sqlite_utils.Database) -> None:
+    # The dialogue's own time and the reply's time to first audio; the expected answer kind.
+    table = db.table("turn_latency")
+    if not table.exists():
+        return  # a store that never had per-turn figures gets them with its next rebuild
+    table.add_column("agent_s", float)
+    table.add_column("reply_s", float)
+    table.add_column("listening", str)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_calls", _m001_calls),
     ("002_call_scores", _m002_call_scores),
     ("003_media_stats", _m003_media_stats),
+    ("004_turn_stages", _m004_turn_stages),
 ]
 
 
@@ -325,6 +336,9 @@ class CallMetadataStore:
                     "llm_ttft_s": event.llm_ttft_s,
                     "tts_ttfa_s": event.tts_ttfa_s,
                     "voice_to_voice_s": event.voice_to_voice_s,
+                    "agent_s": event.agent_s,
+                    "reply_s": event.reply_s,
+                    "listening": event.listening,
                 }
             )
             db.execute("UPDATE calls SET turns = turns + 1 WHERE call_id = ?", [event.call_id])

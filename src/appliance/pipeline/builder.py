@@ -28,7 +28,6 @@ from pipecat.processors.aggregators.llm_response_universal import (
     LLMUserAggregatorParams,
 )
 from pipecat.turns.user_mute import MuteUntilFirstBotCompleteUserMuteStrategy
-from pipecat.turns.user_stop import TurnAnalyzerUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
 from appliance.agent.dialog import Reply
@@ -38,6 +37,7 @@ from appliance.config.settings import ApplianceSettings
 from appliance.events import Event
 from appliance.metrics.latency import TurnLatencyObserver
 from appliance.models.engines import ModelSet
+from appliance.pipeline.endpointing import SlotAwareTurnStopStrategy
 from appliance.pipeline.health import StageHealthObserver
 from appliance.pipeline.payments import LuhnHandoff, PaymentHandler
 from appliance.pipeline.pci import PciGate
@@ -51,6 +51,7 @@ from appliance.pipeline.services import (
 )
 from appliance.pipeline.transport import PjsuaTransport
 from appliance.policy.disclosure import DisclosureOpener, disclosure_text
+from appliance.text.listening import FREE, Listening
 
 #: Silero VAD hangover before "stopped speaking", in seconds (pipecat's default is 0.2).
 VAD_STOP_SECS = 0.2
@@ -90,20 +91,30 @@ class StoreSileroVADAnalyzer(SileroVADAnalyzer):
 
 
 def user_turn_params(
-    models: ModelSet, *, mute_until_first_bot: bool = True
+    models: ModelSet,
+    *,
+    mute_until_first_bot: bool = True,
+    listening: Callable[[], Listening] = lambda: FREE,
+    stt: LocalWhisperSTTService | None = None,
 ) -> LLMUserAggregatorParams:
-    """Turn-taking for a call: Silero VAD and smart-turn v3 endpointing.
+    """Turn-taking for a call: Silero VAD and smart-turn v3 endpointing, slot-aware.
 
     By default the caller is muted until the first agent utterance (the disclosure) has played.
+    ``listening`` says what the dialogue expects, so that a number said in groups is not cut
+    at its pauses (:class:`~appliance.pipeline.endpointing.SlotAwareTurnStopStrategy`); with
+    ``stt`` the turn never ends while one of its segments is still being transcribed.
     """
     return LLMUserAggregatorParams(
         vad_analyzer=StoreSileroVADAnalyzer(models.vad_path, VADParams(stop_secs=VAD_STOP_SECS)),
         user_turn_strategies=UserTurnStrategies(
             stop=[
-                TurnAnalyzerUserTurnStopStrategy(
+                SlotAwareTurnStopStrategy(
                     turn_analyzer=LocalSmartTurnAnalyzerV3(
                         smart_turn_model_path=str(models.turn_path)
-                    )
+                    ),
+                    listening=listening,
+                    stt_pending=(lambda: stt.segments_pending) if stt else (lambda: 0),
+                    stt_idle=stt.wait_idle if stt else None,
                 )
             ]
         ),
@@ -175,18 +186,24 @@ def build_call_pipeline(
         dropped["ms"] = ms
 
     transport = PjsuaTransport(bridge, on_cleared=on_cleared)
-    stt = LocalWhisperSTTService(models.stt, name="STT")
+    dialog = agent.new_dialog(call_id, emit)
+
+    def listening() -> Listening:
+        return dialog.listening
+
+    stt = LocalWhisperSTTService(models.stt, listening=listening, name="STT")
     context = LLMContext(messages=initial_messages(settings))  # type: ignore[arg-type]
     aggregators = LLMContextAggregatorPair(
         context,
-        user_params=user_turn_params(models),
+        user_params=user_turn_params(models, listening=listening, stt=stt),
     )
     receptionist = Receptionist(
         call_id,
-        agent.new_dialog(call_id, emit),
+        dialog,
         emit,
         on_after,
         stt_confidence=lambda: stt.last_confidence,
+        stt_language=lambda: stt.last_language,
         idle_timeout_s=settings.agent.idle_timeout_s,
         name="Receptionist",
     )
@@ -225,10 +242,12 @@ def build_call_pipeline(
             aggregators.assistant(),
         ]
     )
-    latency = TurnLatencyObserver(call_id, emit, vad_stop_secs=VAD_STOP_SECS)
+    latency = TurnLatencyObserver(
+        call_id, emit, vad_stop_secs=VAD_STOP_SECS, listening=lambda: dialog.listening.kind
+    )
 
     async def on_stage_failure(stage: str) -> None:
-        await receptionist.speak(receptionist.dialog.stage_failed(stage))
+        await receptionist.speak(await receptionist.ask(receptionist.dialog.stage_failed, stage))
 
     health = StageHealthObserver(call_id, on_stage_failure)
     task = PipelineWorker(

@@ -10,6 +10,11 @@ dialogue hands an off-script turn to the LLM (``llm_off_script``) does the conte
 Follow-up actions (transfer, hang up) run once the reply has been played in full; a PCI pause
 starts at once, so digits typed during the prompt are already kept from the pipeline.
 
+The dialogue runs off the event loop, on one worker thread per call (:meth:`Receptionist.ask`):
+intent embeddings, ``dateparser`` and calendar queries take tens of milliseconds, and on the
+loop they would delay every other call's audio. One thread keeps the call's dialogue calls in
+order; the server's calls (transfer and PCI results) go through the same worker.
+
 Caller silence: with ``idle_timeout_s`` set, a timer starts whenever the agent stops speaking
 (``BotStoppedSpeakingFrame``; so never during the disclosure or any other utterance) and the
 dialogue waits for the caller (not during a transfer or a PCI pause). Caller speech
@@ -22,9 +27,11 @@ runs out, :meth:`~appliance.agent.dialog.DialogManager.caller_silent` gives the 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
@@ -51,6 +58,8 @@ from appliance.text import message_text
 
 _LOGGER = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+
 #: Seconds after the last keyed digit before the entry is taken as complete (the usual IVR
 #: inter-digit timeout); ``#`` or the expected count end it sooner.
 INTERDIGIT_TIMEOUT_S = 4.0
@@ -76,6 +85,8 @@ class Receptionist(FrameProcessor):
         on_after: Awaited with a :class:`Reply` whose ``next`` is not ``CONTINUE``: after it was
             played (transfer, hang up), or at once (PCI pause).
         stt_confidence: Returns the last transcript's confidence 0..1 (or ``None``).
+        stt_language: Returns the last transcript's language guess and its probability 0..1
+            (``(None, 0.0)`` when the STT does not identify languages).
         idle_timeout_s: Seconds of caller silence after the agent finished speaking before the
             dialogue re-prompts (and, after as long again, hangs up); ``None`` or ``0``: never.
     """
@@ -87,6 +98,7 @@ class Receptionist(FrameProcessor):
         emit: Callable[[Event], None],
         on_after: Callable[[Reply], Awaitable[None]],
         stt_confidence: Callable[[], float | None] = lambda: None,
+        stt_language: Callable[[], tuple[str | None, float]] = lambda: (None, 0.0),
         idle_timeout_s: float | None = None,
         **kwargs: Any,
     ) -> None:
@@ -96,6 +108,9 @@ class Receptionist(FrameProcessor):
         self._emit = emit
         self._on_after = on_after
         self._stt_confidence = stt_confidence
+        self._stt_language = stt_language
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dialog")
+        self._worker_closed = False
         self._pending: Reply | None = None
         self._pending_started = False
         self.last_source = "opening"
@@ -112,6 +127,18 @@ class Receptionist(FrameProcessor):
     def dialog(self) -> DialogManager:
         """The call's dialogue manager."""
         return self._dialog
+
+    async def ask(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Run ``fn(*args, **kwargs)`` (a dialogue call) on the call's dialogue worker.
+
+        Calls run one at a time, in the order they were made, off the event loop. After the
+        pipeline has ended (the worker is shut down) the call runs inline.
+        """
+        call = functools.partial(fn, *args, **kwargs)
+        if self._worker_closed:
+            return call()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._worker, call)
 
     async def speak(self, reply: Reply) -> None:
         """Say ``reply`` now and arm its follow-up action (also used by the server).
@@ -152,7 +179,7 @@ class Receptionist(FrameProcessor):
             method = str(getattr(frame, "method", "unknown"))
             digit = str(frame.button.value)
             self._emit(DtmfReceived(self._call_id, digit=digit, method=method))
-            reply = self._dialog.handle_dtmf(digit)
+            reply = await self.ask(self._dialog.handle_dtmf, digit)
             await self.push_frame(frame, direction)
             self._arm_interdigit()
             if reply is not None:
@@ -193,6 +220,8 @@ class Receptionist(FrameProcessor):
         """Stop the inter-digit and idle timers with the pipeline."""
         await super().cleanup()  # type: ignore[no-untyped-call]
         self._ended = True
+        self._worker_closed = True
+        self._worker.shutdown(wait=False, cancel_futures=True)
         await self._cancel_idle()
         if self._digit_timer is not None:
             await self.cancel_task(self._digit_timer)
@@ -215,7 +244,7 @@ class Receptionist(FrameProcessor):
     async def _interdigit(self) -> None:
         await asyncio.sleep(INTERDIGIT_TIMEOUT_S)
         self._digit_timer = None
-        reply = self._dialog.flush_dtmf()
+        reply = await self.ask(self._dialog.flush_dtmf)
         if reply is not None:
             await self.speak(reply)
 
@@ -261,14 +290,20 @@ class Receptionist(FrameProcessor):
         _LOGGER.info(
             "call %s: caller silent after the agent spoke (%d)", self._call_id, self._silences
         )
-        reply = self._dialog.caller_silent(n)
+        reply = await self.ask(self._dialog.caller_silent, n)
         await self.speak(reply)
 
     async def _handle_turn(self, frame: LLMContextFrame) -> None:
         text = last_user_text(list(frame.context.get_messages()))
         self._emit(TurnEnded(self._call_id, user_text=text))
         confidence = self._stt_confidence()
-        reply = self._dialog.handle_turn(text, 1.0 if confidence is None else confidence)
+        language, probability = self._stt_language()
+        kwargs: dict[str, Any] = {}
+        if language is not None:
+            kwargs = {"language": language, "language_probability": probability}
+        reply = await self.ask(
+            self._dialog.handle_turn, text, 1.0 if confidence is None else confidence, **kwargs
+        )
         if reply.use_llm:
             self.last_source, self.last_intent = "llm", None
             await self.push_frame(frame, FrameDirection.DOWNSTREAM)

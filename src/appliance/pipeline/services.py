@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,7 @@ from pipecat.frames.frames import (
     LLMFullResponseStartFrame,
     TranscriptionFrame,
     TTSAudioRawFrame,
+    VADUserStoppedSpeakingFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.llm_service import LLMService
@@ -41,6 +42,7 @@ from appliance.errors import ApplianceError
 from appliance.models.engines import KokoroEngine, LlamaEngine, WhisperEngine
 from appliance.pipeline.phrase_cache import PhraseCache
 from appliance.text import message_text
+from appliance.text.listening import FREE, Listening
 
 
 class _FirstSentence:
@@ -76,18 +78,46 @@ class _FirstSentence:
 class LocalWhisperSTTService(SegmentedSTTService):
     """faster-whisper STT on VAD-delimited segments.
 
+    Each segment is decoded for the answer the dialogue expects (``listening``): a digit slot
+    limits decoding to digit tokens, a date slot primes it with a date
+    (:meth:`WhisperEngine.transcribe`; docs/decisions/0011-slot-aware-recognition.md).
+
     Args:
         engine: The process-wide Whisper engine (expects 16 kHz input).
+        listening: Returns what the dialogue expects now (read once per segment).
     """
 
-    def __init__(self, engine: WhisperEngine, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        engine: WhisperEngine,
+        listening: Callable[[], Listening] = lambda: FREE,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(
             sample_rate=engine.sample_rate,
             settings=STTSettings(model="faster-whisper", language="en"),
             **kwargs,
         )
         self._engine = engine
+        self._listening = listening
         self.last_confidence: float | None = None
+        self.last_language: tuple[str | None, float] = (None, 0.0)
+        #: Segments handed to the STT whose transcription has not been pushed yet (the
+        #: endpointing does not end a turn while the caller's words are still being decoded).
+        self.segments_pending = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Count each VAD-delimited segment as pending until its transcript is out."""
+        if isinstance(frame, VADUserStoppedSpeakingFrame) and self.is_usable:
+            self.segments_pending += 1
+            self._idle.clear()
+        await super().process_frame(frame, direction)
+
+    async def wait_idle(self) -> None:
+        """Return once every pending segment's transcript has been pushed."""
+        await self._idle.wait()
 
     @property
     def wants_wav_segments(self) -> bool:
@@ -100,17 +130,23 @@ class LocalWhisperSTTService(SegmentedSTTService):
 
     async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame, None]:
         """Transcribe one segment; yields a :class:`TranscriptionFrame` if speech was heard."""
-        await self.start_processing_metrics()
         try:
-            result = await asyncio.to_thread(self._engine.transcribe, audio)
-        except ApplianceError as exc:
-            yield ErrorFrame(error=f"stt failed: {exc.code}")
-            return
+            await self.start_processing_metrics()
+            try:
+                result = await asyncio.to_thread(self._engine.transcribe, audio, self._listening())
+            except ApplianceError as exc:
+                yield ErrorFrame(error=f"stt failed: {exc.code}")
+                return
+            finally:
+                await self.stop_processing_metrics()
+            self.last_confidence = result.confidence
+            self.last_language = (result.language, result.language_probability)
+            if result.text:
+                yield TranscriptionFrame(result.text, "caller", time_now_iso8601(), finalized=True)
         finally:
-            await self.stop_processing_metrics()
-        self.last_confidence = result.confidence
-        if result.text:
-            yield TranscriptionFrame(result.text, "caller", time_now_iso8601(), finalized=True)
+            self.segments_pending = max(0, self.segments_pending - 1)
+            if not self.segments_pending:
+                self._idle.set()
 
 
 class LocalLlamaLLMService(LLMService):
