@@ -7,6 +7,7 @@ pauses leave room for the longest reply the workflow gives at that step.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import sqlite3
 from collections.abc import Iterator
@@ -138,6 +139,49 @@ def test_reschedule_changes_the_calendar_and_is_scored_resolved(
     score = [e for e in events if e["kind"] == "CallScored"][-1]
     assert score["outcome"] == "resolved" and score["contained"] is True
     assert score["identity_before_phi_ok"] and score["disclosure_ok"]
+
+
+def grouped_pcap(groups: list[str], work: Path, gap_ms: int = 550) -> Path:
+    """One caller turn said in groups with ``gap_ms`` pauses ("oh nine ... twelve ...")."""
+    import numpy as np
+
+    from tests.e2e.voices import caller_wav
+    from tests.kit.pcap import pcm_to_rtp_pcap, read_wav_mono16
+
+    parts: list[np.ndarray] = []
+    rate = 8000
+    for text in groups:
+        pcm, rate = read_wav_mono16(caller_wav(text, work))
+        parts += [np.frombuffer(pcm, np.int16), np.zeros(rate * gap_ms // 1000, np.int16)]
+    key = hashlib.sha256("|".join([*groups, str(gap_ms)]).encode()).hexdigest()[:16]
+    path = work / f"grouped-{key}.pcap"
+    pcm_to_rtp_pcap(np.concatenate(parts).tobytes(), rate, path)
+    return path
+
+
+def test_date_of_birth_said_in_groups_with_pauses_verifies_the_caller(
+    clinic: ApplianceProcess, tmp_path: Path
+) -> None:
+    """Slot-aware listening end to end: the date is one turn, heard right, identity verified."""
+    before = ended_count(clinic)
+    steps = [
+        Pause(OPENING_MS),
+        *say("I need to reschedule my appointment.", tmp_path, 9000),
+        *say("My name is Robert Brown.", tmp_path, 5000),
+        Play(str(grouped_pcap(["oh nine", "twelve", "nineteen sixty eight"], tmp_path))),
+        Pause(9000),
+    ]
+    result = run_sipp(render_uac_scenario(steps=steps), clinic.uri, timeout_s=90)
+    call_id, events = call_events(clinic, before)
+    heard = [e["user_text"] for e in events if e["kind"] == "TurnEnded"]
+    spoke = [e["text"] for e in events if e["kind"] == "AgentSpoke"]
+    assert result.returncode == 0, f"heard={heard} spoke={spoke}\n{result.messages[-1500:]}"
+    dob = [e for e in events if e["kind"] == "SlotFilled" and e["slot"] == "date_of_birth"]
+    assert dob and dob[-1]["value"] == "September 12, 1968", f"heard={heard} spoke={spoke}"
+    assert dob[-1]["source"] == "speech"
+    assert any(e["kind"] == "IdentityVerified" for e in events), f"heard={heard} spoke={spoke}"
+    # The date was one turn: no turn holds only part of it.
+    assert not [t for t in heard if t.strip().lower().rstrip(".") in ("oh nine", "09", "9", "12")]
 
 
 def test_request_for_a_person_is_referred_with_handoff_and_context(
