@@ -16,7 +16,8 @@ voice-to-voice P50/P90 on the wire (tshark loopback capture) per reply kind with
 per-stage breakdown, and the same-run echo reference.
 
 Run: ``python -m benchmarks.callers [--limit N] [--only SUBSTR] [--voices v1,v2]`` (the full set,
-one call at a time: about 30-40 minutes on 2 cores). JSON goes to
+one call at a time: clinic questions take about 32 s each, identity calls 55-70 s, so the full
+set takes about an hour on 2 cores; ``--limit``/``--only`` for quick runs). JSON goes to
 ``benchmarks/results/callers-<timestamp>.json``.
 """
 
