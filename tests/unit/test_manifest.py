@@ -404,6 +404,10 @@ def test_real_manifest_default_profile_assembles_and_verifies(tmp_path: Path) ->
         "stt/whisper-tiny.en/model.bin",
         "stt/whisper-tiny.en/tokenizer.json",
         "stt/whisper-tiny.en/vocabulary.txt",
+        "stt/whisper-base/config.json",
+        "stt/whisper-base/model.bin",
+        "stt/whisper-base/tokenizer.json",
+        "stt/whisper-base/vocabulary.txt",
         "llm/SmolLM2-135M-Instruct.Q4_1.gguf",
         "tts/kokoro-v1.0.int8.onnx",
         "tts/voices_ja.npz",
@@ -427,3 +431,5 @@ def test_real_manifest_default_profile_assembles_and_verifies(tmp_path: Path) ->
     }
     assert {p.relative_to(store).as_posix() for p in paths} == expected
     assert model_path(store, "whisper-tiny.en") == store / "stt" / "whisper-tiny.en"
+    assert model_path(store, "whisper-base") == store / "stt" / "whisper-base"
+    assert model_path(store, "whisper-base-weights") == store / "stt" / "whisper-base" / "model.bin"

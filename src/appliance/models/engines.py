@@ -20,17 +20,19 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from appliance.config.settings import ModelSettings
 from appliance.errors import ErrorCategory, LLMError, ModelError, STTError, TTSError
+from appliance.text.listening import Listening
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -49,12 +51,71 @@ def _require(path: Path, what: str) -> Path:
 
 @dataclass(frozen=True)
 class Transcript:
-    """An STT result: text plus a confidence in [0, 1] (exp of the mean token log-prob)."""
+    """An STT result: text plus a confidence in [0, 1] (exp of the mean token log-prob).
+
+    Attributes:
+        text: The transcript.
+        confidence: exp of the mean token log-probability of the kept segments, in [0, 1].
+        audio_s: Length of the input audio in seconds.
+        elapsed_s: Wall-clock decoding time in seconds.
+        language: ISO 639-1 code of the spoken language when it was identified (a multilingual
+            Whisper model or a :class:`LanguageIdEngine` ran), else ``None``. The English-only
+            STT model cannot tell languages apart, so it never sets this by itself.
+        language_probability: Whisper's probability for ``language`` in [0, 1] (0.0 when
+            ``language`` is ``None``).
+    """
 
     text: str
     confidence: float
     audio_s: float
     elapsed_s: float
+    language: str | None = None
+    language_probability: float = 0.0
+
+
+Vocabulary = Literal["any", "digits", "date"]
+
+#: Digits, spaces, commas and hyphens: what a digit-slot token may contain. Periods are left
+#: out: with them allowed tiny.en answered an unclear digit with "..." instead of its best guess.
+_DIGIT_TOKEN = re.compile(r"[0-9 ,\-]+")
+_MONTHS = (
+    "January February March April May June July August September October November December"
+).split()
+_ORDINAL_SUFFIXES = ("st", "nd", "rd", "th")
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How one utterance is decoded (chosen per :class:`~appliance.text.listening.Listening`).
+
+    Attributes:
+        vocabulary: ``any`` (Whisper's default), ``digits`` (only tokens made of digits, spaces
+            and ``.,-``) or ``date`` (those plus the month names and ordinal suffixes).
+        initial_prompt: Text given to Whisper as the previous context, or ``None``.
+        hotwords: faster-whisper ``hotwords`` (prepended as context when no prefix), or ``None``.
+        max_new_tokens: Cap on generated tokens per 30 s window (``None``: Whisper's 224). A
+            constrained vocabulary can loop on one digit until the cap; the cap bounds the cost.
+    """
+
+    vocabulary: Vocabulary = "any"
+    initial_prompt: str | None = None
+    hotwords: str | None = None
+    max_new_tokens: int | None = None
+
+
+#: Decoding per expected answer, chosen by measurement (docs/decisions/0011): FSDD digits and
+#: stitched digit strings for ``digits``; espeak-ng dates, confirmations and names otherwise.
+#: Kinds without an entry decode like ``listening=None``.
+SLOT_DECODING: dict[str, DecodeOptions] = {
+    "digits": DecodeOptions(vocabulary="digits", initial_prompt="1 2 3 4 5 6 7 8 9 0"),
+}
+
+
+#: Run language ID on a free turn whose English transcript's confidence is below this. Measured
+#: (docs/decisions/0011): tiny.en gave espeak-ng English sentences >= 0.45 and Spanish <= 0.38.
+LANGUAGE_CHECK_BELOW = 0.42
+#: Shorter turns ("sí", "no") carry too little speech to identify the language reliably.
+LANGUAGE_CHECK_MIN_AUDIO_S = 1.0
 
 
 class WhisperEngine:
@@ -72,7 +133,13 @@ class WhisperEngine:
 
     sample_rate = 16000
 
-    def __init__(self, model_dir: Path, threads: int = 2, beam_size: int = 5) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        threads: int = 2,
+        beam_size: int = 5,
+        language_id: LanguageIdEngine | None = None,
+    ) -> None:
         _require(model_dir / "model.bin", "STT")
         from faster_whisper import WhisperModel
 
@@ -82,25 +149,118 @@ class WhisperEngine:
             )
         except Exception as exc:
             raise ModelError("stt_load_failed", f"{model_dir}: {type(exc).__name__}") from exc
+        self.language_id = language_id
         self._beam = beam_size
         self._lock = threading.Lock()
+        self._suppress: dict[str, list[int]] = {}
+        self.multilingual = bool(self._model.model.is_multilingual)
 
-    def transcribe(self, pcm16: bytes) -> Transcript:
+    def suppress_tokens(self, vocabulary: Vocabulary) -> list[int] | None:
+        """The token ids to suppress for ``vocabulary`` (``None`` for ``any``), computed once.
+
+        Every id below end-of-text whose decoded text is not allowed is suppressed: for
+        ``digits`` a token is allowed when it is made only of digits, spaces and ``.,-``; for
+        ``date`` the tokens of the month names (with and without a leading space) and the
+        ordinal suffixes are allowed too.
+        """
+        if vocabulary == "any":
+            return None
+        cached = self._suppress.get(vocabulary)
+        if cached is not None:
+            return cached
+        tok = self._model.hf_tokenizer
+        eot = tok.token_to_id("<|endoftext|>")
+        allowed: set[int] = set()
+        if vocabulary == "date":
+            for word in (*_MONTHS, *_ORDINAL_SUFFIXES):
+                for form in (word, " " + word, word.lower(), " " + word.lower()):
+                    allowed.update(tok.encode(form, add_special_tokens=False).ids)
+        suppress = [
+            i
+            for i in range(eot)
+            if i not in allowed and not _DIGIT_TOKEN.fullmatch(tok.decode([i]))
+        ]
+        self._suppress[vocabulary] = suppress
+        return suppress
+
+    def transcribe(self, pcm16: bytes, listening: Listening | None = None) -> Transcript:
         """Transcribe 16 kHz 16-bit mono PCM (blocking; call from a worker thread).
+
+        Args:
+            pcm16: 16 kHz 16-bit little-endian mono PCM.
+            listening: What the caller is expected to say. ``None`` (or a kind without an
+                entry in :data:`SLOT_DECODING`) decodes without constraints; ``digits``
+                decodes with digit tokens only.
+
+        When a :class:`LanguageIdEngine` is attached and a free turn (``None``, ``free`` or
+        ``message``) of at least :data:`LANGUAGE_CHECK_MIN_AUDIO_S` transcribes with a
+        confidence below :data:`LANGUAGE_CHECK_BELOW` (English-only Whisper is unsure of
+        non-English speech), the language is identified and returned in
+        :attr:`Transcript.language`; otherwise ``language`` stays ``None``.
+
+        Raises:
+            STTError: The runtime failed.
+        """
+        options = SLOT_DECODING.get(listening.kind) if listening is not None else None
+        result = self.decode(pcm16, options or DecodeOptions())
+        free = listening is None or listening.kind in ("free", "message")
+        if (
+            self.language_id is not None
+            and free
+            and result.confidence < LANGUAGE_CHECK_BELOW
+            and result.audio_s >= LANGUAGE_CHECK_MIN_AUDIO_S
+        ):
+            t0 = time.perf_counter()
+            lang, prob = self.language_id.detect(pcm16)
+            result = replace(
+                result,
+                language=lang,
+                language_probability=prob,
+                elapsed_s=result.elapsed_s + time.perf_counter() - t0,
+            )
+        return result
+
+    def detect_language(self, pcm16: bytes) -> tuple[str, float]:
+        """Spoken language of 16 kHz 16-bit mono PCM: ``(ISO 639-1 code, probability)``.
+
+        Uses the attached :class:`LanguageIdEngine` (Whisper base). Blocking, about 1 s on
+        2 CPU cores whatever the length (one encoder pass over a 30 s window).
+
+        Raises:
+            ModelError: No language-ID model is attached (``lid_unavailable``).
+            STTError: The runtime failed.
+        """
+        if self.language_id is None:
+            raise ModelError("lid_unavailable", "no language-ID model loaded (stt/whisper-base)")
+        return self.language_id.detect(pcm16)
+
+    def decode(self, pcm16: bytes, options: DecodeOptions) -> Transcript:
+        """Transcribe 16 kHz 16-bit mono PCM with explicit :class:`DecodeOptions` (blocking).
 
         Raises:
             STTError: The runtime failed.
         """
         audio = np.frombuffer(pcm16, dtype=np.int16).astype(np.float32) / 32768.0
+        suppress = self.suppress_tokens(options.vocabulary)
+        extra: dict[str, Any] = {}
+        if suppress is not None:
+            extra["suppress_tokens"] = suppress
+        if options.initial_prompt:
+            extra["initial_prompt"] = options.initial_prompt
+        if options.hotwords:
+            extra["hotwords"] = options.hotwords
+        if options.max_new_tokens:
+            extra["max_new_tokens"] = options.max_new_tokens
         t0 = time.perf_counter()
         try:
             with self._lock:
-                segments, _ = self._model.transcribe(
+                segments, info = self._model.transcribe(
                     audio,
                     language="en",
                     beam_size=self._beam,
                     condition_on_previous_text=False,
                     vad_filter=False,
+                    **extra,
                 )
                 # Drop segments Whisper itself rates as probably not speech (noise
                 # hallucinations such as "Thank you."); 0.8 keeps short words like digits.
@@ -115,6 +275,56 @@ class WhisperEngine:
             audio_s=len(audio) / self.sample_rate,
             elapsed_s=time.perf_counter() - t0,
         )
+
+
+class LanguageIdEngine:
+    """Spoken-language identification with a multilingual Whisper model (faster-whisper).
+
+    Whisper's language token probabilities after one encoder pass over the first 30 s
+    (``WhisperModel.detect_language``); the English-only STT model cannot do this. The default
+    store carries Whisper base (multilingual, 99 languages) for it.
+
+    Args:
+        model_dir: A multilingual CTranslate2 Whisper model directory.
+        threads: CPU threads for CTranslate2.
+
+    Raises:
+        ModelError: The directory is missing, fails to load, or holds an English-only model.
+    """
+
+    sample_rate = 16000
+
+    def __init__(self, model_dir: Path, threads: int = 2) -> None:
+        _require(model_dir / "model.bin", "language-id")
+        from faster_whisper import WhisperModel
+
+        try:
+            self._model = WhisperModel(
+                str(model_dir), device="cpu", compute_type="int8", cpu_threads=threads
+            )
+        except Exception as exc:
+            raise ModelError("lid_load_failed", f"{model_dir}: {type(exc).__name__}") from exc
+        if not self._model.model.is_multilingual:
+            raise ModelError("lid_not_multilingual", f"{model_dir} is an English-only model")
+        self._lock = threading.Lock()
+
+    def detect(self, pcm16: bytes) -> tuple[str, float]:
+        """The most likely language of 16 kHz 16-bit mono PCM and its probability (blocking).
+
+        Returns:
+            ``(code, probability)``: an ISO 639-1 code such as ``"en"`` or ``"es"`` and
+            Whisper's probability for it in [0, 1].
+
+        Raises:
+            STTError: The runtime failed.
+        """
+        audio = np.frombuffer(pcm16, dtype=np.int16).astype(np.float32) / 32768.0
+        try:
+            with self._lock:
+                lang, prob, _ = self._model.detect_language(audio)
+        except Exception as exc:
+            raise STTError("lid_failed", type(exc).__name__, ErrorCategory.TRANSIENT) from exc
+        return str(lang), float(prob)
 
 
 class LlamaEngine:
@@ -331,6 +541,11 @@ class ModelSet:
     vad_path: Path
     turn_path: Path
     embedder: EmbeddingEngine | None = None
+    lid: LanguageIdEngine | None = None
+
+
+#: Store path of the multilingual Whisper model used for language ID (models/manifest.toml).
+LID_MODEL = "stt/whisper-base"
 
 
 def load_models(settings: ModelSettings) -> ModelSet:
@@ -346,7 +561,14 @@ def load_models(settings: ModelSettings) -> ModelSet:
     _require(settings.path(settings.tts), "TTS")
     _require(settings.path(settings.tts_voices), "TTS voices")
     t0 = time.perf_counter()
-    stt = WhisperEngine(settings.path(settings.stt), threads=settings.threads)
+    lid_dir = settings.path(LID_MODEL)
+    lid: LanguageIdEngine | None = None
+    if (lid_dir / "model.bin").exists():
+        lid = LanguageIdEngine(lid_dir, threads=settings.threads)
+    else:
+        # A store assembled before issue 11 lacks it: English-only, as before.
+        _LOGGER.warning("no language-ID model at %s; language ID is off", lid_dir)
+    stt = WhisperEngine(settings.path(settings.stt), threads=settings.threads, language_id=lid)
     llm = LlamaEngine(settings.path(settings.llm), settings.llm_context, settings.threads)
     tts = KokoroEngine(
         settings.path(settings.tts),
@@ -356,4 +578,6 @@ def load_models(settings: ModelSettings) -> ModelSet:
     )
     embedder = EmbeddingEngine(settings.path(settings.embedding), settings.threads)
     _LOGGER.info("models loaded in %.1f s", time.perf_counter() - t0)
-    return ModelSet(stt=stt, llm=llm, tts=tts, vad_path=vad, turn_path=turn, embedder=embedder)
+    return ModelSet(
+        stt=stt, llm=llm, tts=tts, vad_path=vad, turn_path=turn, embedder=embedder, lid=lid
+    )
