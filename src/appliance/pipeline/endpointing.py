@@ -15,7 +15,8 @@ turn so far, judged against the dialogue's :class:`~appliance.text.listening.Lis
 (:func:`judge`):
 
 * ``complete`` (the expected digit count, a parsable date of birth or time, a yes/no, a name):
-  the turn ends as soon as the caller stops and the transcript is in, whatever smart-turn says;
+  the turn ends as soon as the transcript is in if smart-turn agrees, else after
+  :data:`COMPLETE_SILENCE_S` of silence (not smart-turn's 3 s);
 * ``partial`` (some digits or a month, not yet a whole value): the turn does not end at a
   pause; it ends when the value completes or after :data:`NUMERIC_SILENCE_S` of silence;
 * ``open`` (free speech, or nothing of the expected kind): smart-turn decides; when it says
@@ -49,6 +50,10 @@ from appliance.agent.understanding import (
     yes_no,
 )
 from appliance.text.listening import FREE, Listening
+
+#: Silence (s) that ends a turn holding a complete value when smart-turn still hears more
+#: coming ("Yes, ..." at a comma); with smart-turn agreeing the turn ends at once.
+COMPLETE_SILENCE_S = 0.6
 
 #: Silence (s) after the caller's voice that ends a numeric turn holding a partial value.
 NUMERIC_SILENCE_S = 1.6
@@ -199,7 +204,10 @@ class SlotAwareTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):  # type: igno
         if self._vad_user_speaking or self._voice_end is None:
             return  # the caller spoke again while the words were judged
         if verdict == "complete":
-            await self._end_now()
+            if self._turn_complete:
+                await self._end_now()
+            else:  # "Yes, | that's right": let a caller who paused at a comma go on
+                self._arm_late(COMPLETE_SILENCE_S)
             return
         if verdict == "partial":
             count_ok = (
