@@ -36,7 +36,13 @@ from datetime import datetime
 from typing import Any
 
 from appliance.agent.calendar import SchedulingAdapter
-from appliance.agent.engine import DialogState, Wait, WorkflowEngine, readback_text
+from appliance.agent.engine import (
+    DialogState,
+    Wait,
+    WorkflowEngine,
+    readback_text,
+    request_part,
+)
 from appliance.agent.kb import KnowledgeBase
 from appliance.agent.replies import (
     CALLER_SILENT,
@@ -393,6 +399,12 @@ class DialogManager:
     def _top(self, text: str) -> Reply:
         s = self._s
         result = self._classifier.classify(text)
+        request = request_part(text)
+        if result.intent is None and request and request != text.strip(" ,;."):
+            # "I need to reschedule, this is Maria Lopez, born ...": the request alone.
+            alone = self._classifier.classify(request)
+            if alone.intent is not None:
+                result = alone
         if result.intent is not None:
             return self._start(result.intent, result.confidence, result.method, text)
         hit = self._kb.answer(text)

@@ -34,8 +34,10 @@ from appliance.agent.understanding import (
     Extraction,
     extract_name,
     extract_slot,
+    extract_spelled,
     itn,
     normalise,
+    split_correction,
     yes_no,
 )
 from appliance.agent.workflow import (
@@ -331,7 +333,7 @@ class WorkflowEngine:
             ex, s.pending = s.pending, None
             return self._fill(node, ex, "speech", confirmed=True)
         if answer is False or changed:
-            fresh = self._correction(node, rest, stt_confidence)
+            fresh = self._correction(node, rest, stt_confidence, s.pending)
             if fresh is not None:
                 s.pending, s.wait = None, Wait.SLOT
                 return self._accept(node, fresh)
@@ -450,16 +452,21 @@ class WorkflowEngine:
                 break
         return target if isinstance(target, AskNode) else None
 
-    def _correction(self, node: AskNode, rest: str, stt_confidence: float) -> Extraction | None:
-        """The corrected value in what follows "no"/"wait": a whole value or a family name."""
+    def _correction(
+        self, node: AskNode, rest: str, stt_confidence: float, base: Extraction | None
+    ) -> Extraction | None:
+        """The corrected value in what follows "no"/"wait".
+
+        A whole value, or for a name a family name alone ("no, it's Lopez") that replaces the
+        last word of ``base``.
+        """
         rest = _LEAD_CUES.sub("", rest).strip()
         if not rest:
             return None
         ex = self.extract(node.slot, rest, stt_confidence)
-        pending = self._s.pending
-        if ex is None and node.slot.type == "person_name" and pending is not None:
+        if ex is None and node.slot.type == "person_name" and base is not None:
             words = re.findall(r"[A-Za-z][A-Za-z'\-]*", _FAMILY_LEAD.sub("", rest))
-            given = str(pending.value).split()[:-1]
+            given = str(base.value).split()[:-1]
             if len(words) == 1 and given and words[0].lower() not in _NOT_NAMES:
                 name = " ".join([*given, words[0][0].upper() + words[0][1:]])
                 ex = Extraction(name, name, round(stt_confidence * 0.9, 3))
@@ -468,6 +475,9 @@ class WorkflowEngine:
     def _revise(self, text: str, stt_confidence: float, *, need_cue: bool) -> Reply | None:
         """Replace an earlier answer of this workflow ("actually, make it Thursday").
 
+        With ``need_cue`` the turn must say so: a change cue ("actually", "make it") or a
+        leading "no" ("no, it's Lopez" asked for the date of birth).
+
         The latest filled slot whose type the turn holds is replaced (read back when unsure)
         and the workflow resumes after its question. Identity slots are not revised once the
         caller is verified.
@@ -475,11 +485,8 @@ class WorkflowEngine:
         s = self._s
         if s.workflow is None or not s.filled_at:
             return None
-        if need_cue and not _CHANGE.search(normalise(text)):
-            return None
-        _, rest = split_correction(text)
-        rest = _LEAD_CUES.sub("", rest).strip()
-        if not rest:
+        answer, rest = split_correction(text)
+        if need_cue and answer is not False and not _CHANGE.search(normalise(text)):
             return None
         for name in reversed(list(s.filled_at)):
             ask = s.workflow.nodes.get(s.filled_at[name])
@@ -487,7 +494,7 @@ class WorkflowEngine:
                 continue
             if ask.slot.type in _IDENTITY_TYPES and s.session.patient is not None:
                 continue
-            ex = self.extract(ask.slot, rest, stt_confidence)
+            ex = self._correction(ask, rest, stt_confidence, s.slots.get(name))
             if ex is None:
                 continue
             s.node, s.pending = s.filled_at[name], None
@@ -686,6 +693,17 @@ def _before_dates(text: str) -> str:
     return _DATE_START.split(said, maxsplit=1)[0]
 
 
+def request_part(text: str) -> str:
+    """The words of an opening turn before the caller introduces themselves or a date.
+
+    "I need to reschedule, this is Maria Lopez, born March 4th 1982" -> "I need to
+    reschedule": what the intent matcher should read (names and dates only dilute it).
+    """
+    cut = _INTRO.search(text)
+    head = text[: cut.start()] if cut else text
+    return _DATE_START.split(head, maxsplit=1)[0].strip(" ,;.")
+
+
 def _birth_clause(said: str) -> str:
     """From a birth cue on ("born March 4th 1982"), else all of ``said``."""
     match = _BIRTH_CUE.search(said)
@@ -707,25 +725,7 @@ def _introduced_name(text: str, stt_confidence: float) -> Extraction | None:
 
 def _spelled(text: str, stt_confidence: float) -> Extraction | None:
     """A family name spelled letter by letter ("L O P E Z"), as ``"Lopez"``."""
-    letters = extract_spelled(text)
-    if not letters or len(letters) < 2:
+    name = extract_spelled(text)
+    if not name or len(name) < 2:
         return None
-    name = letters[0].upper() + letters[1:].lower()
     return Extraction(name, name, round(stt_confidence * 0.9, 3))
-
-
-try:  # the understanding module's readers; local ones until they land there
-    from appliance.agent.understanding import extract_spelled, split_correction
-except ImportError:  # pragma: no cover - removed once understanding has them
-
-    def extract_spelled(text: str) -> str | None:
-        """Letters spelled one by one ("L-O-P-E-Z", "l o p e z"), joined; else ``None``."""
-        tokens = re.findall(r"[A-Za-z]+", text)
-        letters = [t for t in tokens if len(t) == 1]
-        if len(letters) < 2 or len(letters) < len(tokens) / 2:
-            return None
-        return "".join(letters)
-
-    def split_correction(text: str) -> tuple[bool | None, str]:
-        """``(yes/no at the start or None, the rest after the yes/no and correction cues)``."""
-        return yes_no(text), _LEAD_CUES.sub("", text, count=1).strip()
