@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from appliance.agent.dialog import DialogManager, Next
-from appliance.agent.replies import LANGUAGE_HOLD_TEXTS, Reply
+from appliance.agent.replies import LANGUAGE_HOLD_TEXTS, Reply, is_fragment
 from appliance.agent.runtime import AgentRuntime
 from appliance.events import (
     Escalated,
@@ -264,6 +264,24 @@ def test_i_wanted_to_ask_pause_about_my_bill_is_one_request(agent: AgentRuntime)
         "pay_copay",
         "callback_request",
     )
+
+
+@pytest.mark.parametrize(
+    ("said", "held"),
+    [
+        ("I wanted to ask", True),
+        ("Um, so", True),
+        ("Do you have...", True),
+        ("I need to talk to you about", True),
+        ("Can I get a refill of my", True),
+        ("Where is the clinic at?", False),
+        ("I need to reschedule my appointment.", False),
+        ("Yes.", False),
+        ("No, that's all", False),
+    ],
+)
+def test_obvious_fragments(said: str, held: bool) -> None:
+    assert is_fragment(said) is held
 
 
 def test_um_so_is_held_but_a_slot_answer_never_is(agent: AgentRuntime) -> None:

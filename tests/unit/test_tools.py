@@ -269,3 +269,48 @@ def test_a_workflow_that_renames_its_slots_still_verifies_the_caller(
         assert json.loads(verify.arguments) == {"birth_date": "1982-03-04", "name": "Maria Lopez"}
     finally:
         calendar.close()
+
+
+def test_a_spelled_family_name_is_one_more_try_of_the_same_check(tmp_path: Path) -> None:
+    calendar = seed_demo(tmp_path / "c.sqlite", NOW.date())
+    try:
+        args = {
+            "name": "{patient_name}",
+            "birth_date": "{birth_date}",
+            "family_name": "{family_name}",
+        }
+        tools = default_tools()
+        tools.check_args(
+            "identity.verify",
+            args,
+            {
+                "patient_name": {"person_name"},
+                "birth_date": {"date_of_birth"},
+                "family_name": {"spelled_name"},
+            },
+        )
+        with pytest.raises(ArgsError):  # a spoken name is not a spelled one
+            tools.check_args(
+                "identity.verify",
+                args,
+                {
+                    "patient_name": {"person_name"},
+                    "birth_date": {"date_of_birth"},
+                    "family_name": {"person_name"},
+                },
+            )
+        heard = {"patient_name": "Maria Lobitz", "birth_date": MARIA_DOB}
+        events: list[Event] = []
+        failed = call_tool(tools, "identity.verify", calendar, ToolSession(), events,
+                           args=args, slots=heard)  # fmt: skip
+        assert not failed.ok and failed.outputs == {}  # nothing of the record on a failure
+        session = ToolSession()
+        spelled = call_tool(tools, "identity.verify", calendar, session, events, args=args,
+                            slots={**heard, "family_name": "Lopez"})  # fmt: skip
+        assert spelled.ok and session.patient is not None
+        wrong = call_tool(tools, "identity.verify", calendar, ToolSession(), events, args=args,
+                          slots={**heard, "family_name": "Carter"})  # fmt: skip
+        assert not wrong.ok  # the spelled name must match the record too: not a looser check
+        assert [e.ok for e in events if isinstance(e, IdentityVerified)] == [False, True, False]
+    finally:
+        calendar.close()

@@ -116,3 +116,19 @@ def test_duplicate_intent_across_files_is_refused(tmp_path: Path) -> None:
     path = corrupt(tmp_path, "  callback_request:", "  clinic_question:", name="billing.yaml")
     with pytest.raises(WorkflowError, match="intent also declared in"):
         load_workflows(path.parent, TOOLS)
+
+
+def test_identity_workflows_retry_with_a_spelled_family_name_then_a_person() -> None:
+    from appliance.agent.workflow import AskNode, ToolNode, TransferNode
+
+    ws = load_workflows(default_dir(), TOOLS)
+    for wf_id in ("appointments", "clinical"):
+        nodes = ws.workflows[wf_id].nodes
+        verify, spell, again = nodes["verify"], nodes["ask_spelling"], nodes["verify_spelled"]
+        assert isinstance(verify, ToolNode) and verify.on_fail == "ask_spelling"
+        assert isinstance(spell, AskNode) and spell.slot.type == "spelled_name"
+        assert isinstance(again, ToolNode) and again.tool == "identity.verify"
+        assert again.args["family_name"] == "{family_name}"
+        assert isinstance(nodes[again.on_fail], TransferNode)
+        # The question names nothing of a record.
+        assert "{" not in spell.text

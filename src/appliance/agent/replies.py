@@ -141,8 +141,9 @@ def is_fragment(text: str) -> bool:
     """Whether a free-speech turn is obviously cut short and should wait for its rest.
 
     Ends in a conjunction, preposition, article or filler ("Do you have..." -> "have",
-    "I need to talk to you about"), or is only a lead-in ("I wanted to ask", "um so"). A turn
-    of :data:`_FRAGMENT_MAX_WORDS` words or more is never held.
+    "I need to talk to you about"; not when the STT put a question mark after it), or is only
+    a lead-in ("I wanted to ask", "um so"). A turn of :data:`_FRAGMENT_MAX_WORDS` words or
+    more is never held.
     """
     said = " ".join(text.lower().replace("\u2019", "'").split())
     words = said.split()
@@ -150,7 +151,8 @@ def is_fragment(text: str) -> bool:
         return False
     if said.endswith(("...", "\u2026")) or _LEAD_IN.match(said):
         return True
-    return _DANGLING.search(said) is not None
+    # A question mark: the STT heard a whole question ("Where is the clinic at?").
+    return not said.endswith("?") and _DANGLING.search(said) is not None
 
 
 #: The outcome recorded when the agent hangs up on a silent caller.
