@@ -6,14 +6,24 @@ to do). The pipeline's receptionist speaks them; the server carries out transfer
 
 Order of precedence for a caller turn (rules before models, safety before convenience):
 
+0. a free-speech turn that an earlier, obviously cut one ("I wanted to ask", "Do you
+   have...") was held for is read together with it;
 1. a medical-emergency cue (always answered with the 911 notice);
-2. an explicit request for a person -> escalate ``explicit_request``;
-3. goodbye -> hang up politely;
-4. detected frustration -> escalate ``frustration``;
-5. the workflow step waiting for an answer (slot, confirmation, message);
-6. at the top: an intent by embeddings -> its workflow (refused with a transfer,
-   ``tier_disabled``, when its risk tier is not enabled); else the knowledge base; else a
-   misunderstanding, and the second in a row escalates ``misunderstood_twice``.
+2. a caller the STT hears speak another language (probability >= 0.8) -> a hold prompt in
+   that language where we have one, escalate ``language``;
+3. an explicit request for a person -> escalate ``explicit_request`` (in every wait but a
+   message, a PCI pause or a transfer);
+4. an obvious fragment of free speech -> held, nothing said (``Reply()``);
+5. goodbye -> hang up politely;
+6. detected frustration -> escalate ``frustration``;
+7. the workflow step waiting for an answer (slot, read-back, confirmation, message): values
+   are checked against the slot asked, corrections replace values, and values of other slots
+   said on the way are kept for their questions;
+8. at the top: an intent by embeddings (of the whole turn, else of the request before a name
+   or date) -> its workflow, taking every slot value the opening already holds (refused with
+   a transfer, ``tier_disabled``, when its risk tier is not enabled); else the knowledge
+   base; else a misunderstanding, and the second in a row escalates
+   ``misunderstood_twice``.
 
 Escalation always ends in a person or a message: if a transfer fails the caller is asked for a
 message (or the workflow's ``on_fail`` node runs). The caller is never hung up on silently: a

@@ -429,7 +429,9 @@ class WorkflowEngine:
             ex: Extraction | None = None
             if spec.type == "date_of_birth" and has_year:
                 ex = extract_slot(spec, _birth_clause(said), stt_confidence, self._now())
-            elif spec.type == "date_time" and not has_year and not _NEGATED.search(said):
+            elif spec.type == "date_time" and _WHEN_CUE.search(said) and not has_year:
+                if _NEGATED.search(said):
+                    continue
                 ex = extract_slot(spec, text, stt_confidence, self._now())
             elif spec.type == "person_name":
                 ex = _introduced_name(text, stt_confidence)
@@ -645,6 +647,12 @@ _DATE_START = re.compile(
 )
 _BIRTH_CUE = re.compile(
     r"\b(?:born(?: on)?|birthday(?: is)?|birth date(?: is)?|date of birth(?: is)?|dob(?: is)?)\s+",
+    re.IGNORECASE,
+)
+#: Words that make a turn name a day or time ("May Johnson" names neither).
+_WHEN_CUE = re.compile(
+    r"\b(monday|tuesday|wednesday|thursday|friday|saturday|sunday|today|tomorrow|tonight|"
+    r"next week|this week|morning|afternoon|evening|noon|o'?clock|[ap]\.? ?m\b|\d)",
     re.IGNORECASE,
 )
 #: Negated days are the days a caller cannot come, not the ones they want.
