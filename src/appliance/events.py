@@ -216,6 +216,7 @@ ESCALATION_REASONS = (
     "stage_failure",
     "tier_disabled",
     "emergency",
+    "language",
 )
 """The documented escalation triggers, the values of :attr:`Escalated.reason`."""
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from appliance.text.languages import HOLD_TEXTS
+
 
 class Next(Enum):
     """What the call does once the reply has been played."""
@@ -110,16 +112,7 @@ LANGUAGE_SURE = 0.8
 
 #: "One moment, please. I'll connect you with a member of our staff.", by ISO 639-1 code: said
 #: to a caller who speaks another language before the transfer (others hear :data:`HOLD_TEXT`).
-LANGUAGE_HOLD_TEXTS = {
-    "es": "Un momento, por favor. Le comunico con una persona del personal.",
-    "zh": "请稍等，我为您转接工作人员。",
-    "vi": "Xin vui lòng chờ một chút. Tôi sẽ chuyển cuộc gọi đến nhân viên.",
-    "tl": "Sandali lang po. Ikokonekta ko kayo sa isang kawani.",
-    "fr": "Un instant, s'il vous plaît. Je vous mets en relation avec un membre du personnel.",
-    "ar": "لحظة من فضلك. سأحولك إلى أحد الموظفين.",
-    "ko": "잠시만 기다려 주세요. 직원에게 연결해 드리겠습니다.",
-    "pt": "Um momento, por favor. Vou transferir a sua chamada para um membro da equipe.",
-}
+LANGUAGE_HOLD_TEXTS = HOLD_TEXTS
 
 #: A free-speech turn ending in a word that cannot end a sentence was cut by a pause.
 _DANGLING = re.compile(
@@ -177,4 +170,5 @@ def fixed_texts(settings: DialogSettings) -> list[str]:
         SILENT_GOODBYE_TEXT + " " + goodbye_text(settings),
         settings.anything_else,
         goodbye_text(settings),
+        *HOLD_TEXTS.values(),
     ]

@@ -32,6 +32,7 @@ import numpy as np
 
 from appliance.config.settings import ModelSettings
 from appliance.errors import ErrorCategory, LLMError, ModelError, STTError, TTSError
+from appliance.text.languages import tts_language
 from appliance.text.listening import Listening
 
 _LOGGER = logging.getLogger(__name__)
@@ -149,6 +150,7 @@ class WhisperEngine:
             )
         except Exception as exc:
             raise ModelError("stt_load_failed", f"{model_dir}: {type(exc).__name__}") from exc
+        self.model_dir = model_dir
         self.language_id = language_id
         self._beam = beam_size
         self._lock = threading.Lock()
@@ -211,7 +213,7 @@ class WhisperEngine:
             and result.audio_s >= LANGUAGE_CHECK_MIN_AUDIO_S
         ):
             t0 = time.perf_counter()
-            lang, prob = self.language_id.detect(pcm16)
+            lang, prob = self.language_id.detect(pcm16, self.language_id.candidates)
             result = replace(
                 result,
                 language=lang,
@@ -232,7 +234,7 @@ class WhisperEngine:
         """
         if self.language_id is None:
             raise ModelError("lid_unavailable", "no language-ID model loaded (stt/whisper-base)")
-        return self.language_id.detect(pcm16)
+        return self.language_id.detect(pcm16, self.language_id.candidates)
 
     def decode(self, pcm16: bytes, options: DecodeOptions) -> Transcript:
         """Transcribe 16 kHz 16-bit mono PCM with explicit :class:`DecodeOptions` (blocking).
@@ -277,6 +279,10 @@ class WhisperEngine:
         )
 
 
+#: The languages language ID chooses among by default: English plus common US clinic languages.
+DEFAULT_LID_CANDIDATES: tuple[str, ...] = ("en", "es", "zh", "vi", "fr", "ar", "ru", "ko", "pt")
+
+
 class LanguageIdEngine:
     """Spoken-language identification with a multilingual Whisper model (faster-whisper).
 
@@ -307,13 +313,22 @@ class LanguageIdEngine:
         if not self._model.model.is_multilingual:
             raise ModelError("lid_not_multilingual", f"{model_dir} is an English-only model")
         self._lock = threading.Lock()
+        #: Languages :meth:`WhisperEngine.transcribe` chooses among (English and the languages
+        #: a clinic commonly transfers to); ``None`` for all 99.
+        self.candidates: tuple[str, ...] | None = DEFAULT_LID_CANDIDATES
 
-    def detect(self, pcm16: bytes) -> tuple[str, float]:
+    def detect(self, pcm16: bytes, candidates: tuple[str, ...] | None = None) -> tuple[str, float]:
         """The most likely language of 16 kHz 16-bit mono PCM and its probability (blocking).
 
+        Args:
+            pcm16: 16 kHz 16-bit little-endian mono PCM; the first 30 s are used.
+            candidates: ISO 639-1 codes to choose among (e.g. the languages the clinic can
+                transfer to plus ``"en"``); their probabilities are renormalised to sum to 1.
+                ``None``: all of Whisper's 99 languages.
+
         Returns:
-            ``(code, probability)``: an ISO 639-1 code such as ``"en"`` or ``"es"`` and
-            Whisper's probability for it in [0, 1].
+            ``(code, probability)``: an ISO 639-1 code such as ``"en"`` or ``"es"`` and its
+            probability in [0, 1].
 
         Raises:
             STTError: The runtime failed.
@@ -321,10 +336,17 @@ class LanguageIdEngine:
         audio = np.frombuffer(pcm16, dtype=np.int16).astype(np.float32) / 32768.0
         try:
             with self._lock:
-                lang, prob, _ = self._model.detect_language(audio)
+                lang, prob, ranked = self._model.detect_language(audio)
         except Exception as exc:
             raise STTError("lid_failed", type(exc).__name__, ErrorCategory.TRANSIENT) from exc
-        return str(lang), float(prob)
+        if not candidates:
+            return str(lang), float(prob)
+        probs = {code: float(p) for code, p in ranked if code in candidates}
+        total = sum(probs.values())
+        if total <= 0.0:
+            return candidates[0], 0.0
+        best = max(probs, key=lambda code: probs[code])
+        return best, probs[best] / total
 
 
 class LlamaEngine:
@@ -459,13 +481,17 @@ class KokoroEngine:
         self.voice = voice
 
     def synthesize(self, text: str, speed: float = 1.0) -> np.ndarray:
-        """Synthesise English text to 24 kHz float32 mono samples (blocking).
+        """Synthesise text to 24 kHz float32 mono samples (blocking).
+
+        English, except the fixed hold sentences in other languages
+        (:func:`appliance.text.languages.tts_language` picks their espeak-ng language).
 
         Raises:
             TTSError: The runtime failed.
         """
+        lang = tts_language(text)
         try:
-            samples, _ = self._kokoro.create(text, voice=self.voice, speed=speed, lang="en-us")
+            samples, _ = self._kokoro.create(text, voice=self.voice, speed=speed, lang=lang)
         except Exception as exc:
             raise TTSError("tts_failed", type(exc).__name__, ErrorCategory.TRANSIENT) from exc
         return np.asarray(samples, dtype=np.float32)
