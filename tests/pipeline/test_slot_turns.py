@@ -69,12 +69,18 @@ def build(models, listening: Listening) -> Pipeline:  # noqa: ANN001
 
 
 def turns(frames: list[Frame]) -> list[str]:
-    out = []
-    for f in frames:
-        if isinstance(f, LLMContextFrame):
-            msgs = [m for m in f.context.get_messages() if m.get("role") == "user"]
-            out.append(str(msgs[-1]["content"]))
-    return out
+    """The caller turns the aggregator handed on, one per context frame.
+
+    The context object is shared and keeps growing, so the user messages are read from the
+    last frame's context; their count must match the number of context frames.
+    """
+    contexts = [f for f in frames if isinstance(f, LLMContextFrame)]
+    if not contexts:
+        return []
+    messages = contexts[-1].context.get_messages()
+    said = [str(m["content"]) for m in messages if m.get("role") == "user"]
+    assert len(said) == len(contexts), (said, len(contexts))
+    return said
 
 
 def silence(seconds: float) -> np.ndarray:
