@@ -112,6 +112,20 @@ SLOT_DECODING: dict[str, DecodeOptions] = {
 }
 
 
+def digit_token_cap(audio_s: float, digits_max: int = 0) -> int:
+    """Most tokens a digit-only decode of ``audio_s`` seconds of speech may generate.
+
+    A spoken digit lasts at least about 0.25 s (FSDD's shortest clips; fast read-out digit
+    strings run at 3-4 digits per second) and takes at most two tokens (" 5" or "5" plus a
+    separator), so ``8 * audio_s`` tokens hold any real answer with room to spare; nor can an
+    answer hold more than ``digits_max`` digits (when the slot says so). A decoder looping on
+    one digit (it cannot emit words, so it can miss its end) then stops early instead of
+    running to Whisper's 224 tokens.
+    """
+    cap = max(8, int(8 * audio_s) + 4)
+    return min(cap, 2 * digits_max + 4) if digits_max > 0 else cap
+
+
 #: Run language ID on a free turn whose English transcript's confidence is below this. Measured
 #: (docs/decisions/0011): tiny.en gave espeak-ng English sentences >= 0.45 and Spanish <= 0.38.
 LANGUAGE_CHECK_BELOW = 0.42
@@ -204,6 +218,9 @@ class WhisperEngine:
             STTError: The runtime failed.
         """
         options = SLOT_DECODING.get(listening.kind) if listening is not None else None
+        if options is not None and options.vocabulary == "digits" and not options.max_new_tokens:
+            cap = digit_token_cap(len(pcm16) / 2 / 16000, listening.digits_max if listening else 0)
+            options = replace(options, max_new_tokens=cap)
         result = self.decode(pcm16, options or DecodeOptions())
         free = listening is None or listening.kind in ("free", "message")
         if (
