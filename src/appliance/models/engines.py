@@ -76,9 +76,10 @@ class Transcript:
 
 Vocabulary = Literal["any", "digits", "date"]
 
-#: Digits, spaces, commas and hyphens: what a digit-slot token may contain. Periods are left
-#: out: with them allowed tiny.en answered an unclear digit with "..." instead of its best guess.
-_DIGIT_TOKEN = re.compile(r"[0-9 ,\-]+")
+#: Digits and spaces: what a digit-slot token may contain. Punctuation is left out: with
+#: ``.`` or ``-`` allowed, tiny.en answered unclear digits with "..." or "- - -" (measured on
+#: FSDD, docs/decisions/0011) instead of its best digit.
+_DIGIT_TOKEN = re.compile(r"[0-9 ]+")
 _MONTHS = (
     "January February March April May June July August September October November December"
 ).split()
@@ -90,8 +91,8 @@ class DecodeOptions:
     """How one utterance is decoded (chosen per :class:`~appliance.text.listening.Listening`).
 
     Attributes:
-        vocabulary: ``any`` (Whisper's default), ``digits`` (only tokens made of digits, spaces
-            and ``.,-``) or ``date`` (those plus the month names and ordinal suffixes).
+        vocabulary: ``any`` (Whisper's default), ``digits`` (only tokens made of digits and
+            spaces) or ``date`` (those plus the month names and ordinal suffixes).
         initial_prompt: Text given to Whisper as the previous context, or ``None``.
         hotwords: faster-whisper ``hotwords`` (prepended as context when no prefix), or ``None``.
         max_new_tokens: Cap on generated tokens per 30 s window (``None``: Whisper's 224). A
@@ -108,7 +109,9 @@ class DecodeOptions:
 #: stitched digit strings for ``digits``; espeak-ng dates, confirmations and names otherwise.
 #: Kinds without an entry decode like ``listening=None``.
 SLOT_DECODING: dict[str, DecodeOptions] = {
-    "digits": DecodeOptions(vocabulary="digits", initial_prompt="1 2 3 4 5 6 7 8 9 0"),
+    # No prompt: a digit prompt ("1 2 3 ...") or "My number is" made tiny.en repeat or count
+    # digits (FSDD, 0011). The token cap comes from digit_token_cap.
+    "digits": DecodeOptions(vocabulary="digits"),
 }
 
 
@@ -175,7 +178,7 @@ class WhisperEngine:
         """The token ids to suppress for ``vocabulary`` (``None`` for ``any``), computed once.
 
         Every id below end-of-text whose decoded text is not allowed is suppressed: for
-        ``digits`` a token is allowed when it is made only of digits, spaces and ``.,-``; for
+        ``digits`` a token is allowed when it is made only of digits and spaces; for
         ``date`` the tokens of the month names (with and without a leading space) and the
         ordinal suffixes are allowed too.
         """
