@@ -42,6 +42,7 @@ from typing import Any, Literal
 from pipecat.frames.frames import TranscriptionFrame, VADUserStoppedSpeakingFrame
 from pipecat.turns.user_stop import TurnAnalyzerUserTurnStopStrategy
 
+from appliance.agent.replies import is_fragment
 from appliance.agent.understanding import (
     extract_birth_date,
     extract_name,
@@ -73,17 +74,15 @@ Verdict = Literal["complete", "partial", "open"]
 _MONTH = re.compile(
     r"\b(jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\b", re.IGNORECASE
 )
-_FRAGMENT_END = re.compile(
-    r"\b(and|or|but|so|because|the|a|an|to|for|about|of|with|my|your|if|that|is|are|"
-    r"um|uh|er|like|do|does|can|could|would|what|when|where|how|which|ask|wanted|need|"
-    r"want|i'm|i)\W*$",
-    re.IGNORECASE,
-)
 
 
 def looks_unfinished(text: str) -> bool:
-    """Whether ``text`` ends like an unfinished sentence ("I wanted to ask about", "Do you")."""
-    return bool(_FRAGMENT_END.search(text.strip()))
+    """Whether ``text`` ends like an unfinished sentence ("I wanted to ask about", "Do you").
+
+    The dialogue's own test (:func:`appliance.agent.replies.is_fragment`), so endpointing waits
+    for exactly the turns the dialogue would otherwise hold as fragments.
+    """
+    return is_fragment(text)
 
 
 def judge(listening: Listening, text: str, now: datetime | None = None) -> Verdict:
