@@ -218,8 +218,13 @@ _MONTHS = (
 
 
 def date_numbers(text: str) -> list[int]:
-    """Integers in a transcript, month names as 1-12, ``19 88`` joined into 1988."""
-    toks = re.findall(r"[a-z]+|\d+", text.lower())
+    """Integers in a transcript, month names as 1-12, ``19 88`` joined into 1988.
+
+    Number words become numerals first (text2num's ``alpha2digit``, as the slot parser does).
+    """
+    from text_to_num import alpha2digit
+
+    toks = re.findall(r"[a-z]+|\d+", alpha2digit(text, "en").lower())
     nums: list[int] = []
     for tok in toks:
         if tok.isdigit():
@@ -326,6 +331,7 @@ def main() -> None:
     )
     ap.add_argument("--strings", type=int, default=30, help="stitched digit strings")
     ap.add_argument("--skip", default="", help="comma list: base,sphinx,slots,lid,digits")
+    ap.add_argument("--only", default="", help="comma list of digit candidates to run (all)")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     if not (SPEECH / "manifest.tsv").exists():
@@ -363,6 +369,10 @@ def main() -> None:
     if base is not None:
         heavy.append(("base-digits", whisper(base, DecodeOptions("digits", max_new_tokens=40))))
 
+    if args.only:
+        keep = set(args.only.split(","))
+        candidates = [c for c in candidates if c[0] in keep]
+        heavy = [c for c in heavy if c[0] in keep]
     if "digits" not in skip:
         fsdd = [(to16k(*read_wav(SPEECH / p)), ref) for p, ref in fsdd_rows(args.fsdd)]
         strings = stitched(args.strings)

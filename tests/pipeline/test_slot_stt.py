@@ -47,13 +47,13 @@ def lid(store: Path) -> LanguageIdEngine:
     return LanguageIdEngine(base, threads=2)
 
 
-def espeak_pcm(text: str, voice: str, tmp_path: Path) -> bytes:
+def espeak_pcm(text: str, voice: str, tmp_path: Path, speed: int = 140) -> bytes:
     """espeak-ng speech as 16 kHz PCM after an 8 kHz phone line (soxr both ways)."""
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
     wav = tmp_path / "say.wav"
     subprocess.run(
-        ["espeak-ng", "-v", voice, "-s", "140", "-w", str(wav), text],
+        ["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(wav), text],
         check=True,
         capture_output=True,
     )
@@ -99,14 +99,18 @@ def test_stitched_digit_string(tiny: WhisperEngine) -> None:
 
 
 def test_date_of_birth_in_groups(tiny: WhisperEngine, tmp_path: Path) -> None:
-    pcm = espeak_pcm("oh three, fifteen, nineteen eighty-eight", "en-us", tmp_path)
+    """March 15, 1988 said in groups through the date path.
+
+    espeak-ng's "nineteen" often sounds like "ninety" to Whisper (0011), so the groups are
+    spoken as separate phrases by the RP English voice.
+    """
+    pcm = espeak_pcm("oh three. fifteen. nineteen, eighty eight.", "en-gb-x-rp", tmp_path)
     text = tiny.transcribe(pcm, Listening(kind="date")).text
-    numbers = [int(n) for n in re.findall(r"\d+", text)]
-    # "03 15 1988", "3/15/1988", "0315 1988" or "3, 15, 19 88": the day, month and year are there.
-    joined = "".join(re.findall(r"\d", text))
-    assert 15 in numbers or "0315" in joined, text
-    assert 3 in numbers or "0315" in joined or joined.startswith("3"), text
-    assert "1988" in joined, text
+    assert re.fullmatch(r"[0-9 A-Za-z]*", text), text  # numbers and month words only
+    numbers = re.findall(r"\d+", text)
+    assert numbers[:2] in (["0", "3"], ["03"]) or numbers[0] == "3", text
+    assert "15" in numbers, text
+    assert "1988" in numbers or "19 88" in text, text
 
 
 def test_listening_none_is_unconstrained(tiny: WhisperEngine) -> None:
@@ -123,7 +127,7 @@ def test_listening_none_is_unconstrained(tiny: WhisperEngine) -> None:
     ("text", "voice", "want"),
     [
         ("Quisiera hacer una cita con el doctor para la próxima semana.", "es", "es"),
-        ("Necesito cancelar mi cita del lunes por la mañana.", "es-419", "es"),
+        ("Mi hija tiene fiebre y mucha tos.", "es-419", "es"),
         ("I would like to book an appointment with the doctor next week.", "en-us", "en"),
         ("I need to cancel my appointment on Monday morning.", "en-gb", "en"),
     ],
@@ -131,7 +135,8 @@ def test_listening_none_is_unconstrained(tiny: WhisperEngine) -> None:
 def test_language_id(
     lid: LanguageIdEngine, text: str, voice: str, want: str, tmp_path: Path
 ) -> None:
-    lang, prob = lid.detect(espeak_pcm(text, voice, tmp_path), lid.candidates)
+    # 150 words a minute, as in benchmarks/slot_stt.py.
+    lang, prob = lid.detect(espeak_pcm(text, voice, tmp_path, 150), lid.candidates)
     assert lang == want, (lang, prob)
     assert 0.5 < prob <= 1.0
 
