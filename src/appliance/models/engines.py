@@ -3,6 +3,10 @@
 Each engine wraps one runtime and is safe to call from worker threads:
 
 * :class:`WhisperEngine`: faster-whisper (CTranslate2) STT, 16 kHz 16-bit mono PCM in.
+  Decoding follows the expected answer (:data:`SLOT_DECODING`: digit-only vocabulary for digit
+  slots, a date vocabulary for dates, prompts for confirmations and names; docs/decisions/0011).
+* :class:`LanguageIdEngine`: spoken-language ID with multilingual Whisper base, 16 kHz in; run by
+  the STT on unsure free turns so a non-English caller can be transferred.
 * :class:`LlamaEngine`: llama-cpp-python chat completion, streamed token by token. One llama.cpp
   context serialises generation, so calls take turns under a lock; the system prompt's KV
   prefix is reused across turns and calls because llama-cpp-python keeps the longest common
