@@ -169,9 +169,10 @@ def test_date_of_birth_said_in_groups_with_pauses_verifies_the_caller(
         *say("I need to reschedule my appointment.", tmp_path, 9000),
         *say("My name is Robert Brown.", tmp_path, 5000),
         Play(str(grouped_pcap(["oh nine", "twelve", "nineteen sixty eight"], tmp_path))),
-        Pause(9000),
+        Pause(6000),  # a spoken date of birth is always read back: "I heard ... Is that right?"
+        *say("Yes, that's right.", tmp_path, 9000),
     ]
-    result = run_sipp(render_uac_scenario(steps=steps), clinic.uri, timeout_s=90)
+    result = run_sipp(render_uac_scenario(steps=steps), clinic.uri, timeout_s=120)
     call_id, events = call_events(clinic, before)
     heard = [e["user_text"] for e in events if e["kind"] == "TurnEnded"]
     spoke = [e["text"] for e in events if e["kind"] == "AgentSpoke"]

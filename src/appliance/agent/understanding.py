@@ -311,7 +311,10 @@ _NAME_LEAD = re.compile(
     r"\b(?:my name is|my name's|name is|this is|it's|it is|i am|i'm|the name is)\s+(.+)$",
     re.IGNORECASE,
 )
-_FILLERS = {"um", "uh", "er", "ah", "yes", "yeah", "hi", "hello", "so", "well", "okay", "ok"}
+_FILLERS = {
+    "um", "uh", "er", "ah", "yes", "yeah", "hi", "hello", "so", "well", "okay", "ok", "please",
+    "thanks", "sure",
+}  # fmt: skip
 
 
 def extract_name(text: str, stt_confidence: float) -> Extraction | None:
@@ -320,6 +323,9 @@ def extract_name(text: str, stt_confidence: float) -> Extraction | None:
     Apostrophes and hyphens stay ("Maria O'Connor", "Ann Smith-Jones"); a lone "O" or "D"
     before a capitalised word is the apostrophe prefix Whisper split off ("O Connor" ->
     "O'Connor"); lower-case words are title-cased ("o'connor" -> "O'Connor").
+
+    Certainty: 0.95 after a lead-in ("my name is"), 0.9 for a turn that is only a capitalised
+    name, 0.8 for a name picked out of other words; times ``stt_confidence``.
     """
     said = text.replace("\u2019", "'").replace("\u2018", "'")
     match = _NAME_LEAD.search(said)
@@ -335,7 +341,16 @@ def extract_name(text: str, stt_confidence: float) -> Extraction | None:
     if not 2 <= len(joined) <= 4:
         return None
     name = " ".join(title_name(w) if w.islower() else w[0].upper() + w[1:] for w in joined[:3])
-    certainty = 0.95 if match else 0.8
+    # A turn that is only a capitalised name (the answer to "What is your name?", often with
+    # "my name is" dropped by the STT when the name prompt primed it) is nearly as sure as one
+    # with a lead-in; a name picked out of other words is less so.
+    bare = (
+        not match
+        and len(joined) <= 3
+        and all(w[:1].isupper() for w in joined)
+        and len(re.findall(r"[A-Za-z][A-Za-z'\-]*", said)) == len(words)
+    )
+    certainty = 0.95 if match else 0.9 if bare else 0.8
     return Extraction(name, name, round(stt_confidence * certainty, 3))
 
 
