@@ -120,10 +120,24 @@ SLOT_DECODING: dict[str, DecodeOptions] = {
     # each other); the date vocabulary keeps the output to numbers and month names (no
     # hallucinated words for the slot parser) and was the fastest. Revisit with recorded dates.
     "date": DecodeOptions(vocabulary="date", max_new_tokens=40),
-    # A prompt helped confirmations (23 of 24 against 18) and names (11 of 24 against 7).
-    "yes_no": DecodeOptions(initial_prompt="Is that correct? Yes, that's right."),
-    "name": DecodeOptions(initial_prompt="Can I have your name? My name is"),
+    # No prompt for confirmations and names: on 48 espeak-ng yes/no answers (4 voices) no
+    # prompt, "Is that correct? Yes, that's right." and a neutral "Is that right? Yes or no?"
+    # all scored 41/48, and the yes-prompt turned a "Not quite." into "That's right." (a no
+    # heard as yes confirms a wrong value). The name prompt made Whisper drop "my name is"
+    # and lowered its confidence, so names were read back more often (0011).
 }
+
+#: Words that make a turn a number or a date: digits, number words, months. A digit or date
+#: turn whose free decode has none of them ("yes", "operator", but also "oh nine" heard as
+#: "Oh, I..." and "twelve" heard as "Well") keeps the surer of its free and constrained decodes.
+_NUMERIC_CUE = re.compile(
+    r"\d|\b(zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|"
+    r"thirteen|fourteen|fifteen|sixteen|seventeen|eighteen|nineteen|twenty|thirty|forty|"
+    r"fifty|sixty|seventy|eighty|ninety|hundred|thousand|double|triple|first|second|third|"
+    r"fourth|fifth|sixth|seventh|eighth|ninth|tenth|twelfth|twentieth|thirtieth|jan\w*|"
+    r"feb\w*|mar\w*|apr\w*|may|jun\w*|jul\w*|aug\w*|sep\w*|oct\w*|nov\w*|dec\w*)\b",
+    re.IGNORECASE,
+)
 
 
 def digit_token_cap(audio_s: float, digits_max: int = 0) -> int:
@@ -219,8 +233,12 @@ class WhisperEngine:
         Args:
             pcm16: 16 kHz 16-bit little-endian mono PCM.
             listening: What the caller is expected to say. ``None`` (or a kind without an
-                entry in :data:`SLOT_DECODING`) decodes without constraints; ``digits``
-                decodes with digit tokens only.
+                entry in :data:`SLOT_DECODING`) decodes without constraints. ``digits`` and
+                ``date`` decode freely first; a turn holding numbers or a month is decoded
+                again with the slot's vocabulary (digit tokens; digits, months, ordinals) and
+                a token cap (:func:`digit_token_cap`) and kept; for any other turn the surer
+                of the two decodes is kept (words such as "yes" or "operator" against a
+                number tiny.en did not hear as one: "twelve" heard as "Well").
 
         When a :class:`LanguageIdEngine` is attached and a free turn (``None``, ``free`` or
         ``message``) of at least :data:`LANGUAGE_CHECK_MIN_AUDIO_S` transcribes with a
@@ -232,9 +250,20 @@ class WhisperEngine:
             STTError: The runtime failed.
         """
         options = SLOT_DECODING.get(listening.kind) if listening is not None else None
-        if options is not None and options.vocabulary == "digits" and not options.max_new_tokens:
-            cap = digit_token_cap(len(pcm16) / 2 / 16000, listening.digits_max if listening else 0)
-            options = replace(options, max_new_tokens=cap)
+        if options is not None and options.vocabulary != "any":
+            # A constrained vocabulary cannot say "yes", "I don't know" or "operator": decode
+            # freely first and constrain only a turn that holds numbers or a month.
+            free_text = self.decode(pcm16, DecodeOptions())
+            cue = _NUMERIC_CUE.search(free_text.text) is not None
+            digits_max = listening.digits_max if listening and listening.kind == "digits" else 0
+            cap = digit_token_cap(len(pcm16) / 2 / 16000, digits_max)
+            if options.max_new_tokens:
+                cap = min(cap, options.max_new_tokens)
+            constrained = self.decode(pcm16, replace(options, max_new_tokens=cap))
+            elapsed = constrained.elapsed_s + free_text.elapsed_s
+            if not cue and free_text.confidence >= constrained.confidence:
+                return replace(free_text, elapsed_s=elapsed)  # "yes", "operator": words surer
+            return replace(constrained, elapsed_s=elapsed)
         result = self.decode(pcm16, options or DecodeOptions())
         free = listening is None or listening.kind in ("free", "message")
         if (
@@ -278,6 +307,10 @@ class WhisperEngine:
         extra: dict[str, Any] = {}
         if suppress is not None:
             extra["suppress_tokens"] = suppress
+            # A constrained decode has a low log-probability by construction, which would set off
+            # faster-whisper's temperature fallback (up to five more decodes at 0.2 ... 1.0,
+            # seconds on 2 cores, and random output): decode once, at temperature 0.
+            extra["temperature"] = 0.0
         if options.initial_prompt:
             extra["initial_prompt"] = options.initial_prompt
         if options.hotwords:
