@@ -147,6 +147,9 @@ def test_judge_follows_the_expected_slot() -> None:
     assert judge(dob, "March") == "partial"
     assert judge(dob, "oh three fifteen") == "partial"
     assert judge(dob, "March 15th, 1988") == "complete"
+    assert judge(dob, "0 9 1 2 1 9") == "partial"  # "...one nine": the year has begun
+    assert judge(dob, "0 9 1 2 1 9 6 8") == "complete"
+    assert judge(dob, "0 9 1 2 6 8") == "complete"  # MMDDYY
     assert judge(Listening("yes_no"), "Yeah.") == "complete"
     assert judge(Listening("yes_no"), "Well, I") == "open"
     assert judge(Listening(), "What time do you open?") == "open"

@@ -109,6 +109,11 @@ def judge(listening: Listening, text: str, now: datetime | None = None) -> Verdi
             return "complete"
         return "partial"
     if kind == "date":
+        digits = re.sub(r"\D", "", itn(said))
+        if 5 <= len(digits) <= 7 and digits[4:6] in ("19", "20"):
+            # "oh nine, one two, one nine ..." parses as 9/12/(20)19, but a caller who has
+            # said "nineteen" or "twenty" of the year is mid-way through a four-digit year.
+            return "partial"
         if extract_birth_date(said, 1.0, today) is not None:
             return "complete"
         if re.search(r"\d", itn(said)) or _MONTH.search(said):
