@@ -141,7 +141,7 @@ def test_reschedule_changes_the_calendar_and_is_scored_resolved(
     assert score["identity_before_phi_ok"] and score["disclosure_ok"]
 
 
-def fsdd_groups_pcap(groups: list[str], work: Path, speaker: str = "jackson") -> Path:
+def fsdd_groups_pcap(groups: list[str], work: Path, speaker: str = "lucas") -> Path:
     """Real recorded digits (FSDD) read in groups: 150 ms between digits, 600 ms between groups.
 
     ``["09", "12", "1968"]`` is a caller reading a date of birth as "oh nine ... one two ...

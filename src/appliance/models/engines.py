@@ -127,18 +127,6 @@ SLOT_DECODING: dict[str, DecodeOptions] = {
     # and lowered its confidence, so names were read back more often (0011).
 }
 
-#: Words that make a turn a number or a date: digits, number words, months. A digit or date
-#: turn whose free decode has none of them ("yes", "operator", but also "oh nine" heard as
-#: "Oh, I..." and "twelve" heard as "Well") keeps the surer of its free and constrained decodes.
-_NUMERIC_CUE = re.compile(
-    r"\d|\b(zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|"
-    r"thirteen|fourteen|fifteen|sixteen|seventeen|eighteen|nineteen|twenty|thirty|forty|"
-    r"fifty|sixty|seventy|eighty|ninety|hundred|thousand|double|triple|first|second|third|"
-    r"fourth|fifth|sixth|seventh|eighth|ninth|tenth|twelfth|twentieth|thirtieth|jan\w*|"
-    r"feb\w*|mar\w*|apr\w*|may|jun\w*|jul\w*|aug\w*|sep\w*|oct\w*|nov\w*|dec\w*)\b",
-    re.IGNORECASE,
-)
-
 
 def digit_token_cap(audio_s: float, digits_max: int = 0) -> int:
     """Most tokens a digit-only decode of ``audio_s`` seconds of speech may generate.
@@ -234,11 +222,12 @@ class WhisperEngine:
             pcm16: 16 kHz 16-bit little-endian mono PCM.
             listening: What the caller is expected to say. ``None`` (or a kind without an
                 entry in :data:`SLOT_DECODING`) decodes without constraints. ``digits`` and
-                ``date`` decode freely first; a turn holding numbers or a month is decoded
-                again with the slot's vocabulary (digit tokens; digits, months, ordinals) and
-                a token cap (:func:`digit_token_cap`) and kept; for any other turn the surer
-                of the two decodes is kept (words such as "yes" or "operator" against a
-                number tiny.en did not hear as one: "twelve" heard as "Well").
+                ``date`` decode with the slot's vocabulary only (digit tokens; digits, months
+                and ordinals) and a token cap (:func:`digit_token_cap`). Words cannot come
+                through there ("operator" becomes digits); the dialogue's failed-answer path
+                (keypad offer, then a person) covers such a caller. Decoding freely first and
+                keeping the surer decode was tried and lost real digits ("oh nine" from FSDD
+                heard as "You're in.", which Whisper rated surer).
 
         When a :class:`LanguageIdEngine` is attached and a free turn (``None``, ``free`` or
         ``message``) of at least :data:`LANGUAGE_CHECK_MIN_AUDIO_S` transcribes with a
@@ -251,19 +240,11 @@ class WhisperEngine:
         """
         options = SLOT_DECODING.get(listening.kind) if listening is not None else None
         if options is not None and options.vocabulary != "any":
-            # A constrained vocabulary cannot say "yes", "I don't know" or "operator": decode
-            # freely first and constrain only a turn that holds numbers or a month.
-            free_text = self.decode(pcm16, DecodeOptions())
-            cue = _NUMERIC_CUE.search(free_text.text) is not None
             digits_max = listening.digits_max if listening and listening.kind == "digits" else 0
             cap = digit_token_cap(len(pcm16) / 2 / 16000, digits_max)
             if options.max_new_tokens:
                 cap = min(cap, options.max_new_tokens)
-            constrained = self.decode(pcm16, replace(options, max_new_tokens=cap))
-            elapsed = constrained.elapsed_s + free_text.elapsed_s
-            if not cue and free_text.confidence >= constrained.confidence:
-                return replace(free_text, elapsed_s=elapsed)  # "yes", "operator": words surer
-            return replace(constrained, elapsed_s=elapsed)
+            options = replace(options, max_new_tokens=cap)
         result = self.decode(pcm16, options or DecodeOptions())
         free = listening is None or listening.kind in ("free", "message")
         if (

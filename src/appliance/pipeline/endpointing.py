@@ -57,7 +57,7 @@ from appliance.text.listening import FREE, Listening
 COMPLETE_SILENCE_S = 0.6
 
 #: Silence (s) after the caller's voice that ends a numeric turn holding a partial value.
-NUMERIC_SILENCE_S = 1.6
+NUMERIC_SILENCE_S = 2.2
 
 #: Silence (s) that ends a digit turn holding at least ``digits_min`` but fewer than
 #: ``digits_max`` digits (a variable-length number may be finished).
