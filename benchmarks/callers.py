@@ -991,7 +991,11 @@ def classify(text: str, source: str, fixed: set[str], kb_answers: list[str]) -> 
 def main() -> int:  # noqa: C901, PLR0915
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--limit", type=int, default=None, help="run only the first N scripts")
-    ap.add_argument("--only", default=None, help="scripts whose name contains this")
+    ap.add_argument(
+        "--only",
+        default=None,
+        help="scripts whose name contains this (comma-separated: any of these; exact names win)",
+    )
     ap.add_argument("--voices", default=",".join(ENGLISH),
                     help=f"English voices to rotate through (of {', '.join(ENGLISH)})")  # fmt: skip
     ap.add_argument("--list", action="store_true", help="list the scripts and exit")
@@ -1000,7 +1004,12 @@ def main() -> int:  # noqa: C901, PLR0915
     bad = [v for v in voices if v not in VOICES]
     if bad:
         ap.error(f"unknown voices: {bad}")
-    scripts = [s for s in SCRIPTS if not args.only or args.only in s.name]
+    wanted = [w for w in (args.only or "").split(",") if w]
+    exact = [s for s in SCRIPTS if s.name in wanted]
+    if wanted and len(exact) == len(wanted):
+        scripts = exact
+    else:
+        scripts = [s for s in SCRIPTS if not wanted or any(w in s.name for w in wanted)]
     if args.limit is not None:
         scripts = scripts[: args.limit]
     if args.list:
