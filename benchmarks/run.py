@@ -192,7 +192,14 @@ def main() -> int:
 
     print("appliance: conversation calls ...", flush=True)
     (work / "agent").mkdir()
-    proc = ApplianceProcess(work / "agent", sip_port=free_udp_port(), rtp_port=48000, max_calls=4)
+    # The scripted callers stay silent for long stretches: keep the idle hang-up out of the way.
+    proc = ApplianceProcess(
+        work / "agent",
+        sip_port=free_udp_port(),
+        rtp_port=48000,
+        max_calls=4,
+        extra_toml="[agent]\nidle_timeout_s = 600\n",
+    )
     proc.start()
     turns = []
     try:
@@ -223,7 +230,7 @@ def main() -> int:
         work / "barge",
         sip_port=free_udp_port(),
         rtp_port=49000,
-        extra_toml=f'[agent]\ngreeting = "{LONG_GREETING}"\n',
+        extra_toml=f'[agent]\ngreeting = "{LONG_GREETING}"\nidle_timeout_s = 600\n',
     )
     bproc.start()
     reactions = []

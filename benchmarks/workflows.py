@@ -316,7 +316,7 @@ def main() -> int:
         rtp_port=RTP_BASE,
         max_calls=2,
         extra_toml=(
-            "[scheduling]\ndemo_seed = true\n"
+            "[agent]\nidle_timeout_s = 600\n[scheduling]\ndemo_seed = true\n"
             '[transfer]\ntarget = "sip:frontdesk@127.0.0.1:5999"\ntimeout_s = 10\n'
         ),
     )
