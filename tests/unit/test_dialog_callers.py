@@ -370,3 +370,19 @@ def test_silence_repeats_the_pending_question(agent: AgentRuntime) -> None:
     assert dm.caller_silent(1).texts[-1] == "Thank you. And what is your date of birth?"
     bye = dm.caller_silent(2)
     assert bye.next is Next.HANGUP and dm.outcome == "caller_silent"
+
+
+def test_a_confirmation_cut_in_two_by_a_pause_is_not_an_answer_to_the_next_question(
+    agent: AgentRuntime,
+) -> None:
+    events: list[Event] = []
+    dm = dialog(agent, events)
+    say(dm, "I need to reschedule my appointment.", "My name is Maria Lopez.")
+    assert dm.handle_turn("March 4th 1982.", 0.9).text == "I heard March 4, 1982. Is that right?"
+    after_yes = dm.handle_turn("Yeah.", 0.9)
+    assert "Dr. Patel on Tuesday, November 24" in after_yes.text
+    # "...that's right." arrives as its own turn: absorbed, not "Sorry, I didn't get that."
+    rest = dm.handle_turn("That's right.", 0.9)
+    assert rest.text == "" and rest.next is Next.CONTINUE
+    # The next real answer is taken as usual.
+    assert "Wednesday" in dm.handle_turn("Next Wednesday at eleven in the morning.", 0.9).text

@@ -114,6 +114,7 @@ class DialogState:
     last_text: str = ""
     fragment: str = ""
     volunteered: dict[str, Extraction] = field(default_factory=dict)
+    just_confirmed: bool = False
     filled_at: dict[str, str] = field(default_factory=dict)
     main_intent: str = ""
     outcome: str = ""
@@ -301,6 +302,16 @@ class WorkflowEngine:
         node = self.node()
         assert isinstance(node, AskNode)
         s = self._s
+        confirmed_just_now, s.just_confirmed = s.just_confirmed, False
+        if (
+            confirmed_just_now
+            and node.slot.type != "yes_no"
+            and yes_no(text) is True
+            and len(text.split()) <= 3
+        ):
+            # "Yeah. | That's right.": the second half of the confirmation the caller just gave,
+            # cut off by a pause, is not an answer to the next question.
+            return Reply()
         ex = self.extract(node.slot, text, stt_confidence)
         others = self._others(text, stt_confidence, exclude=node.slot.name)
         if ex is None:
@@ -331,7 +342,9 @@ class WorkflowEngine:
         changed = _CHANGE.search(normalise(text)) is not None
         if answer is True and s.pending is not None and not changed:
             ex, s.pending = s.pending, None
-            return self._fill(node, ex, "speech", confirmed=True)
+            reply = self._fill(node, ex, "speech", confirmed=True)
+            s.just_confirmed = s.wait is Wait.SLOT
+            return reply
         if answer is False or changed:
             fresh = self._correction(node, rest, stt_confidence, s.pending)
             if fresh is not None:
