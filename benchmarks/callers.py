@@ -1108,7 +1108,8 @@ def main() -> int:  # noqa: C901, PLR0915
                                                kb_answers) if reply else None,
                         "reply": reply["text"] if reply else None,
                         "stages": {k: stage.get(k) for k in ("endpointing_s", "stt_s",
-                                   "llm_ttft_s", "tts_ttfa_s", "voice_to_voice_s")}
+                                   "agent_s", "reply_s", "llm_ttft_s", "tts_ttfa_s",
+                                   "voice_to_voice_s")}
                         if stage else None,
                     })  # fmt: skip
                 slot_rows = score_call(script, info, client, events)["slots"]
@@ -1174,7 +1175,10 @@ def summarise(rows: list[dict], ref_lat: list[float], voices: list[str]) -> dict
     for k in kinds:
         mine = [t for t in turns if t["reply_kind"] == k]
         stages: dict[str, object] = {}
-        for st in ("endpointing_s", "stt_s", "llm_ttft_s", "tts_ttfa_s", "voice_to_voice_s"):
+        for st in (
+            "endpointing_s", "stt_s", "agent_s", "reply_s", "llm_ttft_s", "tts_ttfa_s",
+            "voice_to_voice_s",
+        ):  # fmt: skip
             vals = [
                 t["stages"][st] for t in mine if t["stages"] and t["stages"].get(st) is not None
             ]
@@ -1235,7 +1239,8 @@ def print_table(rep: dict) -> None:
         ok = w["p50"] is not None and w["p50"] <= 1.0 and w["p90"] <= 1.5
         print(f"  {k:13s} p50={w['p50']!s:6s} p90={w['p90']!s:6s} n={w['n']:<3d} "
               f"{'PASS' if ok else 'FAIL'}  agent p50: endpointing={st['endpointing_s']['p50']} "
-              f"stt={st['stt_s']['p50']} tts_first_audio={st['tts_ttfa_s']['p50']} "
+              f"stt={st['stt_s']['p50']} agent={st['agent_s']['p50']} "
+              f"reply={st['reply_s']['p50']} tts_first_audio={st['tts_ttfa_s']['p50']} "
               f"v2v={st['voice_to_voice_s']['p50']}")  # fmt: skip
     print(f"  {'echo ref':13s} {rep['reference_echo_v2v_s']}")
     print("\nslot accuracy by voice (ok/n):")
