@@ -286,6 +286,56 @@ class AuditSettings(_Section):
     )
 
 
+class AdminSettings(_Section):
+    """The admin page (``appliance admin``) and the agent's control socket."""
+
+    bind: str = Field(
+        "127.0.0.1",
+        description="Address the HTTPS admin page listens on (the LAN address on the box).",
+    )
+    port: int = Field(8443, ge=1, le=65535, description="HTTPS port of the admin page.")
+    db: Path = Field(Path("var/admin.sqlite"), description="Accounts, sessions and sign-offs.")
+    control_socket: Path = Field(
+        Path("var/run/control.sock"),
+        description="Unix socket where the agent answers the admin page (mode 0660).",
+    )
+    tls_dir: Path = Field(
+        Path("var/tls"),
+        description="Directory with first boot's server.crt, server.key and ca.crt.",
+    )
+    enrolment_hash: Path = Field(
+        Path("var/enrolment.argon2"),
+        description="Argon2id hash of first boot's one-time enrolment code.",
+    )
+    session_idle_minutes: float = Field(
+        15.0, gt=0, le=240, description="A session ends after this long without a request."
+    )
+    session_absolute_hours: float = Field(
+        12.0, gt=0, le=72, description="A session ends this long after sign-in, whatever happens."
+    )
+    lockout_failures: int = Field(
+        5, ge=3, le=20, description="Failed sign-ins in a row that lock an account."
+    )
+    lockout_minutes: float = Field(
+        15.0, gt=0, description="How long a locked account stays locked."
+    )
+    metrics_token_file: Path = Field(
+        Path("var/keys/metrics-token"),
+        description="Bearer token for the Prometheus endpoint (/metrics); created if missing.",
+    )
+
+
+class TelemetrySettings(_Section):
+    """OpenTelemetry traces of each turn; nothing leaves the box by default."""
+
+    traces_file: Path | None = Field(
+        None, description="Write OTLP-JSON spans of every turn here (JSON lines); unset: off."
+    )
+    otlp_endpoint: str = Field(
+        "", description="A local OTLP/HTTP collector URL (loopback or LAN); empty: none."
+    )
+
+
 class ApplianceSettings(_Section):
     """All settings of ``appliance serve``."""
 
@@ -298,6 +348,8 @@ class ApplianceSettings(_Section):
     transfer: TransferSettings = Field(default_factory=TransferSettings)
     scheduling: SchedulingSettings = Field(default_factory=SchedulingSettings)
     payments: PaymentSettings = Field(default_factory=PaymentSettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 
 
 #: Directory of drop-ins next to a settings file ``F``: ``F.d/`` (``appliance.toml.d/``).
@@ -463,6 +515,17 @@ def load_settings(
             if getattr(settings.agent, name) is not None
         }
     )
+    admin = settings.admin.model_copy(
+        update={
+            name: _rebase(base, getattr(settings.admin, name))
+            for name in ("db", "control_socket", "tls_dir", "enrolment_hash", "metrics_token_file")
+        }
+    )
+    telemetry = settings.telemetry
+    if telemetry.traces_file is not None:
+        telemetry = telemetry.model_copy(
+            update={"traces_file": _rebase(base, telemetry.traces_file)}
+        )
     return settings.model_copy(
         update={
             "models": models,
@@ -470,6 +533,8 @@ def load_settings(
             "audit": audit,
             "scheduling": scheduling,
             "agent": agent,
+            "admin": admin,
+            "telemetry": telemetry,
         }
     )
 
