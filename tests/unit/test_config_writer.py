@@ -224,3 +224,32 @@ def test_corrupt_existing_dropin_is_reported(settings_path: Path) -> None:
 def test_bad_dropin_name_is_refused(settings_path: Path) -> None:
     with pytest.raises(ConfigError):
         apply_change(settings_path, {"clinic": {"name": "x"}}, dropin_name="../evil.toml")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Hello, you've reached {clinic}. How can I help?", "", "Welcome to the air clinic." * 2],
+)
+def test_disclosure_without_an_ai_statement_is_refused(settings_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError, match=r"agent\.disclosure: .*automated system"):
+        apply_change(settings_path, {"agent": {"disclosure": text}})
+    assert not dropin_path(settings_path).exists()
+
+
+def test_overlong_disclosure_is_refused(settings_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"agent\.disclosure: .*at most 400"):
+        apply_change(settings_path, {"agent": {"disclosure": "I am an AI. " + "x" * 400}})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Hi, this is {clinic}'s AI receptionist.",
+        "You are speaking with an automated assistant.",
+        "I'm a virtual assistant for {clinic}.",
+    ],
+)
+def test_disclosure_with_an_ai_statement_is_accepted(settings_path: Path, text: str) -> None:
+    settings, changed = apply_change(settings_path, {"agent": {"disclosure": text}})
+    assert settings.agent.disclosure == text
+    assert changed == ["agent.disclosure"]

@@ -16,6 +16,7 @@ non-zero at start and a running process can refuse a bad reload while it keeps s
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -136,6 +137,16 @@ class ClinicSettings(_Section):
     )
 
 
+#: What an AI disclosure must say (a compliance control, checked on every load): the caller is
+#: talking to an automated system. California's B.O.T. Act (SB 1001) and the EU AI Act art. 50
+#: require that a person be told they are interacting with an AI system.
+AI_STATEMENT = re.compile(
+    r"\b(?i:automated|artificial intelligence|virtual (?:assistant|receptionist))\b|\bAI\b"
+)
+#: Longest disclosure accepted (characters); it is played whole before the caller can speak.
+DISCLOSURE_MAX_CHARS = 400
+
+
 class AgentSettings(_Section):
     """Conversation behaviour."""
 
@@ -181,6 +192,18 @@ class AgentSettings(_Section):
     anything_else: str = Field(
         "Is there anything else I can help you with?", description="Said after a resolved task."
     )
+
+    @field_validator("disclosure")
+    @classmethod
+    def _check_disclosure(cls, value: str) -> str:
+        if len(value) > DISCLOSURE_MAX_CHARS:
+            raise ValueError(f"at most {DISCLOSURE_MAX_CHARS} characters, got {len(value)}")
+        if not AI_STATEMENT.search(value):
+            raise ValueError(
+                "must tell the caller they are talking to an automated system (say "
+                "'automated', 'AI', 'artificial intelligence' or 'virtual assistant')"
+            )
+        return value
 
 
 class TransferSettings(_Section):
