@@ -124,11 +124,32 @@ def _m004_turn_stages(db: sqlite_utils.Database) -> None:
     table.add_column("listening", str)
 
 
+def _m005_call_channel(db: sqlite_utils.Database) -> None:
+    # "sip" or "webrtc" (a browser test call from the admin page); rows before this are SIP.
+    table = db.table("calls")
+    if table.exists() and "channel" not in table.columns_dict:
+        table.add_column("channel", str, not_null_default="sip")
+
+
+def _m006_admin_indexes(db: sqlite_utils.Database) -> None:
+    # The admin page's time-window and per-call reads (appliance.admin.queries).
+    wanted = [
+        ("calls", ["answered_at"]),
+        ("turn_latency", ["t"]),
+        ("turn_latency", ["call_id", "t"]),
+    ]
+    for table, columns in wanted:
+        if set(columns) <= set(db.table(table).columns_dict):
+            db.table(table).create_index(columns, if_not_exists=True)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_calls", _m001_calls),
     ("002_call_scores", _m002_call_scores),
     ("003_media_stats", _m003_media_stats),
     ("004_turn_stages", _m004_turn_stages),
+    ("005_call_channel", _m005_call_channel),
+    ("006_admin_indexes", _m006_admin_indexes),
 ]
 
 
@@ -319,6 +340,7 @@ class CallMetadataStore:
                     "call_id": event.call_id,
                     "answered_at": event.t,
                     "codec": event.codec,
+                    "channel": event.channel,
                     "turns": 0,
                     "barge_ins": 0,
                 },
