@@ -105,8 +105,20 @@ def _m001_calendar(conn: sqlite3.Connection) -> None:
     )
 
 
+def _m002_patient_details(conn: sqlite3.Connection) -> None:
+    # Contact and record-number details from a roster import (appliance.admin.imports), kept
+    # beside ``patients`` so that the identity check and older writers are unaffected.
+    conn.execute(
+        "CREATE TABLE patient_details ("
+        " patient_id TEXT PRIMARY KEY REFERENCES patients(id),"
+        " external_id TEXT UNIQUE,"
+        " phone TEXT)"
+    )
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("001_calendar", _m001_calendar),
+    ("002_patient_details", _m002_patient_details),
 ]
 """The calendar's migrations in order; names are recorded in ``_migrations``."""
 
