@@ -184,7 +184,7 @@ def test_audit_log_opens_a_database_of_the_old_runner(tmp_path: Path) -> None:
 
 def test_both_stores_record_their_migrations_once(tmp_path: Path) -> None:
     audit_db = audit_store.connect(tmp_path / "audit.sqlite")
-    assert audit_store.migrate(audit_db) == ["001_audit"]
+    assert audit_store.migrate(audit_db) == [name for name, _ in audit_store.MIGRATIONS]
     assert audit_store.migrate(audit_db) == []
 
     metrics_db = sqlite_utils.Database(sqlite3.connect(str(tmp_path / "calls.sqlite")))

@@ -50,7 +50,27 @@ def _m001(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE checkpoints (size INTEGER PRIMARY KEY, note TEXT NOT NULL, t REAL)")
 
 
-MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [("001_audit", _m001)]
+#: The call id of a record, read from its canonical JSON (``0x01`` + JSON, see ``record``);
+#: NULL for bytes that are not JSON, so a damaged row still stores and verification finds it.
+CALL_ID_SQL = (
+    "(CASE WHEN json_valid(CAST(substr(data, 2) AS TEXT))"
+    " THEN json_extract(CAST(substr(data, 2) AS TEXT), '$.call_id') END)"
+)
+
+
+def _m002(db: sqlite_utils.Database) -> None:
+    # One call's records without a scan of the whole log (call timelines, exports).
+    db.execute(f"CREATE INDEX records_call_id ON records ({CALL_ID_SQL}, idx)")
+
+
+MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
+    ("001_audit", _m001),
+    ("002_records_call_id", _m002),
+]
+
+
+class ContentShredded(AuditError):
+    """A call's sealed content cannot be opened: its data key was destroyed (shredded)."""
 
 
 @dataclass(frozen=True)
@@ -320,15 +340,32 @@ class AuditLog:
         """Decrypt one call's records (for an authorised user; the caller logs the export).
 
         Raises:
-            AuditError: The call's data key was shredded.
+            ContentShredded: The call's data key was shredded.
         """
-        keys: dict[str, bytes | None] = {}
-        for dek_id, wrapped in self._db.execute(
-            "SELECT dek_id, wrapped FROM deks WHERE call_id = ?", [call_id]
-        ):
-            keys[dek_id] = None if wrapped is None else envelope.unwrap(self.kek, wrapped)
+        return self.call_records(call_id, decrypt=True)
+
+    def call_records(self, call_id: str, *, decrypt: bool = False) -> list[dict[str, Any]]:
+        """One call's records in index order, found through the ``records_call_id`` index.
+
+        Returns:
+            ``{"index", "t" (s since the epoch), "kind", "meta"}`` per record, plus the opened
+            ``"content"`` of sealed records when ``decrypt`` is true.
+
+        Raises:
+            ContentShredded: ``decrypt`` and the call's data key was shredded.
+        """
+        with self._lock:
+            keys: dict[str, bytes | None] = {}
+            if decrypt:
+                for dek_id, wrapped in self._db.execute(
+                    "SELECT dek_id, wrapped FROM deks WHERE call_id = ?", [call_id]
+                ):
+                    keys[dek_id] = None if wrapped is None else envelope.unwrap(self.kek, wrapped)
+            rows = self._db.execute(
+                f"SELECT idx, data FROM records WHERE {CALL_ID_SQL} = ? ORDER BY idx", [call_id]
+            ).fetchall()
         out = []
-        for idx, data in self._db.execute("SELECT idx, data FROM records ORDER BY idx"):
+        for idx, data in rows:
             record = decode(data)
             if record.call_id != call_id:
                 continue
@@ -338,10 +375,10 @@ class AuditLog:
                 "kind": record.kind,
                 "meta": record.meta,
             }
-            if record.sealed is not None:
+            if decrypt and record.sealed is not None:
                 dek = keys.get(record.dek_id or "")
                 if dek is None:
-                    raise AuditError(f"call {call_id}: content was shredded")
+                    raise ContentShredded(f"call {call_id}: content was shredded")
                 item["content"] = json.loads(
                     envelope.open_sealed(
                         dek, record.sealed, envelope.aad_for(record.call_id, record.kind)
@@ -349,6 +386,14 @@ class AuditLog:
                 )
             out.append(item)
         return out
+
+    def last_checkpoint(self) -> tuple[int, float] | None:
+        """``(size, t)`` of the latest stored checkpoint (t: s since the epoch), or ``None``."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT size, t FROM checkpoints ORDER BY size DESC LIMIT 1"
+            ).fetchone()
+        return None if row is None else (int(row[0]), float(row[1] or 0.0))
 
     def close(self) -> None:
         """Close the database connection."""
