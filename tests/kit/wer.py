@@ -3,30 +3,15 @@
 Needs ``jiwer`` and ``num2words`` from the ``test`` extra; not part of the runtime package.
 
 Whisper writes numbers as digits ("7", "1030"); references spell them out. Both sides are
-normalised the same way before jiwer computes WER (Levenshtein alignment over words):
-lower case, digits spelled out with num2words, punctuation removed, whitespace collapsed.
+normalised the same way before jiwer computes WER (Levenshtein alignment over words), by
+:func:`appliance.text.wer.normalise_for_wer` (shared with the admin page's quality review).
 """
 
 from __future__ import annotations
 
-import re
+from appliance.text.wer import normalise_for_wer
 
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
-_PUNCT = re.compile(r"[^a-z0-9' ]+")
-
-
-def normalise_for_wer(text: str) -> str:
-    """Normalise a transcript for WER: lower case, numbers as words, no punctuation."""
-    from num2words import num2words
-
-    text = text.lower().replace("-", " ")
-    text = _NUMBER.sub(
-        lambda m: " " + num2words(float(m.group()) if "." in m.group() else int(m.group())) + " ",
-        text,
-    )
-    text = text.replace("-", " ").replace(",", " ")
-    text = _PUNCT.sub(" ", text).replace("'", "")
-    return " ".join(text.split())
+__all__ = ["normalise_for_wer", "word_error_rate"]
 
 
 def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
