@@ -205,7 +205,13 @@ class CallMetadataStore:
             self._queue.put(_ScoreWrite(event.call_id, event))
         elif isinstance(
             event,
-            CallAnswered | CallEnded | CallRejected | TurnLatency | BargeIn | DisclosurePlayed,
+            CallAnswered
+            | CallEnded
+            | CallRejected
+            | TurnLatency
+            | BargeIn
+            | DisclosurePlayed
+            | MediaStats,
         ):
             self._queue.put(event)
 
