@@ -55,9 +55,14 @@ class CallRejected(Event):
 
 @dataclass(frozen=True)
 class CallAnswered(Event):
-    """The call was answered with 200 OK; ``codec`` is the negotiated codec."""
+    """The call was answered with 200 OK; ``codec`` is the negotiated codec.
+
+    ``channel`` is ``"sip"`` for a call from the trunk, ``"webrtc"`` for a signed-in user's
+    browser test call from the admin page (counted apart in metrics).
+    """
 
     codec: str = ""
+    channel: str = "sip"
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,11 @@ from pipecat.workers.runner import WorkerRunner
 
 from appliance.agent.dialog import Next, Reply
 from appliance.agent.runtime import AgentRuntime, load_agent
+from appliance.app.control_ops import start_control
 from appliance.app.liveness import Liveness, RunMarker, install_test_faults
 from appliance.app.memory import freeze_startup_objects, return_freed_memory
 from appliance.app.sdnotify import SystemdNotifier
+from appliance.app.tracing import TurnTracer
 from appliance.app.transfer import Transfers
 from appliance.audit.observer import AuditObserver
 from appliance.audit.service import open_audit, retention_sweep
@@ -122,6 +124,8 @@ class ApplianceServer:
         self.store = CallMetadataStore(self.settings.store.metadata_db)
         self.bus.subscribe(self.store.on_event)
         self.bus.subscribe(self._collect)
+        if (tracer := TurnTracer.from_settings(self.settings.telemetry)) is not None:
+            self.bus.subscribe(tracer.on_event)  # per-turn OpenTelemetry spans, no content
         if self.settings.audit.enabled:
             log = await asyncio.to_thread(open_audit, self.settings.audit)
             self.audit = AuditObserver(
@@ -132,6 +136,8 @@ class ApplianceServer:
             self._bg.add(retention)
             retention.add_done_callback(self._bg.discard)
         self._record_start()
+        # The admin page's control socket (appliance.app.control_ops); serving goes on without.
+        control = await start_control(self)
         sink = JsonlEventSink(self._test_events) if self._test_events else None
         if sink is not None:
             _LOGGER.warning("TEST EVENT STREAM ENABLED: never use --test-events in production")
@@ -163,6 +169,8 @@ class ApplianceServer:
             await self._stop.wait()
             await self._drain()
         finally:
+            if control is not None:
+                await control.close()  # before the audit log closes under its requests
             live.cancel()
             self.liveness.disarm()
             # The process exits right after (cli: os._exit); see SipUserAgent.stop.
@@ -345,14 +353,15 @@ class ApplianceServer:
     def _on_rejected(self, peer: str, status: int, reason: str) -> None:
         self.bus.emit(CallRejected("-", status=status, reason=reason))
 
-    def _on_call(self, handle: CallHandle) -> None:
+    def _on_call(self, handle: CallHandle, channel: str = "sip") -> None:
+        """Start a call's pipeline; ``channel`` is ``"sip"`` or ``"webrtc"`` (app.webrtc)."""
         self._call_events[handle.call_id] = []  # every event of the call feeds its score
         self.bus.emit(CallOffered(handle.call_id, source_ip=handle.peer_ip))
-        task = asyncio.create_task(self._run_call(handle), name=f"call-{handle.call_id}")
+        task = asyncio.create_task(self._run_call(handle, channel), name=f"call-{handle.call_id}")
         self._calls[handle.call_id] = task
         task.add_done_callback(lambda _t: self._calls.pop(handle.call_id, None))
 
-    async def _run_call(self, handle: CallHandle) -> None:
+    async def _run_call(self, handle: CallHandle, channel: str = "sip") -> None:
         assert self.models is not None
         started = time.time()
         disposition = "caller_hangup"
@@ -365,7 +374,7 @@ class ApplianceServer:
             emit(CallEnded(handle.call_id, disposition="no_media", duration_s=0.0))
             self._call_events.pop(handle.call_id, None)
             return
-        emit(CallAnswered(handle.call_id, codec=handle.codec))
+        emit(CallAnswered(handle.call_id, codec=handle.codec, channel=channel))
         holder: dict[str, CallPipeline] = {}
         agent = self.agent
         assert agent is not None
