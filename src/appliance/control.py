@@ -46,8 +46,9 @@ class ControlError(ApplianceError):
     """A control request failed: ``code`` is one of :data:`ERROR_CODES`."""
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
+        super().__init__(code, message)
         self.code = code if code in ERROR_CODES else "internal"
+        self.args = (message,)  # str(exc) is the message alone, as answers carry it
 
 
 class ControlClient:
