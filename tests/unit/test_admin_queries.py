@@ -1,0 +1,239 @@
+"""The admin page's read-only queries over a metadata DB written by the agent's own store."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from appliance.admin import charts, queries
+from appliance.events import CallAnswered, CallEnded, CallScored, MediaStats, TurnLatency
+from appliance.metrics.store import CallMetadataStore
+
+NOW = 1_764_000_000.0  # 2025-11-24 16:00 UTC, a Monday
+
+
+def add_call(
+    store: CallMetadataStore,
+    call_id: str,
+    at: float,
+    v2v: list[float],
+    *,
+    outcome: str = "resolved",
+    contained: bool = True,
+    transfer_appropriate: bool | None = None,
+    disclosure_ok: bool = True,
+    scored: bool = True,
+) -> None:
+    """Feed one call's events to the store the way the agent does, and score it."""
+    store.on_event(CallAnswered(call_id, t=at, codec="PCMU"))
+    for i, v in enumerate(v2v):
+        store.on_event(
+            TurnLatency(
+                call_id,
+                t=at + 5 + i,
+                endpointing_s=0.3,
+                stt_s=0.2,
+                llm_ttft_s=None,
+                tts_ttfa_s=0.1,
+                voice_to_voice_s=v,
+                agent_s=v - 0.5,
+                reply_s=0.2,
+                listening="free",
+            )
+        )
+    store.on_event(CallEnded(call_id, t=at + 60, disposition="caller_hangup", duration_s=60.0))
+    store.on_event(
+        MediaStats(
+            call_id, rx_frames=3000, rx_dropped=1, tx_frames=2900, tx_underruns=4, callback_errors=0
+        )  # fmt: skip
+    )
+    if scored:
+        store.record_score(
+            call_id,
+            CallScored(
+                call_id,
+                t=at + 61,
+                outcome=outcome,
+                contained=contained,
+                transfer_appropriate=transfer_appropriate,
+                disclosure_ok=disclosure_ok,
+                identity_before_phi_ok=True,
+                no_card_number_ok=True,
+                sentiment=0.25,
+                judge="rules",
+            ),
+        )
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "calls.sqlite"
+    store = CallMetadataStore(path)
+    # Last 24 h: 4 calls. c1..c3 contained; c4 transferred (ok) with a failed-flag disclosure.
+    add_call(store, "c1", NOW - 3600 * 2, [1.0, 2.0])
+    add_call(store, "c2", NOW - 1800, [3.0, 4.0, 6.0])
+    add_call(store, "c3", NOW - 600, [1.5], outcome="message_taken")
+    add_call(
+        store, "c4", NOW - 300, [2.5], outcome="transferred", contained=False,
+        transfer_appropriate=True, disclosure_ok=False,
+    )  # fmt: skip
+    # A call with a transfer attempt that failed (still contained), and one unscored.
+    add_call(store, "c5", NOW - 200, [], outcome="message_taken", transfer_appropriate=True)
+    add_call(store, "c6", NOW - 100, [0.9], scored=False)
+    # 2 days ago: outside the 24 h window.
+    add_call(store, "old", NOW - 2 * 86400, [9.0])
+    store.close()
+    return path
+
+
+def test_percentile_nearest_rank() -> None:
+    values = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]
+    assert queries.percentile(values, 0.5) == 5.0
+    assert queries.percentile(values, 0.9) == 9.0
+    assert queries.percentile(values, 0.99) == 10.0
+    assert queries.percentile([7.0], 0.01) == 7.0
+    assert queries.percentile([], 0.5) is None
+
+
+def test_bucket_start_aligns_weeks_on_monday() -> None:
+    wed = NOW + 2 * 86400 + 5 * 3600
+    assert queries.bucket_start(wed, "week") == NOW - 16 * 3600  # Monday 00:00 UTC
+    assert queries.bucket_start(NOW + 59, "hour") == NOW
+    assert queries.bucket_start(NOW, "day") == NOW - 16 * 3600
+
+
+def test_metrics_db_opened_read_only(db: Path) -> None:
+    with queries.open_metrics(db) as conn, pytest.raises(sqlite3.OperationalError):
+        conn.execute("DELETE FROM calls")
+    with queries.open_metrics(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == 7
+
+
+def test_missing_or_corrupt_db_is_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(queries.MetricsUnavailable), queries.open_metrics(tmp_path / "none"):
+        pass
+    bad = tmp_path / "bad.sqlite"
+    bad.write_bytes(b"not a database" * 100)
+    with pytest.raises(queries.MetricsUnavailable), queries.open_metrics(bad) as conn:
+        conn.execute("SELECT 1 FROM calls")
+
+
+def test_summary_rates_and_latency(db: Path) -> None:
+    with queries.open_metrics(db) as conn:
+        s = queries.summary(conn, NOW)
+    assert s["calls"] == 6
+    assert s["scored"] == 5
+    assert s["containment_rate"] == pytest.approx(4 / 5)
+    assert s["task_completion_rate"] == pytest.approx(2 / 5)
+    assert s["escalation_rate"] == pytest.approx(1 / 5)
+    assert s["compliance_flag_rate"] == pytest.approx(1 / 5)
+    assert s["transfer_attempts"] == 2
+    assert s["transfer_success_rate"] == pytest.approx(0.5)
+    assert s["transfer_failure_rate"] == pytest.approx(0.5)
+    assert s["stt_confidence"] is None
+    lat = s["latency"]
+    # 1.0 2.0 3.0 4.0 6.0 1.5 2.5 0.9 -> sorted 0.9 1.0 1.5 2.0 2.5 3.0 4.0 6.0
+    assert lat["turns"] == 8
+    assert lat["p50"] == 2.0
+    assert lat["p90"] == 6.0
+
+
+def test_series_buckets_hourly(db: Path) -> None:
+    with queries.open_metrics(db) as conn:
+        rows = queries.series(conn, "hour", NOW)
+    assert len(rows) == 48
+    assert rows[-1]["start"] == NOW
+    assert rows[-1]["calls"] == 0  # nothing answered at/after NOW
+    last_hour = rows[-2]  # NOW-3600..NOW: c2..c6
+    assert last_hour["calls"] == 5
+    assert last_hour["v2v_p50"] == 2.5  # of 0.9 1.5 2.5 3.0 4.0 6.0
+    assert last_hour["stages"]["endpointing_s"] == pytest.approx(0.3)
+    assert last_hour["stages"]["llm_ttft_s"] is None
+    assert rows[-3]["calls"] == 1 and rows[-3]["containment_rate"] == 1.0
+    assert sum(r["calls"] for r in rows) == 6  # "old" is 48 h back: outside the range
+
+
+def test_series_week_and_bad_bucket(db: Path) -> None:
+    with queries.open_metrics(db) as conn:
+        weeks = queries.series(conn, "week", NOW)
+        assert sum(r["calls"] for r in weeks) == 7
+        with pytest.raises(KeyError):
+            queries.series(conn, "month", NOW)
+
+
+def test_list_calls_filters_and_paging(db: Path) -> None:
+    with queries.open_metrics(db) as conn:
+        rows, total = queries.list_calls(conn, queries.CallFilter(), page=1, per_page=3)
+        assert total == 7
+        assert [r["call_id"] for r in rows] == ["c6", "c5", "c4"]
+        assert rows[0]["score"] is None and rows[0]["outcome"] is None
+        assert rows[2]["score"] == (3, 4)  # disclosure failed; transfer appropriate counted
+        page3, _ = queries.list_calls(conn, queries.CallFilter(), page=3, per_page=3)
+        assert [r["call_id"] for r in page3] == ["old"]
+        _, n = queries.list_calls(conn, queries.CallFilter(outcome="message_taken"))
+        assert n == 2
+        unscored, n = queries.list_calls(conn, queries.CallFilter(outcome="unscored"))
+        assert n == 1 and unscored[0]["call_id"] == "c6"
+        _, n = queries.list_calls(conn, queries.CallFilter(since=NOW - 700, until=NOW - 250))
+        assert n == 2  # c3, c4
+        _, n = queries.list_calls(conn, queries.CallFilter(call_id="c"))
+        assert n == 6
+        _, n = queries.list_calls(conn, queries.CallFilter(call_id="%"))
+        assert n == 0  # LIKE wildcards are literal
+        assert queries.dispositions(conn) == ["caller_hangup"]
+
+
+def test_call_detail(db: Path) -> None:
+    with queries.open_metrics(db) as conn:
+        d = queries.call_detail(conn, "c4")
+        assert queries.call_detail(conn, "nope") is None
+    assert d is not None
+    assert d["flags"] == {
+        "disclosure_ok": False,
+        "identity_before_phi_ok": True,
+        "no_card_number_ok": True,
+        "transfer_appropriate": True,
+    }
+    assert d["media"]["tx_underruns"] == 4
+    assert [t["voice_to_voice_s"] for t in d["turn_rows"]] == [2.5]
+    assert d["turn_rows"][0]["agent_s"] == pytest.approx(2.0)
+
+
+def test_indexes_used_for_windows(db: Path) -> None:
+    with queries.open_metrics(db) as conn:
+        plan = " ".join(
+            str(r[-1])
+            for r in conn.execute(
+                "EXPLAIN QUERY PLAN SELECT t FROM turn_latency WHERE t >= ? AND t < ?", [0, 1]
+            )
+        )
+        assert "USING INDEX" in plan or "USING COVERING INDEX" in plan
+        plan = " ".join(
+            str(r[-1])
+            for r in conn.execute(
+                "EXPLAIN QUERY PLAN SELECT * FROM turn_latency WHERE call_id = ?", ["c1"]
+            )
+        )
+        assert "INDEX" in plan
+
+
+def test_charts_render_escaped_svg() -> None:
+    svg = charts.line_chart(
+        "P90 <test>",
+        ["a", "b", "c"],
+        [charts.Series("v2v & co", [1.0, None, 3.0])],
+        unit="s",
+        thresholds=[(3.5, "warning")],
+    )
+    assert svg.startswith("<svg") and "<test>" not in svg and "&lt;test&gt;" in svg
+    assert "polyline" not in svg  # a gap splits the line into single points
+    assert svg.count("<circle") == 2
+    assert 'class="threshold"' in svg and "style=" not in svg
+    bars = charts.stacked_bars(
+        "stages", ["a"], [charts.Series("x", [1.0]), charts.Series("y", [0.5])]
+    )
+    assert bars.count("<rect") == 2
+    assert charts.nice_max(3.7) == 5.0 and charts.nice_max(0) == 1.0
+    assert charts.nice_max(0.021) == 0.05
