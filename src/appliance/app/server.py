@@ -25,6 +25,7 @@ from appliance.app.memory import freeze_startup_objects, return_freed_memory
 from appliance.app.sdnotify import SystemdNotifier
 from appliance.app.tracing import TurnTracer
 from appliance.app.transfer import Transfers
+from appliance.app.webrtc import register_webrtc
 from appliance.audit.observer import AuditObserver
 from appliance.audit.service import open_audit, retention_sweep
 from appliance.audit.store import AuditError
@@ -138,6 +139,8 @@ class ApplianceServer:
         self._record_start()
         # The admin page's control socket (appliance.app.control_ops); serving goes on without.
         control = await start_control(self)
+        if control is not None:
+            register_webrtc(self, control)  # browser test calls (appliance.app.webrtc)
         sink = JsonlEventSink(self._test_events) if self._test_events else None
         if sink is not None:
             _LOGGER.warning("TEST EVENT STREAM ENABLED: never use --test-events in production")
