@@ -45,6 +45,28 @@ def _serve(args: argparse.Namespace) -> int:
     os._exit(code)
 
 
+def _admin(args: argparse.Namespace) -> int:
+    from appliance.app.logs import setup_logging
+    from appliance.config import load_settings
+
+    setup_logging(args.log_level)
+    settings = load_settings(args.config)
+    if args.provision:
+        # Development and ./build.sh run: what first boot makes on the box (TLS, enrolment code).
+        from appliance.app.firstboot import FirstbootReport, ensure_enrolment, ensure_tls
+
+        report = FirstbootReport()
+        a = settings.admin
+        ensure_tls(a.tls_dir, report)
+        notice = a.enrolment_hash.with_name("enrolment-code.txt")
+        ensure_enrolment(a.enrolment_hash, notice, None, report)
+        if "enrolment code" in report.created:
+            print(notice.read_text(encoding="utf-8"), file=sys.stderr)
+    from appliance.admin.server import serve
+
+    return serve(settings, args.config)
+
+
 def _call(args: argparse.Namespace) -> int:
     from appliance.app.client import place_call, report_json
     from appliance.app.logs import setup_logging
@@ -155,6 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="TESTS ONLY: write every event, caller content included, as JSON lines",
     )
     serve.set_defaults(func=_serve)
+
+    admin = sub.add_parser("admin", help="run the HTTPS admin page (its own process)")
+    admin.add_argument("--config", type=Path, default=None, help="TOML settings file")
+    admin.add_argument(
+        "--provision",
+        action="store_true",
+        help="development: create the TLS certificate and the enrolment code if missing "
+        "(first boot does this on the box)",
+    )
+    admin.set_defaults(func=_admin)
 
     call = sub.add_parser("call", help="place a test call that plays WAV files as the caller")
     call.add_argument("uri", help="e.g. sip:appliance@127.0.0.1:5060")

@@ -1,0 +1,1 @@
+"""The admin page's routes: one module per feature, each exposing ``router``."""
