@@ -124,6 +124,18 @@ class KnowledgeBase:
         entry_id = self._labels[best]
         return KbHit(entry_id, self._answers[entry_id], round(float(sims[best]), 3))
 
+    def top(self, question: str, k: int = 3) -> list[KbHit]:
+        """The ``k`` best entries for ``question`` (each by its best example), best first."""
+        if not question.strip():
+            return []
+        sims = self._matrix @ self._embed([question])[0]
+        best: dict[str, float] = {}
+        for i in np.argsort(-sims):
+            best.setdefault(self._labels[int(i)], float(sims[int(i)]))
+            if len(best) == k:
+                break
+        return [KbHit(e, self._answers[e], round(s, 3)) for e, s in best.items()]
+
     def answer(self, question: str) -> KbHit | None:
         """The entry that answers ``question``, or ``None`` below :data:`KB_ACCEPT`."""
         hit = self.search(question)
