@@ -181,3 +181,61 @@ def test_caller_turns_rejects_malformed_results() -> None:
     with pytest.raises(QualityError):
         caller_turns({"events": []})
     assert caller_turns({"turns": [{"speaker": "caller", "text": "hi"}, "junk"]}) == [(0.0, "hi")]
+
+
+def _scored(store: CallMetadataStore, call_id: str, t: float, contained: bool, **kw: bool) -> None:
+    from appliance.events import CallScored
+
+    store.record_score(
+        call_id,
+        CallScored(
+            call_id,
+            outcome="resolved" if contained else "transferred",
+            contained=contained,
+            transfer_appropriate=None if contained else True,
+            disclosure_ok=kw.get("disclosure_ok", True),
+            identity_before_phi_ok=True,
+            no_card_number_ok=True,
+            sentiment=0.0,
+            judge="rules",
+            t=t,
+        ),
+    )
+
+
+def test_weekly_digest_marks_breaches(tmp_path: Path) -> None:
+    from appliance.admin.quality_digest import weekly_digest
+
+    week0 = period_start(T0, "week")
+    metrics = tmp_path / "calls.sqlite"
+    store = CallMetadataStore(metrics)
+    for i in range(10):  # week 0: 80 % contained, no flags
+        _scored(store, f"a{i}", week0 + 3600 * (i + 1), contained=i < 8)
+    for i in range(10):  # week 1: 60 % contained, one disclosure failure (10 %)
+        _scored(store, f"b{i}", week0 + 7 * DAY + 3600 * (i + 1), i < 6, disclosure_ok=i != 0)
+    store.close()
+    admin = tmp_path / "admin.sqlite"
+    conn = open_store(admin)
+    conn.execute("INSERT INTO quality_samples (call_id, drawn_at, drawn_by) VALUES ('b1', 0, '')")
+    sid = int(conn.execute("SELECT id FROM quality_samples").fetchone()[0])
+    conn.commit()
+    record_review(
+        conn,
+        sid,
+        [(0.0, "can i speak to the reception list")],
+        ["Can I speak to the receptionist"],
+        now=week0 + 8 * DAY,
+    )
+
+    digest = weekly_digest(conn, metrics, weeks=3, now=week0 + 9 * DAY)
+    assert [w.start for w in digest] == [week0 + 7 * DAY, week0, week0 - 7 * DAY]
+    latest, before, empty = digest
+    assert (before.calls, before.containment_rate, before.compliance_flag_rate) == (10, 0.8, 0.0)
+    assert before.escalation_rate == pytest.approx(0.2) and before.breaches == []
+    assert latest.containment_rate == pytest.approx(0.6)
+    assert latest.compliance_flag_rate == pytest.approx(0.1)
+    assert latest.wer == pytest.approx(2 / 6) and latest.reviewed_calls == 1
+    assert set(latest.breaches) == {"wer", "compliance_flag_rate", "containment_rate"}
+    assert empty.calls == 0 and empty.containment_rate is None and empty.breaches == []
+    with pytest.raises(ValueError):
+        weekly_digest(conn, metrics, weeks=0)

@@ -19,10 +19,11 @@ Tables in ``admin.sqlite`` (migrations ``quality_...``):
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -114,6 +115,18 @@ def migrate(conn: sqlite3.Connection) -> list[str]:
     return apply_migrations(conn, MIGRATIONS, conn)
 
 
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One ``BEGIN IMMEDIATE`` transaction, also on an autocommit connection (admin.db)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 def _metrics_ro(metrics_db: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{Path(metrics_db).resolve()}?mode=ro", uri=True)
 
@@ -174,7 +187,7 @@ def draw_sample(
     chosen = random.Random(seed).sample(candidates, min(n, len(candidates)))
     at = time.time() if now is None else now
     ids: list[int] = []
-    with conn:
+    with _transaction(conn):
         for call_id, answered_at in chosen:
             cur = conn.execute(
                 "INSERT INTO quality_samples (call_id, answered_at, drawn_at, drawn_by) "
@@ -263,7 +276,7 @@ def record_review(
         raise QualityError(f"expected {len(turns)} corrected turns, got {len(references)}")
     edits = [word_edits(ref, hyp) for (_, hyp), ref in zip(turns, references, strict=True)]
     at = time.time() if now is None else now
-    with conn:
+    with _transaction(conn):
         conn.execute("DELETE FROM quality_turns WHERE sample_id = ?", [sample_id])
         conn.executemany(
             "INSERT INTO quality_turns (sample_id, turn, t, substitutions, deletions, "
@@ -280,7 +293,14 @@ def record_review(
     return edits
 
 
-def _summary(conn: sqlite3.Connection, since: float, until: float | None = None) -> dict[str, Any]:
+def wer_between(
+    conn: sqlite3.Connection, since: float, until: float | None = None
+) -> dict[str, Any]:
+    """Corpus WER of reviews made in ``[since, until)`` (epoch s; ``until`` ``None``: open).
+
+    Returns:
+        ``{"wer": float | None, "calls": int, "words": int}`` as :func:`wer_summary`.
+    """
     where, params = "s.reviewed_at >= ?", [since]
     if until is not None:
         where, params = where + " AND s.reviewed_at < ?", [since, until]
@@ -315,7 +335,7 @@ def wer_summary(db_path: Path, since: float) -> dict[str, float | int | None]:
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'quality_turns'"
         ).fetchone():
             return empty
-        return dict(_summary(conn, since))
+        return dict(wer_between(conn, since))
     finally:
         conn.close()
 
@@ -334,7 +354,8 @@ def period_start(t: float, period: str) -> float:
     return day.timestamp()
 
 
-def _next_period(start: float, period: str) -> float:
+def next_period(start: float, period: str) -> float:
+    """The start of the day or week after the one starting at ``start`` (epoch s, UTC)."""
     step = timedelta(weeks=1) if period == "week" else timedelta(days=1)
     return (datetime.fromtimestamp(start, UTC) + step).timestamp()
 
@@ -354,7 +375,7 @@ def wer_trend(
     out = []
     start = period_start(since, period)
     while start < end:
-        nxt = _next_period(start, period)
-        out.append({"start": start, **_summary(conn, start, nxt)})
+        nxt = next_period(start, period)
+        out.append({"start": start, **wer_between(conn, start, nxt)})
         start = nxt
     return out
