@@ -55,12 +55,16 @@ class AdminEnv:
     root: Path
 
 
-def write_settings(root: Path, extra: str = "") -> Path:
-    """A settings file whose every admin, store and audit path is under ``root``."""
+def write_settings(root: Path, extra: str = "", admin_extra: str = "") -> Path:
+    """A settings file whose every admin, store and audit path is under ``root``.
+
+    ``admin_extra``: more ``key = value`` lines for ``[admin]``; ``extra``: more sections.
+    """
     path = root / "appliance.toml"
     path.write_text(
         f"""
 [admin]
+{admin_extra}
 db = "{root}/admin.sqlite"
 control_socket = "{root}/run/control.sock"
 tls_dir = "{root}/tls"
@@ -183,3 +187,7 @@ def signed_in(admin_app, make_user, clock: Clock) -> Iterator[Callable[..., Test
     yield make
     for c in clients:
         c.__exit__(None, None, None)
+
+
+# The real-browser fixtures (imported last: browser.py uses the helpers above).
+from tests.admin.browser import admin_server, chromium, new_page  # noqa: E402, F401
