@@ -8,7 +8,6 @@ import pyotp
 from fastapi.testclient import TestClient
 
 from appliance.admin.rbac import Role
-
 from tests.admin.conftest import PASSWORD, AdminEnv, Clock, new_client, sign_in
 
 
