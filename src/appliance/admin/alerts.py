@@ -289,7 +289,11 @@ async def agent_status(ctx: Any, actor: str = "service:admin-alerts") -> dict[st
 
 
 async def evaluate_and_record(
-    ctx: Any, now: float | None = None, status: dict[str, Any] | None = None
+    ctx: Any,
+    now: float | None = None,
+    status: dict[str, Any] | None = None,
+    *,
+    ask_agent: bool = True,
 ) -> tuple[list[Reading], list[dict[str, Any]]]:
     """Evaluate all rules for the admin app ``ctx`` and record the transitions.
 
@@ -297,7 +301,8 @@ async def evaluate_and_record(
         ctx: The :class:`~appliance.admin.web.AdminContext` (``settings``, ``db_path``,
             ``control``).
         now: Evaluation time (default: the clock).
-        status: The agent's status if already fetched (else asked for here).
+        status: The agent's status if already fetched (``None``: unknown).
+        ask_agent: Ask the agent for its status when ``status`` is ``None``.
 
     Returns:
         ``(readings, transitions)``.
@@ -306,7 +311,7 @@ async def evaluate_and_record(
         sqlite3.Error: The admin database cannot be written.
     """
     now = time.time() if now is None else now
-    if status is None:
+    if status is None and ask_agent:
         status = await agent_status(ctx)
     readings = await asyncio.to_thread(
         evaluate,

@@ -191,3 +191,33 @@ def legend(names: Sequence[str]) -> Markup:
         for k, name in enumerate(names)
     )
     return Markup(f'<ul class="legend">{items}</ul>')
+
+
+def stage_bar(segments: Sequence[tuple[str, float | None]], scale_s: float) -> Markup:
+    """One turn's stages as a horizontal stacked bar, ``scale_s`` seconds across.
+
+    Args:
+        segments: ``(stage name, seconds)`` in order; ``None`` or 0 is left out.
+        scale_s: Seconds the full width stands for (e.g. the call's slowest turn).
+
+    Returns:
+        A small ``<svg>`` (classes ``series-N`` by segment position).
+    """
+    width, height = 320, 14
+    scale = width / scale_s if scale_s > 0 else 0.0
+    parts = [
+        f'<svg class="stagebar" viewBox="0 0 {width} {height}" width="{width}" '
+        f'height="{height}" role="img" xmlns="http://www.w3.org/2000/svg">'
+    ]
+    x = 0.0
+    for k, (name, value) in enumerate(segments):
+        if not value or value <= 0:
+            continue
+        w = min(value * scale, width - x)
+        parts.append(
+            f'<rect class="series-{k}" x="{x:.1f}" y="0" width="{max(w, 0.0):.1f}" '
+            f'height="{height}"><title>{escape(name)}: {escape(_fmt(value, "s"))}</title></rect>'
+        )
+        x += max(w, 0.0)
+    parts.append("</svg>")
+    return Markup("".join(parts))
