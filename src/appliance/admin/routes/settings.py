@@ -26,6 +26,7 @@ from appliance.admin.auth import Principal, require
 from appliance.admin.config_writer import apply_change, previous_text, restart_needed, rollback
 from appliance.admin.rbac import Permission
 from appliance.admin.settings_fields import (
+    BY_KEY,
     FIELDS,
     GROUPS,
     FieldError,
@@ -120,6 +121,23 @@ def save(ctx: AdminContext, principal: Principal, updates: dict[str, dict[str, A
     checked = check_updates(updates, principal.can)
     if ctx.settings_path is None:
         raise HTTPException(status_code=409, detail="no settings file: changes cannot be saved")
+    # Only what differs goes to the drop-in: a key left as it was keeps following the base
+    # file (or first boot's drop-in) when those change.
+    current, problem = _effective(ctx)
+    if not problem:
+        checked = {
+            section: kept
+            for section, values in checked.items()
+            if (
+                kept := {
+                    k: v
+                    for k, v in values.items()
+                    if BY_KEY[f"{section}.{k}"].current(current) != v
+                }
+            )
+        }
+    if not checked:
+        return Outcome([], False, "unchanged", "Nothing changed.")
     _, changed = apply_change(ctx.settings_path, checked)
     if not changed:
         return Outcome([], False, "unchanged", "Nothing changed.")
