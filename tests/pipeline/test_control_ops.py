@@ -65,3 +65,59 @@ async def test_kb_preview_before_the_agent_loaded(tmp_path: Path) -> None:
     with pytest.raises(ControlError) as exc:
         await ControlOps(ApplianceServer(settings)).kb_preview({"question": "hours?"}, "user:1")
     assert exc.value.code == "unavailable"
+
+
+KNOWLEDGE = """\
+schema: 1
+entries:
+  - id: flu_shots
+    questions:
+      - Do you give flu shots?
+      - Can I get a flu vaccine?
+    answer: Flu shots are given on weekday mornings at {clinic_name}.
+  - id: hours
+    questions:
+      - When are you open?
+    answer: "{clinic_hours}"
+"""
+
+
+async def test_kb_reload_reads_the_new_file_and_is_audited(
+    models,
+    tmp_path: Path,  # noqa: ANN001 - appliance.models.engines.ModelSet
+) -> None:
+    from appliance.app.control_ops import ControlOps
+    from appliance.audit.observer import AuditObserver
+    from appliance.audit.record import decode
+    from appliance.audit.service import open_audit
+    from appliance.audit.store import connect, iter_records
+
+    doc = {
+        "store": {"metadata_db": str(tmp_path / "calls.sqlite")},
+        "scheduling": {"db": str(tmp_path / "calendar.sqlite")},
+        "audit": {
+            "db": str(tmp_path / "audit.sqlite"),
+            "kek_file": str(tmp_path / "kek"),
+            "signing_key_file": str(tmp_path / "signing.key"),
+            "checkpoint_file": str(tmp_path / "checkpoints.log"),
+        },
+    }
+    settings = ApplianceSettings.model_validate(doc)
+    knowledge = tmp_path / "knowledge.yaml"
+    knowledge.write_text(KNOWLEDGE)
+    changed = ApplianceSettings.model_validate({**doc, "agent": {"knowledge_file": str(knowledge)}})
+    srv = ApplianceServer(settings, models=models, reload=lambda: changed)
+    srv.agent = srv._load_agent(settings)  # what run() does at start
+    srv.audit = AuditObserver(open_audit(settings.audit), checkpoint_on_call_end=False)
+    ops = ControlOps(srv)
+    try:
+        assert await ops.kb_reload({}, "user:3") == {"entries": 2}
+        preview = await ops.kb_preview({"question": "can I get my flu jab here"}, "user:3")
+    finally:
+        srv.audit.close()
+        srv.audit.log.close()
+    assert [m["entry_id"] for m in preview["matches"]] == ["flu_shots", "hours"]
+    db = connect(settings.audit.db)
+    metas = [decode(d).meta for _, d in iter_records(db) if decode(d).kind.startswith("Admin")]
+    db.conn.close()
+    assert metas == [{"accepted": True, "entries": 2, "actor": "user:3"}]
