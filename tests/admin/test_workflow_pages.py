@@ -207,6 +207,9 @@ def test_invalid_workflow_is_refused_with_its_error(
     r = _post(engineer, "/workflows/changes", kind="nonsense", reason="x")
     assert r.status_code == 422
     assert engineer.get("/workflows/changes/99999").status_code == 404
+    # Ids beyond SQLite's integers are refused as input, never a 500.
+    assert engineer.get(f"/workflows/changes/{10**30}").status_code == 422
+    assert _post(engineer, f"/workflows/changes/{10**30}/submit").status_code == 422
 
 
 def test_api_shapes(signed_in: Callable[..., TestClient]) -> None:

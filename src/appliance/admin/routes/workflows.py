@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Form, Request
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from appliance.admin.auth import Principal, require
@@ -47,6 +48,8 @@ STEP_PERMISSIONS: dict[str, tuple[Any, ...]] = {
 }
 _STATUS = {"not_found": 404, "forbidden": 403, "conflict": 409, "gate_not_met": 409}
 MAX_FORM_TEXT = 256 * 1024
+#: A change id from the URL (SQLite integers are 64-bit; larger ids are a 422, not a 500).
+ChangeId = PathParam(ge=1, le=2**53)
 
 
 def _store(request: Request) -> GovernanceStore:
@@ -197,7 +200,9 @@ def _get(request: Request, change_id: int) -> ChangeRequest | Response:
 
 
 @router.get("/workflows/changes/{change_id}", response_class=HTMLResponse)
-def change_page(request: Request, change_id: int, principal: Principal = Depends(VIEW)) -> Response:
+def change_page(
+    request: Request, change_id: int = ChangeId, principal: Principal = Depends(VIEW)
+) -> Response:
     change = _get(request, change_id)
     return change if isinstance(change, Response) else _detail(request, change)
 
@@ -219,7 +224,7 @@ def _after(request: Request, change_id: int, step: Any) -> Response:
 @router.post("/workflows/changes/{change_id}/checklist", response_class=HTMLResponse)
 def checklist_item(
     request: Request,
-    change_id: int,
+    change_id: int = ChangeId,
     item: str = Form(""),
     notes: str = Form(""),
     principal: Principal = Depends(VIEW),
@@ -233,7 +238,7 @@ def checklist_item(
 
 @router.post("/workflows/changes/{change_id}/transfer-test", response_class=HTMLResponse)
 def transfer_test(
-    request: Request, change_id: int, principal: Principal = Depends(VIEW)
+    request: Request, change_id: int = ChangeId, principal: Principal = Depends(VIEW)
 ) -> Response:
     ctx = get_ctx(request)
     store = _store(request)
@@ -257,14 +262,16 @@ def transfer_test(
 
 
 @router.post("/workflows/changes/{change_id}/submit", response_class=HTMLResponse)
-def submit(request: Request, change_id: int, principal: Principal = Depends(VIEW)) -> Response:
+def submit(
+    request: Request, change_id: int = ChangeId, principal: Principal = Depends(VIEW)
+) -> Response:
     return _after(request, change_id, lambda: _store(request).submit(change_id, principal) and "")
 
 
 @router.post("/workflows/changes/{change_id}/review", response_class=HTMLResponse)
 def review(
     request: Request,
-    change_id: int,
+    change_id: int = ChangeId,
     decision: str = Form(""),
     notes: str = Form(""),
     principal: Principal = Depends(VIEW),
@@ -281,7 +288,7 @@ def review(
 @router.post("/workflows/changes/{change_id}/signoff", response_class=HTMLResponse)
 def signoff(
     request: Request,
-    change_id: int,
+    change_id: int = ChangeId,
     decision: str = Form(""),
     notes: str = Form(""),
     principal: Principal = Depends(VIEW),
@@ -296,7 +303,9 @@ def signoff(
 
 
 @router.post("/workflows/changes/{change_id}/apply", response_class=HTMLResponse)
-def apply(request: Request, change_id: int, principal: Principal = Depends(VIEW)) -> Response:
+def apply(
+    request: Request, change_id: int = ChangeId, principal: Principal = Depends(VIEW)
+) -> Response:
     ctx = get_ctx(request)
 
     def run() -> str:
@@ -317,7 +326,7 @@ def apply(request: Request, change_id: int, principal: Principal = Depends(VIEW)
 @router.post("/workflows/changes/{change_id}/rollback", response_class=HTMLResponse)
 def rollback(
     request: Request,
-    change_id: int,
+    change_id: int = ChangeId,
     reason: str = Form(""),
     principal: Principal = Depends(VIEW),
 ) -> Response:
