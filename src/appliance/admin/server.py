@@ -8,6 +8,7 @@ AEAD cipher suites only (Mozilla's "intermediate" profile). Plain HTTP is never 
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 from pathlib import Path
 
@@ -24,14 +25,34 @@ CIPHERS = (
 )
 
 
+def credential(name: str) -> Path | None:
+    """A file systemd handed this service (``LoadCredential=``), if it exists."""
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    path = Path(directory) / name if directory else None
+    return path if path is not None and path.exists() else None
+
+
+def with_credentials(settings: ApplianceSettings) -> ApplianceSettings:
+    """Use the enrolment-code hash from the service's credentials where systemd gave it.
+
+    On the box first boot's files are root-only; ``appliance-admin.service`` loads them as
+    credentials (``enrolment.argon2``, ``admin-tls.key``).
+    """
+    enrolment = credential("enrolment.argon2")
+    if enrolment is None:
+        return settings
+    admin = settings.admin.model_copy(update={"enrolment_hash": enrolment})
+    return settings.model_copy(update={"admin": admin})
+
+
 def tls_files(settings: ApplianceSettings) -> tuple[Path, Path]:
-    """The certificate and key paths.
+    """The certificate and key paths (the key from the service's credentials where given).
 
     Raises:
         ConfigError: Either file is missing (run ``appliance firstboot`` or ``build.sh run``).
     """
     cert = settings.admin.tls_dir / "server.crt"
-    key = settings.admin.tls_dir / "server.key"
+    key = credential("admin-tls.key") or settings.admin.tls_dir / "server.key"
     for path in (cert, key):
         if not path.exists():
             raise ConfigError(
@@ -57,6 +78,7 @@ def serve(settings: ApplianceSettings, settings_path: Path | None) -> int:
 
     from appliance.admin.web import create_app
 
+    settings = with_credentials(settings)
     cert, key = tls_files(settings)
     app = create_app(settings, settings_path=settings_path)
     config = uvicorn.Config(
