@@ -249,6 +249,8 @@ async def test_audit_append_round_trips_over_the_socket(server: ApplianceServer)
         ({"kind": "AdminX", "meta": {}}, ACTOR),  # too short
         ({"kind": "Admin" + "x" * 41, "meta": {}}, ACTOR),  # too long
         ({"kind": "AdminLog-in", "meta": {}}, ACTOR),
+        ({"kind": "AdminLogin\n", "meta": {}}, ACTOR),
+        ({"kind": "AdminLogin", "meta": {}}, "user:7\n"),
         ({"kind": "AdminLogin", "meta": {"k": {"nested": 1}}}, ACTOR),
         ({"kind": "AdminLogin", "meta": {"k": [1]}}, ACTOR),
         ({"kind": "AdminLogin", "meta": {"k": float("nan")}}, ACTOR),
@@ -257,6 +259,7 @@ async def test_audit_append_round_trips_over_the_socket(server: ApplianceServer)
         ({"kind": "AdminLogin", "meta": "flat"}, ACTOR),
         ({"kind": 5, "meta": {}}, ACTOR),
         ({"kind": "AdminLogin", "meta": {}}, ""),  # nobody asked
+        ({"kind": "AdminLogin", "meta": {}}, "user:7\nAdminLogin"),  # one token only
     ],
 )
 async def test_audit_append_refuses_bad_input_and_writes_nothing(
@@ -267,6 +270,13 @@ async def test_audit_append_refuses_bad_input_and_writes_nothing(
         await ControlOps(server).audit.append(args, actor)
     assert exc.value.code == "bad_request"
     assert len(_records(server)) == before
+
+
+async def test_audit_append_takes_an_anonymous_actor(server: ApplianceServer) -> None:
+    """The admin page records failed sign-ins as ``anonymous`` (admin.audit_outbox)."""
+    args = {"kind": "AdminLoginThrottled", "meta": {"address": "10.0.0.8"}}
+    result = await ControlOps(server).audit.append(args, "anonymous")
+    assert _records(server)[result["index"]].meta["actor"] == "anonymous"
 
 
 async def test_audit_append_accepts_the_limits(server: ApplianceServer) -> None:
@@ -318,7 +328,8 @@ async def test_call_timeline_not_found_and_bad_ids(server: ApplianceServer) -> N
     with pytest.raises(ControlError) as missing:
         await ops.audit.timeline({"call_id": "nope"}, ACTOR)
     assert missing.value.code == "not_found"
-    for bad in ({"call_id": ""}, {"call_id": "a b"}, {"call_id": 3}, {}, {"call_id": "x" * 65}):
+    bad_ids = ({"call_id": ""}, {"call_id": "a b"}, {"call_id": "c1\n"}, {"call_id": 3}, {})
+    for bad in (*bad_ids, {"call_id": "x" * 65}):
         with pytest.raises(ControlError) as exc:
             await ops.audit.timeline(bad, ACTOR)
         assert exc.value.code == "bad_request", bad

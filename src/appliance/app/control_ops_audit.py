@@ -28,8 +28,9 @@ ADMIN_KIND = re.compile(r"^Admin[A-Za-z]{2,40}$")
 MAX_META_KEYS = 32
 #: Largest metadata of one admin record, bytes of compact JSON.
 MAX_META_BYTES = 4096
-#: Who asked: ``user:<id>`` (a signed-in administrator) or ``service:<name>``.
-ACTOR = re.compile(r"^(user|service):[A-Za-z0-9_.@-]{1,64}$")
+#: Who asked: ``user:<id>`` (a signed-in administrator), ``service:<name>``, or ``anonymous``
+#: (a failed sign-in): one token, no spaces or control characters, at most 128 characters.
+ACTOR = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
 #: A call id as the SIP user agent makes them (12 hex digits), with room for other sources.
 CALL_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 #: Bounds of the reason an administrator gives to open a transcript, characters.
@@ -51,8 +52,8 @@ def check_actor(actor: str) -> str:
     Raises:
         ControlError: ``bad_request`` otherwise.
     """
-    if not ACTOR.match(actor):
-        raise ControlError("bad_request", "actor must be user:<id> or service:<name>")
+    if not ACTOR.fullmatch(actor):
+        raise ControlError("bad_request", "actor must name who asked, e.g. user:<id>")
     return actor
 
 
@@ -65,7 +66,7 @@ def _text_arg(args: dict[str, Any], name: str) -> str:
 
 def _call_id(args: dict[str, Any]) -> str:
     call_id = _text_arg(args, "call_id")
-    if not CALL_ID.match(call_id):
+    if not CALL_ID.fullmatch(call_id):
         raise ControlError("bad_request", "call_id must be 1-64 letters, digits or _.:-")
     return call_id
 
@@ -158,7 +159,7 @@ class AuditOps:
                 or no actor; ``unavailable`` when the log cannot be written.
         """
         kind = _text_arg(args, "kind")
-        if not ADMIN_KIND.match(kind):
+        if not ADMIN_KIND.fullmatch(kind):
             raise ControlError("bad_request", "kind must be Admin followed by 2-40 letters")
         meta = check_meta(args.get("meta", {}))
         return {"index": await self.record(kind, check_actor(actor), meta)}
