@@ -119,6 +119,35 @@ def _free_udp_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _fetch_https(url: str, deadline: float) -> str:
+    """GET ``url`` (following redirects), retrying until the page answers or time runs out.
+
+    The box's certificate comes from its own local CA, which the host does not know yet.
+    """
+    import ssl
+    import urllib.request
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    last = ""
+    end = min(deadline, time.monotonic() + 180)
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(url, context=ctx, timeout=10) as r:
+                return str(r.read().decode("utf-8", "replace"))
+        except OSError as exc:
+            last = repr(exc)
+            time.sleep(2)
+    pytest.fail(f"the admin page did not answer at {url}: {last}")
+
+
 def _build() -> tuple[float, str]:
     started = time.monotonic()
     out = subprocess.run(
@@ -260,6 +289,7 @@ def test_image_boots_and_answers_sip_options(tmp_path: Path) -> None:
     tpm_dir = tmp_path / "tpm"
     tpm_dir.mkdir()
     port = _free_udp_port()
+    https_port = _free_tcp_port()
     console = tmp_path / "console.log"
     accel = ["-accel", "kvm", "-cpu", "host"] if kvm else ["-accel", "tcg", "-cpu", "max"]
     with contextlib.ExitStack() as stack:
@@ -283,7 +313,9 @@ def test_image_boots_and_answers_sip_options(tmp_path: Path) -> None:
                 "-m", str(GUEST_MEMORY_MIB), "-nodefaults", "-display", "none",
                 "-bios", str(OVMF),
                 "-drive", f"file={disk},format=raw,if=virtio",
-                "-netdev", f"user,id=n0,hostfwd=udp:127.0.0.1:{port}-:5060",
+                "-netdev",
+                f"user,id=n0,hostfwd=udp:127.0.0.1:{port}-:5060,"
+                f"hostfwd=tcp:127.0.0.1:{https_port}-:8443",
                 "-device", "virtio-net-pci,netdev=n0",
                 "-chardev", f"socket,id=chrtpm,path={tpm_dir}/sock",
                 "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0",
@@ -313,6 +345,13 @@ def test_image_boots_and_answers_sip_options(tmp_path: Path) -> None:
             cwd=tmp_path, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert sipp.returncode == 0, f"no 200 to OPTIONS:\n{sipp.stdout[-3000:]}{sipp.stderr}"
+
+        # The admin page answers over HTTPS with first boot's certificate; with no account yet,
+        # the sign-in page sends the first visitor to the one-time enrolment page.
+        assert report["admin"] == "active", text[-10000:]
+        assert report["admin_user"] == "appliance-admin"
+        page = _fetch_https(f"https://127.0.0.1:{https_port}/login", deadline)
+        assert "Create the first administrator" in page, page[:2000]
 
         # Keys made on first boot: the KEK as a TPM2-bound credential, root-only; the signing
         # key owned by the agent's user; the TLS CA key root-only; only a hash of the code.

@@ -9,7 +9,7 @@ diagnose() {
   say failed "$1"
   systemctl --no-pager --failed
   journalctl -b --no-pager -o short-monotonic -n 150 -u appliance-firstboot.service \
-    -u appliance-agent.service -u systemd-repart.service -u 'systemd-cryptsetup@*' -u var.mount
+    -u appliance-agent.service -u appliance-admin.service -u systemd-repart.service -u 'systemd-cryptsetup@*' -u var.mount
 }
 while :; do
   agent="$(systemctl is-active appliance-agent.service)"
@@ -26,6 +26,8 @@ done
 say agent "$agent"
 say agent_active_s "$(secs appliance-agent.service ActiveEnterTimestampMonotonic)"
 say firstboot "$(systemctl is-active appliance-firstboot.service)"
+say admin "$(systemctl is-active appliance-admin.service)"
+say admin_user "$(systemctl show -P User appliance-admin.service)"
 say firstboot_done_s "$(secs appliance-firstboot.service ActiveEnterTimestampMonotonic)"
 say kek_cred "$(st /etc/appliance/credentials/audit-kek.cred)"
 say kek_file "$(st /var/lib/appliance/keys/audit-kek)"
