@@ -301,7 +301,9 @@ def test_pci_pause_keeps_card_digits_off_disk_logs_and_prompts(
     result = run_sipp(render_uac_scenario(steps=steps), clinic.uri, timeout_s=90)
     call_id, events = call_events(clinic, before)
     spoke = " ".join(e["text"] for e in events if e["kind"] == "AgentSpoke")
-    assert result.returncode == 0, spoke + result.messages[-1500:]
+    heard = [(e["kind"], e.get("user_text") or e.get("listening")) for e in events
+             if e["kind"] in ("TurnEnded", "TurnLatency", "BargeIn")]  # fmt: skip
+    assert result.returncode == 0, f"{spoke}\nheard: {heard}\n{result.messages[-1500:]}"
     payments.wait(seen + 1, timeout=5)
     assert payments.json_bodies()[seen]["pan"] == TEST_PAN  # only the payment handler
     pauses = [e for e in events if e["kind"] == "PciPause"]
