@@ -154,7 +154,7 @@ class WebRTCCalls:
         call_id = args.get("call_id")
         if not isinstance(call_id, str) or not _CALL_ID.match(call_id):
             raise ControlError("bad_request", "call_id must be a 12-character hex id")
-        handle = self.calls.get(call_id)
+        handle = self.calls.pop(call_id, None)
         if handle is None:
             raise ControlError("not_found", f"no test call {call_id}")
         _LOGGER.info("test call %s hung up by %s", call_id, actor)
