@@ -116,14 +116,21 @@ class AdminAudit:
                         timeout=timeout,
                     )
                 except ControlError as exc:
-                    self._conn.execute(
-                        "UPDATE audit_outbox SET attempts = attempts + 1 WHERE id = ?", [row["id"]]
-                    )
-                    if exc.code != "unavailable":
-                        _LOGGER.error(
-                            "the agent refused admin record %s: %s", row["kind"], exc.code
+                    if exc.code == "unavailable":
+                        self._conn.execute(
+                            "UPDATE audit_outbox SET attempts = attempts + 1 WHERE id = ?",
+                            [row["id"]],
                         )
-                    break
+                        break
+                    # Refused (a record the agent's checks do not accept): parked with
+                    # sent_at = -1 and logged, so one bad record cannot hold back the rest.
+                    _LOGGER.error("the agent refused admin record %s: %s", row["kind"], exc.code)
+                    self._conn.execute(
+                        "UPDATE audit_outbox SET sent_at = -1, attempts = attempts + 1 "
+                        "WHERE id = ?",
+                        [row["id"]],
+                    )
+                    continue
                 self._conn.execute(
                     "UPDATE audit_outbox SET sent_at = ? WHERE id = ?", [time.time(), row["id"]]
                 )
