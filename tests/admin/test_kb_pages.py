@@ -1,0 +1,171 @@
+"""The knowledge-base page: edits land in a copy the agent loads, re-embed, preview."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from appliance.admin.config_writer import dropin_path
+from appliance.admin.rbac import Role
+from appliance.agent.kb import KnowledgeBase, default_file
+from appliance.config import load_settings
+from appliance.control import ControlError, ControlServer
+
+from ..unit.test_kb_file import embed
+from .conftest import AdminEnv
+
+
+class KbAgent:
+    """``kb.reload`` and ``kb.preview`` as the agent does them: load the configured file."""
+
+    def __init__(self, env: AdminEnv) -> None:
+        self.env = env
+        self.kb: KnowledgeBase | None = None
+        self.reloads = 0
+        self.server = ControlServer(env.settings.admin.control_socket)
+        self.server.register("kb.reload", self._reload)
+        self.server.register("kb.preview", self._preview)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._load()
+
+    def _load(self) -> None:
+        settings = load_settings(self.env.settings_path)
+        path = settings.agent.knowledge_file or default_file()
+        self.kb = KnowledgeBase(path, settings.clinic, embed)
+
+    async def _reload(self, args: dict[str, Any], actor: str) -> dict[str, Any]:
+        self.reloads += 1
+        try:
+            self._load()
+        except Exception as exc:
+            raise ControlError("bad_request", "the knowledge base was refused") from exc
+        assert self.kb is not None
+        return {"entries": len(self.kb.answers)}
+
+    async def _preview(self, args: dict[str, Any], actor: str) -> dict[str, Any]:
+        assert self.kb is not None
+        hit = self.kb.search(str(args["question"]))
+        assert hit is not None
+        return {"matches": [{"entry_id": hit.entry_id, "score": hit.score, "text": hit.text}]}
+
+    def __enter__(self) -> KbAgent:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture
+def agent(admin_env: AdminEnv) -> Iterator[KbAgent]:
+    with KbAgent(admin_env) as fake:
+        yield fake
+
+
+def post(c: TestClient, path: str, **data: str) -> Any:
+    return c.post(path, data={"csrf_token": c.csrf, **data})  # type: ignore[attr-defined]
+
+
+def outbox(c: TestClient) -> list[tuple[str, dict[str, Any]]]:
+    rows = c.app.state.ctx.db.execute("SELECT kind, meta FROM audit_outbox ORDER BY id")  # type: ignore[attr-defined]
+    return [(k, json.loads(m)) for k, m in rows.fetchall()]
+
+
+def test_roles_without_edit_kb_get_403(signed_in: Callable[..., TestClient]) -> None:
+    for role in (Role.VIEWER, Role.CONTACT_CENTRE_LEAD):
+        c = signed_in(role)
+        assert c.get("/kb").status_code == 403
+        assert c.get("/api/kb").status_code == 403
+        assert post(c, "/kb/entries", id="x", questions="q", answer="a").status_code == 403
+
+
+def test_first_edit_copies_the_packaged_file_and_reloads(
+    signed_in: Callable[..., TestClient], admin_env: AdminEnv, agent: KbAgent
+) -> None:
+    reviewer = signed_in(Role.QUALITY_REVIEWER)
+    page = reviewer.get("/kb")
+    assert page.status_code == 200 and 'id="entry-hours"' in page.text
+    assert "shipped default" in page.text
+
+    r = post(
+        reviewer,
+        "/kb/entries",
+        id="flu_shots",
+        questions="Do you have flu shots?\nCan I get a flu vaccine here?",
+        answer="Yes, flu shots are available on weekdays.",
+    )
+    assert r.status_code == 200, r.text
+    assert "re-embedded 8 entries" in r.text
+    settings = load_settings(admin_env.settings_path)
+    copy = settings.agent.knowledge_file
+    assert copy is not None and copy.name == "knowledge.yaml" and copy != default_file()
+    assert "knowledge_file" in dropin_path(admin_env.settings_path).read_text(encoding="utf-8")
+    assert agent.reloads == 1
+    edited = [m for k, m in outbox(reviewer) if k == "AdminKnowledgeEdited"]
+    assert edited[-1]["entry_id"] == "flu_shots" and edited[-1]["action"] == "add"
+    assert set(edited[-1]) == {"actor", "at", "entry_id", "action"}  # never the text
+
+    # Edit an existing entry's answer; the copy is now written in place.
+    r = post(reviewer, "/kb/entries/parking", questions="Is there parking?", answer="Park behind.")
+    assert r.status_code == 200, r.text
+    api = reviewer.get("/api/kb").json()
+    assert api["packaged"] is False
+    assert {e["id"]: e["answer"] for e in api["entries"]}["parking"] == "Park behind."
+
+    # Preview asks the agent which entry answers.
+    r = post(reviewer, "/kb/preview", question="do you have flu shots")
+    assert r.status_code == 200 and "flu_shots" in r.text
+    r = reviewer.post(
+        "/api/kb/preview",
+        json={"question": "is there parking"},
+        headers={"X-CSRF-Token": reviewer.csrf},  # type: ignore[attr-defined]
+    )
+    assert r.json()["matches"][0]["entry_id"] == "parking"
+    # The packaged file is untouched.
+    assert "Park behind." not in default_file().read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        ({"id": "Bad Id", "questions": "q", "answer": "a"}, "entry id"),
+        ({"id": "hours", "questions": "q", "answer": "a"}, "exists already"),
+        ({"id": "x", "questions": "", "answer": "a"}, "at least one"),
+        ({"id": "x", "questions": "q", "answer": "Call {doctor}"}, "unknown field"),
+    ],
+)
+def test_bad_entries_are_refused_and_nothing_written(
+    signed_in: Callable[..., TestClient], admin_env: AdminEnv, data: dict[str, str], needle: str
+) -> None:
+    reviewer = signed_in(Role.QUALITY_REVIEWER)
+    r = post(reviewer, "/kb/entries", **data)
+    assert r.status_code == 422 and needle in r.text
+    assert not dropin_path(admin_env.settings_path).exists()
+    assert load_settings(admin_env.settings_path).agent.knowledge_file is None
+
+
+def test_without_the_agent_the_edit_is_saved(
+    signed_in: Callable[..., TestClient], admin_env: AdminEnv
+) -> None:
+    reviewer = signed_in(Role.QUALITY_REVIEWER)
+    r = post(reviewer, "/kb/entries/hours", questions="When are you open?", answer="Always.")
+    assert r.status_code == 200 and "applies when the agent starts" in r.text
+    path = load_settings(admin_env.settings_path).agent.knowledge_file
+    assert path is not None and Path(path).exists()
+    r = post(reviewer, "/kb/preview", question="when are you open")
+    assert r.status_code == 409 and "not reachable" in r.text
+    headers = {"X-CSRF-Token": reviewer.csrf}  # type: ignore[attr-defined]
+    for body in [{"question": ""}, {"question": "x" * 301}, {"q": 1}, [1]]:
+        r = reviewer.post("/api/kb/preview", json=body, headers=headers)
+        assert r.status_code == 422, body
