@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from appliance.admin.auth import Principal, require
@@ -44,6 +45,8 @@ from appliance.control import ControlError
 _LOGGER = logging.getLogger(__name__)
 
 router = APIRouter()
+#: Row ids are SQLite integers: anything larger is a 422, never an overflow.
+ID = PathParam(ge=1, le=2**63 - 1)
 REVIEW = require(Permission.REVIEW_QUALITY)
 REVIEW_PHI = require(Permission.REVIEW_QUALITY, Permission.VIEW_PHI)
 SIGNED_IN = require()
@@ -215,7 +218,7 @@ async def digest(request: Request, principal: Principal = Depends(SIGNED_IN)) ->
 
 @router.get("/quality/{sample_id}", response_class=HTMLResponse)
 async def review_page(
-    request: Request, sample_id: int, principal: Principal = Depends(REVIEW_PHI)
+    request: Request, sample_id: int = ID, principal: Principal = Depends(REVIEW_PHI)
 ) -> Response:
     ctx = get_ctx(request)
     try:
@@ -234,7 +237,7 @@ async def review_page(
 
 @router.post("/quality/{sample_id}", response_class=HTMLResponse)
 async def submit_review(
-    request: Request, sample_id: int, principal: Principal = Depends(REVIEW_PHI)
+    request: Request, sample_id: int = ID, principal: Principal = Depends(REVIEW_PHI)
 ) -> Response:
     ctx = get_ctx(request)
     conn = _conn(ctx)
@@ -272,7 +275,7 @@ async def submit_review(
 
 @router.get("/quality/{sample_id}/done", response_class=HTMLResponse)
 async def review_done(
-    request: Request, sample_id: int, principal: Principal = Depends(REVIEW)
+    request: Request, sample_id: int = ID, principal: Principal = Depends(REVIEW)
 ) -> Response:
     try:
         sample = get_sample(_conn(get_ctx(request)), sample_id)

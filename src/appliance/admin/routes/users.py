@@ -8,6 +8,7 @@ without someone who can sign off.
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from appliance.admin.accounts import AccountError
@@ -16,6 +17,8 @@ from appliance.admin.rbac import Permission, Role, parse_roles
 from appliance.admin.web import get_ctx, render
 
 router = APIRouter()
+#: Row ids are SQLite integers: anything larger is a 422, never an overflow.
+ID = PathParam(ge=1, le=2**63 - 1)
 MANAGE = require(Permission.MANAGE_USERS)
 
 ROLE_LABELS = {
@@ -97,7 +100,7 @@ async def invite(
 @router.post("/users/{user_id}/roles")
 async def change_roles(
     request: Request,
-    user_id: int,
+    user_id: int = ID,
     roles: list[str] = Form(default_factory=list),
     principal: Principal = Depends(MANAGE),
 ) -> Response:
@@ -122,7 +125,7 @@ async def change_roles(
 
 @router.post("/users/{user_id}/reset-mfa")
 async def reset_mfa(
-    request: Request, user_id: int, principal: Principal = Depends(MANAGE)
+    request: Request, user_id: int = ID, principal: Principal = Depends(MANAGE)
 ) -> Response:
     ctx = get_ctx(request)
     try:
@@ -138,7 +141,10 @@ async def reset_mfa(
 
 @router.post("/users/{user_id}/disable")
 async def disable(
-    request: Request, user_id: int, enable: int = Form(0), principal: Principal = Depends(MANAGE)
+    request: Request,
+    user_id: int = ID,
+    enable: int = Form(0),
+    principal: Principal = Depends(MANAGE),
 ) -> Response:
     ctx = get_ctx(request)
     try:
