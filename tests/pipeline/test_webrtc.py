@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import asyncio
-import fractions
 import sqlite3
 import wave
 from pathlib import Path
@@ -22,12 +21,12 @@ import pytest
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError
-from av import AudioFrame
 
 from appliance.audio.bridge import AudioBridge
 from appliance.control import ControlClient, ControlError
 from appliance.pipeline.webrtc import WebRTCOfferError, WebRTCPeer
 from tests.conftest import read_pcm, speech_dir
+from tests.kit.webrtc import CallerTrack, Listener
 
 RATE = 16000
 
@@ -141,42 +140,6 @@ async def test_bad_offers_are_refused() -> None:
     await client.close()
 
 
-class CallerTrack(MediaStreamTrack):
-    """The test's microphone: 20 ms frames of silence until :meth:`say` queues speech."""
-
-    kind = "audio"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._queue = bytearray()
-        self._start: float | None = None
-        self._pts = 0
-
-    def say(self, pcm: np.ndarray) -> float:
-        """Queue 16 kHz speech; returns its length in s."""
-        self._queue += pcm.astype(np.int16).tobytes()
-        return len(pcm) / RATE
-
-    async def recv(self) -> AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        n = RATE // 50
-        loop = asyncio.get_running_loop()
-        if self._start is None:
-            self._start = loop.time()
-        else:
-            self._pts += n
-            await asyncio.sleep(max(0.0, self._start + self._pts / RATE - loop.time()))
-        chunk = bytes(self._queue[: 2 * n]).ljust(2 * n, b"\0")
-        del self._queue[: 2 * n]
-        frame = AudioFrame(format="s16", layout="mono", samples=n)
-        frame.planes[0].update(chunk)
-        frame.pts = self._pts
-        frame.sample_rate = RATE
-        frame.time_base = fractions.Fraction(1, RATE)
-        return frame
-
-
 @pytest.fixture(scope="module")
 def agent_process(tmp_path_factory: pytest.TempPathFactory, store: Path):  # noqa: ANN201
     """``appliance serve --test-events`` with a control socket (and SIP on loopback)."""
@@ -226,9 +189,8 @@ async def test_browser_test_call_through_the_agent(agent_process: object) -> Non
     mic = CallerTrack()
     client = RTCPeerConnection()
     client.addTrack(mic)
-    heard: list[np.ndarray] = []
-    recorders: list[asyncio.Task[None]] = []
-    client.on("track", lambda track: recorders.append(asyncio.create_task(record(track, heard))))
+    listener = Listener()
+    client.on("track", listener.attach)
     await client.setLocalDescription(await client.createOffer())
     offer = {"sdp": client.localDescription.sdp, "type": "offer"}
     answer = await control.acall("webrtc.offer", offer, actor="user:1")
@@ -270,13 +232,12 @@ async def test_browser_test_call_through_the_agent(agent_process: object) -> Non
     score = await wait_for(proc, call_id, "CallScored", 30)
     assert score["disclosure_ok"] is True
     await client.close()
-    for task in recorders:
-        task.cancel()
+    listener.stop()
 
-    # The browser heard the agent: the disclosure and a reply, several seconds of speech.
-    got = np.concatenate(heard) if heard else np.zeros(0, np.int16)
-    voiced = envelope(got, 48000) > 300
-    assert voiced.sum() * 0.02 > 3.0, voiced.sum() * 0.02
+    # The browser heard the agent: the disclosure and a reply, several seconds of speech, and
+    # the reply's first audio arrived after the caller's last word.
+    assert listener.voiced_seconds() > 3.0, listener.voiced_seconds()
+    assert listener.first_voiced_after(mic.ends[0]) is not None
 
     # Metrics mark the call as a test call.
     db = proc.workdir / "calls.sqlite"  # type: ignore[attr-defined]
