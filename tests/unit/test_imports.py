@@ -16,6 +16,8 @@ from datetime import date, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from appliance.admin.imports import (
     MAX_BYTES,
@@ -361,3 +363,49 @@ def test_run_import_opens_the_file_and_audit_counts_hold_no_names(tmp_path: Path
         run_import(tmp_path / "never.sqlite", b"nonsense", now=NOW)
     assert not (tmp_path / "never.sqlite").exists()  # an unusable file never opens the calendar
     assert os.environ["TZ"] == "America/New_York"
+
+
+# --------------------------------------------------------------------------- robustness
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_RESOURCE = st.fixed_dictionaries(
+    {
+        "resourceType": st.sampled_from(
+            ["Patient", "Practitioner", "Schedule", "Slot", "Appointment"]
+        )
+        | _JSON
+    },
+    optional={
+        k: _JSON | st.sampled_from(["booked", "free", "Patient/p1", "2026-12-01T09:00:00Z"])
+        for k in ("id", "name", "birthDate", "status", "start", "end", "slot", "schedule", "actor")
+    },
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    data=st.binary(max_size=300)
+    | st.builds(
+        lambda rows: ("given_name;family_name;birth_date;phone\n" + rows).encode(),
+        st.text(alphabet='ab=+-@;"\n\r\t/0129é', max_size=120),
+    )
+    | st.builds(
+        lambda entries: json.dumps({"resourceType": "Bundle", "entry": entries}).encode(),
+        st.lists(st.fixed_dictionaries({"resource": _RESOURCE}) | _JSON, max_size=4),
+    )
+)
+def test_any_upload_gives_a_report_or_a_file_error(cal: SqliteCalendar, data: bytes) -> None:
+    try:
+        report = import_into(cal, data, now=NOW, dry_run=True)
+    except ImportFileError as exc:
+        assert exc.code and exc.message
+        return
+    assert all(r.status in ("imported", "unchanged", "rejected", "skipped") for r in report.rows)

@@ -71,6 +71,8 @@ class _Applier:
         self.failed: dict[str, str] = {}  # FHIR reference -> why it has no calendar ID
         self.seen: dict[tuple[object, ...], int] = {}  # in-file duplicate keys -> first row
         self.busy: set[str] = set()
+        self.names: dict[str, tuple[str, str]] = {}  # patient ID -> normalised names
+        self.providers: list[tuple[str, str]] | None = None  # (ID, normalised name), cached
 
     def note(self, row: int, kind: Kind, status: Status, reason: str = "", label: str = "") -> None:
         self.results.append(RowResult(row, kind, status, reason, label))
@@ -115,11 +117,15 @@ class _Applier:
             "SELECT * FROM patients WHERE birth_date = ? ORDER BY id", [born.isoformat()]
         ).fetchall()
         want = (normalise_name(given), normalise_name(family))
-        return [
-            r
-            for r in rows
-            if (normalise_name(r["given_name"]), normalise_name(r["family_name"])) == want
-        ]
+        return [r for r in rows if self._normalised(r) == want]
+
+    def _normalised(self, row: sqlite3.Row) -> tuple[str, str]:
+        """A patient row's normalised names, computed once per import."""
+        names = self.names.get(row["id"])
+        if names is None:
+            names = (normalise_name(row["given_name"]), normalise_name(row["family_name"]))
+            self.names[row["id"]] = names
+        return names
 
     def patient(self, p: PatientIn) -> None:
         label = f"{p.given} {p.family}"
@@ -144,12 +150,12 @@ class _Applier:
 
     def _upsert_patient(self, p: PatientIn) -> tuple[str, Status, str]:
         same = self._by_external_id(p.external_id) if p.external_id else None
-        namesakes = {r["id"] for r in self._by_names(p.given, p.family, p.birth_date)}
-        if same is not None and same["id"] not in namesakes:
+        namesakes = self._by_names(p.given, p.family, p.birth_date)
+        if same is not None and same["id"] not in {r["id"] for r in namesakes}:
             raise Reject("external_id already belongs to a patient with other names or birth date")
         warning = ""
         if same is None:
-            for candidate in self._by_names(p.given, p.family, p.birth_date):
+            for candidate in namesakes:
                 held = self._details(candidate["id"])
                 if p.external_id and held is not None and held["external_id"]:
                     warning = "another patient has the same names and birth date"
@@ -210,9 +216,11 @@ class _Applier:
         return candidate
 
     def _provider_by_name(self, name: str) -> str | None:
+        if self.providers is None:
+            rows = self.conn.execute("SELECT id, name FROM providers ORDER BY id").fetchall()
+            self.providers = [(str(r["id"]), normalise_name(r["name"])) for r in rows]
         want = normalise_name(name)
-        rows = self.conn.execute("SELECT id, name FROM providers ORDER BY id").fetchall()
-        matches = [r["id"] for r in rows if normalise_name(r["name"]) == want]
+        matches = [pid for pid, normalised in self.providers if normalised == want]
         if len(matches) > 1:
             raise Reject("several providers have this name; give the provider ID")
         return str(matches[0]) if matches else None
@@ -226,6 +234,7 @@ class _Applier:
                 status: Status = "unchanged" if row["name"] == p.name else "imported"
                 if status == "imported":
                     self.conn.execute("UPDATE providers SET name = ? WHERE id = ?", [p.name, own])
+                    self.providers = None
                 self.bind(p.refs, own)
                 self.note(
                     p.row, "provider", status, "" if status == "unchanged" else "renamed", p.name
@@ -242,6 +251,7 @@ class _Applier:
             return
         new_id = own if own is not None else self._new_provider_id(slug(p.name))
         self.conn.execute("INSERT INTO providers (id, name) VALUES (?, ?)", [new_id, p.name])
+        self.providers = None
         self.bind(p.refs, new_id)
         self.note(p.row, "provider", "imported", f"new provider {new_id}", p.name)
 
@@ -256,6 +266,7 @@ class _Applier:
             raise Reject(f"no provider {text}")
         new_id = self._new_provider_id(slug(text))
         self.conn.execute("INSERT INTO providers (id, name) VALUES (?, ?)", [new_id, text])
+        self.providers = None
         self.note(row, "provider", "imported", f"new provider {new_id}", text)
         return new_id
 

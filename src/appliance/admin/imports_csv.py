@@ -265,7 +265,7 @@ def _minutes(value: str | None) -> int:
     text = (value or "").strip()
     if not text:
         raise FieldError("minutes is missing")
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise FieldError("minutes is not a whole number")
     return check_minutes(int(text))
 

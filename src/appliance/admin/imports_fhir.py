@@ -415,6 +415,8 @@ def parse_bundle(text: str, today: date) -> list[Parsed]:
         kind = (entry.resource or {}).get("resourceType")
         if entry.resource is None:
             staged["other"].append(RowResult(row, "other", "rejected", "entry has no resource"))
+        elif not isinstance(kind, str):
+            staged["other"].append(RowResult(row, "other", "rejected", "resource has no type"))
         elif kind in by_type:
             by_type[str(kind)].append((row, entry))
         else:

@@ -49,6 +49,9 @@ MIN_SLOT_MINUTES = 5
 MAX_SLOT_MINUTES = 720
 """Accepted slot lengths, minutes (5 minutes to 12 hours)."""
 
+SLOT_YEARS = (2000, 2100)
+"""Years a slot may start in (keeps date arithmetic far from ``datetime``'s limits)."""
+
 FORMATS = ("roster_csv", "schedule_csv", "fhir_json")
 """Import formats: a patient roster CSV, a schedule CSV, an HL7 FHIR R4 Bundle (JSON)."""
 
@@ -227,9 +230,9 @@ Parsed = Record | RowResult | Decided
 # --------------------------------------------------------------------------- field checks
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-_PHONE = re.compile(r"^\+?[0-9 ().\-]+$")
-_US_DATE = re.compile(r"^(\d{1,2})/(\d{1,2})/(\d{4})$")
-_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_PHONE = re.compile(r"^\+?[0-9 ().\-]+$", re.ASCII)
+_US_DATE = re.compile(r"^(\d{1,2})/(\d{1,2})/(\d{4})$", re.ASCII)
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$", re.ASCII)
 _EXTERNAL_ID = re.compile(r"^[\x21-\x7e]+$")
 
 
@@ -334,7 +337,8 @@ def parse_local_time(value: str | None, field_name: str = "start") -> datetime:
     clinic's; without one it is taken as clinic time already.
 
     Raises:
-        FieldError: Missing, not a date and time, or not on a whole minute.
+        FieldError: Missing, not a date and time, outside :data:`SLOT_YEARS`, or not on a
+            whole minute.
     """
     text = (value or "").strip()
     if not text:
@@ -347,6 +351,8 @@ def parse_local_time(value: str | None, field_name: str = "start") -> datetime:
         raise FieldError(
             f"{field_name} is not an ISO 8601 date and time (YYYY-MM-DDTHH:MM)"
         ) from exc
+    if not SLOT_YEARS[0] <= when.year <= SLOT_YEARS[1]:
+        raise FieldError(f"{field_name} is not between {SLOT_YEARS[0]} and {SLOT_YEARS[1]}")
     if when.tzinfo is not None:
         when = when.astimezone().replace(tzinfo=None)
     if when.second or when.microsecond:
