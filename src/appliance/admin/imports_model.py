@@ -84,8 +84,9 @@ class RowResult:
     """What happened to one row (CSV line) or entry (FHIR bundle entry).
 
     Attributes:
-        row: CSV: the line number in the file (the header is line 1); FHIR: the entry's
-            position in ``Bundle.entry``, from 1.
+        row: CSV: the line number in the file (the header is line 1; a row whose quoted
+            cell spans lines has the number of its last line); FHIR: the entry's position in
+            ``Bundle.entry``, from 1.
         kind: What the row describes.
         status: ``"imported"`` (written), ``"unchanged"`` (already present),
             ``"rejected"`` (invalid or conflicting; see ``reason``) or ``"skipped"``
