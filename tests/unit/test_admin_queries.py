@@ -237,3 +237,25 @@ def test_charts_render_escaped_svg() -> None:
     assert bars.count("<rect") == 2
     assert charts.nice_max(3.7) == 5.0 and charts.nice_max(0) == 1.0
     assert charts.nice_max(0.021) == 0.05
+
+
+def test_series_serves_settled_buckets_from_memory(db: Path) -> None:
+    with queries.open_metrics(db) as conn:
+        before = queries.series(conn, "hour", NOW)
+    rw = sqlite3.connect(db)
+    with rw:  # one call in a settled bucket (3 h ago) and one in the open bucket
+        rw.execute("INSERT INTO calls (call_id, answered_at) VALUES ('late', ?)", [NOW - 3 * 3600])
+        rw.execute("INSERT INTO calls (call_id, answered_at) VALUES ('new', ?)", [NOW + 10])
+    rw.close()
+    with queries.open_metrics(db) as conn:
+        after = queries.series(conn, "hour", NOW + 20)
+        plan = " ".join(
+            str(r[-1])
+            for r in conn.execute(
+                "EXPLAIN QUERY PLAN SELECT call_id FROM calls c "
+                "ORDER BY c.answered_at DESC, c.rowid DESC LIMIT 50 OFFSET 1000"
+            )
+        )
+    assert after[-4]["calls"] == before[-4]["calls"] == 0  # settled: computed once
+    assert after[-1]["calls"] == 1  # the open bucket is read each time
+    assert "TEMP B-TREE" not in plan  # the call list pages in index order

@@ -186,8 +186,23 @@ def summary(conn: sqlite3.Connection, now: float, window_s: float = 86400.0) -> 
     }
 
 
+#: A bucket that ended this long before ``now`` is final (late writes: a call's score comes
+#: at its end) and :func:`series` keeps its figures for the life of the process.
+SETTLE_S = 15 * 60.0
+_CACHE: dict[tuple[str, str, float], dict[str, Any]] = {}
+_CACHE_MAX = 4096
+
+
+def _db_key(conn: sqlite3.Connection) -> str:
+    row = conn.execute("PRAGMA database_list").fetchone()
+    return str(row[2]) if row else ""
+
+
 def series(conn: sqlite3.Connection, bucket: str, now: float) -> list[dict[str, Any]]:
     """Per-bucket figures for the charts: the last ``BUCKETS[bucket][1]`` buckets up to ``now``.
+
+    Buckets that ended :data:`SETTLE_S` or more before ``now`` are computed once per process
+    and database file, then served from memory; the others are read each time.
 
     Args:
         conn: A connection from :func:`open_metrics`.
@@ -203,36 +218,51 @@ def series(conn: sqlite3.Connection, bucket: str, now: float) -> list[dict[str, 
         KeyError: ``bucket`` is not one of :data:`BUCKETS`.
     """
     size, count = BUCKETS[bucket]
-    offset = _WEEK_OFFSET if bucket == "week" else 0
     last = bucket_start(now, bucket)
-    first = last - (count - 1) * size
-    starts = [first + i * size for i in range(count)]
+    starts = [last - (count - 1 - i) * size for i in range(count)]
+    db = _db_key(conn)
+    cached = [_CACHE.get((db, bucket, s)) for s in starts]
+    todo = [s for s, c in zip(starts, cached, strict=True) if c is None]
+    fresh = _compute(conn, bucket, todo[0], last + size) if todo else {}
+    if len(_CACHE) > _CACHE_MAX:
+        _CACHE.clear()
+    for s in todo:
+        if s + size <= now - SETTLE_S:
+            _CACHE[(db, bucket, s)] = fresh[s]
+    return [c if c is not None else fresh[s] for s, c in zip(starts, cached, strict=True)]
+
+
+def _compute(
+    conn: sqlite3.Connection, bucket: str, first: float, end: float
+) -> dict[float, dict[str, Any]]:
+    size = BUCKETS[bucket][0]
+    offset = _WEEK_OFFSET if bucket == "week" else 0
+    starts = [first + i * size for i in range(round((end - first) / size))]
     out: dict[float, dict[str, Any]] = {
         s: {"start": s, "calls": 0, **_score_rates((0, 0, 0, 0, 0, 0, 0))} for s in starts
     }
-
-    def key(t: float) -> float:
-        return math.floor((t - offset) / size) * size + offset
-
+    span = [offset, size, first, end]
     for b, n in conn.execute(
         "SELECT CAST((answered_at - ?) / ? AS INTEGER), COUNT(*) FROM calls "
         "WHERE answered_at >= ? AND answered_at < ? GROUP BY 1",
-        [offset, size, first, last + size],
+        span,
     ):
         out[b * size + offset]["calls"] = n
     for row in conn.execute(
         f"SELECT CAST((scored_at - ?) / ? AS INTEGER), {_SCORE_SQL} FROM call_scores "
         "WHERE scored_at >= ? AND scored_at < ? GROUP BY 1",
-        [offset, size, first, last + size],
+        span,
     ):
         out[row[0] * size + offset].update(_score_rates(row[1:]))
     columns = ("voice_to_voice_s", *STAGES)
     values: dict[float, list[list[float]]] = {s: [[] for _ in columns] for s in starts}
-    for row in conn.execute(
-        f"SELECT t, {', '.join(columns)} FROM turn_latency WHERE t >= ? AND t < ?",
-        [first, last + size],
-    ):
-        lists = values[key(row[0])]
+    rows = conn.execute(
+        f"SELECT CAST((t - ?) / ? AS INTEGER), {', '.join(columns)} FROM turn_latency "
+        "WHERE t >= ? AND t < ?",
+        span,
+    ).fetchall()
+    for row in rows:
+        lists = values[row[0] * size + offset]
         for i, v in enumerate(row[1:]):
             if v is not None:
                 lists[i].append(v)
@@ -245,7 +275,7 @@ def series(conn: sqlite3.Connection, bucket: str, now: float) -> list[dict[str, 
         out[s]["v2v_p50"] = percentile(v2v, 0.5)
         out[s]["v2v_p90"] = percentile(v2v, 0.9)
         out[s]["stages"] = {stage: percentile(lists[i + 1], 0.5) for i, stage in enumerate(STAGES)}
-    return [out[s] for s in starts]
+    return out
 
 
 @dataclass(frozen=True)
@@ -305,13 +335,18 @@ def list_calls(
         where.append("c.answered_at < ?")
         params.append(flt.until)
     clause = ("WHERE " + " AND ".join(where)) if where else ""
-    base = f"FROM calls c LEFT JOIN call_scores s ON s.call_id = c.call_id {clause}"
-    (total,) = conn.execute(f"SELECT COUNT(*) {base}", params).fetchone()
+    # Join the scores while filtering only when a filter needs them; page in index order
+    # (answered_at, rowid), then join the page's scores.
+    joined = "LEFT JOIN call_scores s ON s.call_id = c.call_id" if flt.outcome else ""
+    (total,) = conn.execute(f"SELECT COUNT(*) FROM calls c {joined} {clause}", params).fetchone()
     rows = conn.execute(
-        "SELECT c.call_id, c.answered_at, c.duration_s, c.disposition, c.turns, s.outcome, "
+        "SELECT p.call_id, p.answered_at, p.duration_s, p.disposition, p.turns, s.outcome, "
         "s.contained, s.sentiment, s.disclosure_ok, s.identity_before_phi_ok, "
-        f"s.no_card_number_ok, s.transfer_appropriate {base} "
-        "ORDER BY c.answered_at DESC, c.call_id LIMIT ? OFFSET ?",
+        "s.no_card_number_ok, s.transfer_appropriate FROM ("
+        "SELECT c.rowid AS rid, c.call_id, c.answered_at, c.duration_s, c.disposition, c.turns "
+        f"FROM calls c {joined} {clause} ORDER BY c.answered_at DESC, c.rowid DESC "
+        "LIMIT ? OFFSET ?) p LEFT JOIN call_scores s ON s.call_id = p.call_id "
+        "ORDER BY p.answered_at DESC, p.rid DESC",
         [*params, per_page, (page - 1) * per_page],
     ).fetchall()
     return [_call_row(r) for r in rows], total
