@@ -164,3 +164,13 @@ def test_session_cookie_flags(client: TestClient, make_user) -> None:
     assert cookie.startswith("__Host-appliance=")
     for flag in ("Secure", "HttpOnly", "SameSite=strict", "Path=/"):
         assert flag.lower() in cookie.lower()
+
+
+def test_oversized_bodies_are_refused_before_parsing(signed_in) -> None:
+    c = signed_in(Role.PLATFORM_ENGINEER)
+    r = c.post(
+        "/api/schedule/import",
+        files={"file": ("roster.csv", b"a" * (7 * 1024 * 1024), "text/csv")},
+        headers={"X-CSRF-Token": c.csrf},
+    )
+    assert r.status_code == 413

@@ -67,6 +67,9 @@ NAV: tuple[tuple[str, str, Permission], ...] = (
     ("/users", "Users", Permission.MANAGE_USERS),
 )
 
+#: Largest request body, bytes: a roster upload (5 MiB) with its multipart framing.
+MAX_BODY = 6 * 1024 * 1024
+
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "media-src 'self' blob:; connect-src 'self'; font-src 'self'; object-src 'none'; "
@@ -212,13 +215,21 @@ def create_app(
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Any) -> Response:
+        response: Response
+        # Bodies are bounded before anything parses them (a multipart upload is spooled to disk
+        # by the form parser before any route runs).
+        length = request.headers.get("content-length", "0")
+        if not length.isdigit() or int(length) > MAX_BODY:
+            response = JSONResponse({"detail": "request body too large or malformed"}, 413)
+            response.headers.update(SECURITY_HEADERS)
+            return response
         # Defence in depth beside the CSRF token: an unsafe request that names another origin
         # is refused before any route runs (OWASP CSRF cheat sheet, "verifying origin").
         origin = request.headers.get("origin")
         if request.method not in ("GET", "HEAD", "OPTIONS") and origin not in (None, "null"):
             host = request.headers.get("host", "")
             if origin.split("://", 1)[-1] != host:
-                response: Response = JSONResponse({"detail": "cross-origin request"}, 403)
+                response = JSONResponse({"detail": "cross-origin request"}, 403)
                 for name, value in SECURITY_HEADERS.items():
                     response.headers[name] = value
                 return response
