@@ -210,5 +210,8 @@ def test_reviewer_opens_transcript_for_a_reason(
     assert args == {"call_id": "call-a", "reason": "QA review of call"}
     assert actor == f"user:{c.user.user.id}"  # type: ignore[attr-defined]
     # A call the agent has no transcript for: the page says so, no error page.
-    r = c.post("/calls/call-b/transcript", data={"csrf_token": c.csrf, "reason": "QA review"})
+    r = c.post(
+        "/calls/call-b/transcript",
+        data={"csrf_token": c.csrf, "reason": "QA review of a complaint"},
+    )
     assert r.status_code == 200 and "no transcript" in r.text

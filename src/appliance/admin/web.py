@@ -191,6 +191,10 @@ def create_app(
         audit=AdminAudit(db, control),
     )
 
+    from appliance.admin.alerts import alert_loop
+
+    ctx.background.append(alert_loop)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tasks = [asyncio.create_task(_flush_loop(ctx))]

@@ -249,12 +249,12 @@ async def call_transcript(
 ) -> HTMLResponse:
     """The decrypted transcript, for a stated reason (the agent records the view)."""
     reason = " ".join(reason.split())
-    if len(reason) < 5:
+    if len(reason) < 10:
         return await _call_page(
             request,
             call_id,
             principal,
-            form_error="State why you need the transcript (at least 5 characters).",
+            form_error="State why you need the transcript (at least 10 characters).",
             status_code=400,
         )
     try:
