@@ -116,7 +116,7 @@ class AdminAudit:
                         timeout=timeout,
                     )
                 except ControlError as exc:
-                    if exc.code == "unavailable":
+                    if exc.code in ("unavailable", "unknown_op"):  # down, or not yet upgraded
                         self._conn.execute(
                             "UPDATE audit_outbox SET attempts = attempts + 1 WHERE id = ?",
                             [row["id"]],
