@@ -6,67 +6,14 @@ control operations on a Unix socket, on an event loop in its own thread, as in t
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from appliance.admin.rbac import Role
-from appliance.app.control_ops import start_control
-from appliance.app.server import ApplianceServer
-from appliance.audit.observer import AuditObserver
-from appliance.audit.record import decode
-from appliance.audit.service import open_audit
-from appliance.audit.store import connect, iter_records
-from appliance.config import load_settings
-from appliance.control import ControlServer
+from tests.admin.agent import Agent
 from tests.admin.conftest import AdminEnv, sign_in
-
-
-class Agent:
-    """The agent's control socket served from a loop in a thread."""
-
-    def __init__(self, settings_path: Path) -> None:
-        settings = load_settings(settings_path)
-        self.server = ApplianceServer(settings)
-        self.server.audit = AuditObserver(open_audit(settings.audit), checkpoint_on_call_end=False)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.control: ControlServer | None = None
-
-    def start(self) -> None:
-        future = asyncio.run_coroutine_threadsafe(start_control(self.server), self.loop)
-        self.control = future.result(10)
-        assert self.control is not None
-
-    def stop(self) -> None:
-        if self.control is not None:
-            asyncio.run_coroutine_threadsafe(self.control.close(), self.loop).result(10)
-            self.control = None
-
-    def close(self) -> None:
-        self.stop()
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        assert self.server.audit is not None
-        self.server.audit.close()
-        self.server.audit.log.close()
-
-    def records(self) -> list[tuple[str, dict[str, object]]]:
-        db = connect(self.server.settings.audit.db)
-        try:
-            out = []
-            for _, data in iter_records(db):
-                record = decode(data)
-                if record.kind.startswith("Admin"):
-                    out.append((record.kind, dict(record.meta)))
-            return out
-        finally:
-            db.conn.close()
 
 
 @pytest.fixture

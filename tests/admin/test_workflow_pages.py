@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
-import threading
 import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,61 +13,36 @@ from fastapi.testclient import TestClient
 
 from appliance.admin.governance import CHECKLIST
 from appliance.admin.rbac import Role
-from appliance.control import ControlServer
 from appliance.events import CallScored
 from appliance.metrics.store import CallMetadataStore
+from tests.admin.agent import Agent
 from tests.admin.conftest import AdminEnv
-
-
-class FakeAgent:
-    """A real control socket server answering ``transfer.test`` and ``config.reload``."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.calls: list[tuple[str, str]] = []
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    async def _transfer(self, args: dict[str, Any], actor: str) -> Any:
-        self.calls.append(("transfer.test", actor))
-        return {"ok": True, "webhook_status": 200, "detail": "CTI got the context payload"}
-
-    async def _reload(self, args: dict[str, Any], actor: str) -> Any:
-        self.calls.append(("config.reload", actor))
-        return {"accepted": True}
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        server = ControlServer(self.path)
-        server.register("transfer.test", self._transfer)
-        server.register("config.reload", self._reload)
-        self._loop.run_until_complete(server.start())
-        self._ready.set()
-        self._loop.run_forever()
-        self._loop.run_until_complete(server.close())
-
-    def __enter__(self) -> FakeAgent:
-        self._thread.start()
-        assert self._ready.wait(5)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
+from tests.e2e.webhook import WebhookReceiver
 
 
 @pytest.fixture
-def agent(admin_env: AdminEnv) -> Iterator[FakeAgent]:
-    with FakeAgent(admin_env.settings.admin.control_socket) as a:
-        yield a
+def cti() -> Iterator[WebhookReceiver]:
+    """The clinic's CTI system: a real HTTP server that records the handoff context."""
+    with WebhookReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def agent(admin_env: AdminEnv, models: object, cti: WebhookReceiver) -> Iterator[Agent]:
+    """The real agent operations (test transfer to the CTI webhook, settings reload)."""
+    dropins = admin_env.settings_path.with_name("appliance.toml.d")
+    dropins.mkdir(exist_ok=True)
+    (dropins / "40-cti.toml").write_text(f'[transfer]\nwebhook_url = "{cti.url}"\n')
+    a = Agent(admin_env.settings_path, models).start()
+    yield a
+    a.close()
 
 
 @pytest.fixture
 def low_only(admin_env: AdminEnv) -> Path:
     """The site runs only the low tier (a drop-in below the admin's own)."""
     dropins = admin_env.settings_path.with_name("appliance.toml.d")
-    dropins.mkdir()
+    dropins.mkdir(exist_ok=True)
     (dropins / "50-site.toml").write_text('[agent]\nenabled_tiers = ["low"]\n')
     return dropins / "60-admin.toml"
 
@@ -126,7 +99,11 @@ def test_viewer_gets_403(signed_in: Callable[..., TestClient]) -> None:
 
 
 def test_two_person_sign_off_gate_apply_and_rollback(
-    signed_in: Callable[..., TestClient], admin_env: AdminEnv, agent: FakeAgent, low_only: Path
+    signed_in: Callable[..., TestClient],
+    admin_env: AdminEnv,
+    agent: Agent,
+    cti: WebhookReceiver,
+    low_only: Path,
 ) -> None:
     engineer = signed_in(Role.PLATFORM_ENGINEER)
     compliance = signed_in(Role.COMPLIANCE_OFFICER)
@@ -139,8 +116,10 @@ def test_two_person_sign_off_gate_apply_and_rollback(
     # Sending for review needs the whole checklist.
     assert _post(engineer, f"{base}/submit").status_code == 409
     _ready(engineer, cid)
-    assert ("transfer.test", f"user:{engineer.user.user.id}") in agent.calls  # type: ignore[attr-defined]
-    assert "CTI got the context payload" in engineer.get(base).text
+    tested = [m for k, m in agent.records() if k == "AdminTransferTested"]
+    assert tested and tested[-1]["actor"] == f"user:{engineer.user.user.id}"  # type: ignore[attr-defined]
+    assert cti.wait(1)[0]["json"]["test"] is True  # the CTI system got a context payload
+    assert "delivered" in engineer.get(base).text
 
     # The requester can neither review nor sign off, even holding both roles.
     assert _post(engineer, f"{base}/review", decision="approve", notes="self").status_code == 403
@@ -173,7 +152,9 @@ def test_two_person_sign_off_gate_apply_and_rollback(
     assert r.status_code == 200 and "reloaded" in r.text, r.text
     assert tomllib.loads(low_only.read_text())["agent"]["enabled_tiers"] == ["low", "medium"]
     assert engineer.get("/api/workflows").json()["enabled_tiers"] == ["low", "medium"]
-    assert ("config.reload", f"user:{owner.user.user.id}") in agent.calls  # type: ignore[attr-defined]
+    reloads = [m for k, m in agent.records() if k == "AdminConfigReloaded"]
+    assert reloads and reloads[-1]["actor"] == f"user:{owner.user.user.id}"  # type: ignore[attr-defined]
+    assert agent.server.settings.agent.enabled_tiers == ["low", "medium"]  # the agent runs it
 
     assert _post(owner, f"{base}/rollback", reason="").status_code == 422
     r = _post(owner, f"{base}/rollback", reason="complaints rose")
