@@ -101,7 +101,18 @@ def start_admin(root: Path, extra: str = "", admin_extra: str = "") -> AdminServ
     """Start ``appliance admin`` on a free loopback port with its files under ``root``."""
     port = free_port()
     path = write_settings(root, extra, f"port = {port}\n{admin_extra}")
+    return launch_admin(path, root)
+
+
+def launch_admin(path: Path, root: Path) -> AdminServer:
+    """Provision what first boot makes (TLS, enrolment code) and start ``appliance admin``.
+
+    Args:
+        path: The settings file (its ``[admin] port`` must be free).
+        root: Where the enrolment notice and the log go.
+    """
     settings = load_settings(path)
+    port = settings.admin.port
     report = FirstbootReport()
     ensure_tls(settings.admin.tls_dir, report)
     notice = root / "firstboot" / "enrolment-code.txt"
