@@ -209,6 +209,18 @@ async def test_browser_test_call_through_the_agent(agent_process: object) -> Non
 
     answered = await wait_for(proc, call_id, "CallAnswered", 30)
     assert answered["channel"] == "webrtc" and answered["codec"] == "opus"
+
+    # ... and so is a SIP call: the test call holds the only slot (503 + Retry-After).
+    from tests.e2e.sipp import render_uac_scenario, run_sipp
+
+    sip = await asyncio.to_thread(
+        run_sipp,
+        render_uac_scenario(expect_status=503),
+        proc.uri,  # type: ignore[attr-defined]
+        timeout_s=20,
+    )
+    assert sip.returncode == 0, sip.messages[-2000:]
+    assert sip.received_header(503, "Retry-After") == "17"
     await wait_for(proc, call_id, "DisclosurePlayed", 60)
     await asyncio.sleep(4.0)  # the greeting after the disclosure
     sentence = read_pcm(speech_dir() / "osr" / "OSR_us_000_0034_8k.wav", RATE)[: 3 * RATE]

@@ -139,8 +139,7 @@ class ApplianceServer:
         self._record_start()
         # The admin page's control socket (appliance.app.control_ops); serving goes on without.
         control = await start_control(self)
-        if control is not None:
-            register_webrtc(self, control)  # browser test calls (appliance.app.webrtc)
+        webrtc = register_webrtc(self, control) if control is not None else None  # test calls
         sink = JsonlEventSink(self._test_events) if self._test_events else None
         if sink is not None:
             _LOGGER.warning("TEST EVENT STREAM ENABLED: never use --test-events in production")
@@ -148,6 +147,8 @@ class ApplianceServer:
         self._ua = SipUserAgent(
             self.settings.sip, loop, self._on_call, on_rejected=self._on_rejected
         )
+        if webrtc is not None:
+            self._ua.other_callers = webrtc.active  # test calls take SIP call slots too
         self._ua.start()
         self._ua.draining = self._stop.is_set()
         self.transfers = Transfers(self._ua, lambda: self.settings, self.bus.emit)

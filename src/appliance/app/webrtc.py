@@ -90,6 +90,10 @@ class WebRTCCalls:
         self._server = server
         self.calls: dict[str, WebRTCCallHandle] = {}
 
+    def active(self) -> int:
+        """Test calls in progress (read by SIP admission on the pjsua2 thread)."""
+        return len(self.calls)
+
     async def offer(self, args: dict[str, Any], actor: str) -> dict[str, str]:
         """The ``webrtc.offer`` op: answer a browser's offer and start the test call.
 

@@ -112,6 +112,8 @@ class SipUserAgent:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self.draining = False
+        #: Callers on other channels that share ``[sip] max_calls`` (browser test calls).
+        self.other_callers: Callable[[], int] = lambda: 0
         #: ``time.monotonic()`` of the last turn of the pjsua2 event loop.
         self.health_tick = time.monotonic()
         #: ``time.monotonic()`` of the last liveness probe the asyncio loop ran, or ``None``
@@ -258,7 +260,7 @@ class SipUserAgent:
             takes_calls=self._on_incoming_cb is not None,
             draining=self.draining,
             loop_stalled=self._loop_stalled(),
-            callers=self.active_calls,
+            callers=self.active_calls + self.other_callers(),
             max_calls=self.settings.max_calls,
             pjsua_calls=sum(1 for c in self._calls.values() if c is not call and not c.ended),
         )
