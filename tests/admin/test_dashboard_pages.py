@@ -1,20 +1,35 @@
-"""Dashboard, alert and call pages on the real app (TestClient), with a fake agent on the socket."""
+"""Dashboard, alert and call pages on the real app (TestClient), with the real agent operations.
+
+The agent side is ``tests.admin.agent.Agent``: a real (not started) ``ApplianceServer`` with
+its audit log open and the real control operations on the admin's socket. Call data reaches
+its audit log the way it does on a call: real events through its own ``AuditObserver``.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import threading
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from appliance.admin.alerts import AlertStore
 from appliance.admin.rbac import Role
-from appliance.control import ControlError, ControlServer
+from appliance.events import (
+    AgentSpoke,
+    CallAnswered,
+    CallEnded,
+    CallOffered,
+    DisclosurePlayed,
+    Event,
+    SlotFilled,
+    TransferResult,
+    TurnEnded,
+)
 from appliance.metrics.store import CallMetadataStore
+from tests.admin.agent import Agent
 from tests.admin.conftest import AdminEnv
 from tests.unit.test_admin_queries import add_call
 
@@ -34,62 +49,104 @@ def seeded(admin_env: AdminEnv) -> float:
     return now
 
 
-class FakeAgent:
-    """A real ControlServer on the admin's socket, answering like the agent would."""
+def call_a_events(now: float) -> list[Event]:
+    """What call-a put on the audit bus: disclosure, a caller turn, a slot, a failed transfer."""
+    at = now - 1800
+    return [
+        CallOffered("call-a", source_ip="10.0.0.5", t=at - 1),
+        CallAnswered("call-a", codec="PCMU", t=at),
+        DisclosurePlayed("call-a", started=at, text="Hi, this is an automated system.", t=at + 1),
+        TurnEnded("call-a", user_text="SECRET-WORDS", t=at + 5),
+        SlotFilled(
+            "call-a",
+            workflow="reschedule",
+            slot="date_of_birth",
+            value="1990-01-02",
+            confidence=0.93,
+            confirmed=True,
+            t=at + 10,
+        ),
+        AgentSpoke(
+            "call-a",
+            text="Let me put you through.",
+            interrupted=False,
+            source="template",
+            t=at + 12,
+        ),  # fmt: skip
+        TransferResult("call-a", handoff_id="h-1", ok=False, status=486, t=at + 20),
+        CallEnded("call-a", disposition="transferred", duration_s=60.0, t=at + 60),
+    ]
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.status: dict[str, Any] = {"audit": {"failed": False}, "stages": {"stt": "ok"}}
-        self.requests: list[tuple[str, dict[str, Any], str]] = []
-        self.loop = asyncio.new_event_loop()
-        self.server = ControlServer(path)
-        for op in ("status", "call.timeline", "call.transcript"):
-            self.server.register(op, self._handler(op))
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(5)
 
-    def _handler(self, op: str) -> Any:
-        async def handle(args: dict[str, Any], actor: str) -> Any:
-            self.requests.append((op, args, actor))
-            if op == "status":
-                return self.status
-            if args.get("call_id") != "call-a":
-                raise ControlError("not_found", "no such call")
-            if op == "call.timeline":
-                return {
-                    "events": [
-                        {"t": time.time() - 1799, "kind": "DisclosurePlayed", "meta": {}},
-                        {
-                            "t": time.time() - 1790,
-                            "kind": "SlotFilled",
-                            "meta": {"slot": "date_of_birth", "confirmed": True},
-                        },  # fmt: skip
-                        {
-                            "t": time.time() - 1780,
-                            "kind": "TransferResult",
-                            "meta": {"ok": False, "status": 486},
-                        },  # fmt: skip
-                    ]
-                }
-            return {
-                "turns": [{"t": time.time() - 1795, "speaker": "caller", "text": "SECRET-WORDS"}],
-                "events": [{"kind": "SlotFilled", "value": "1990-01-02"}],
-            }
-
-        return handle
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+def feed(agent: Agent, events: list[Event]) -> None:
+    """Events through the agent's audit observer, as its event bus delivers them; written."""
+    observer = agent.server.audit
+    assert observer is not None
+    for event in events:
+        observer(event)
+    assert observer.flush()
 
 
 @pytest.fixture
-def agent(admin_env: AdminEnv) -> Iterator[FakeAgent]:
-    fake = FakeAgent(admin_env.settings.admin.control_socket)
-    yield fake
-    fake.close()
+def agents(admin_env: AdminEnv) -> Iterator[Callable[[], Agent]]:
+    """Starts the agent (again, after a restart); every one started is closed at the end.
+
+    Tests name it before ``signed_in``, so the agent outlives the admin's clients.
+    """
+    started: list[Agent] = []
+
+    def start() -> Agent:
+        started.append(Agent(admin_env.settings_path).start())
+        return started[-1]
+
+    yield start
+    for a in started:
+        a.close()
+
+
+@pytest.fixture
+def agent(agents: Callable[[], Agent], seeded: float) -> Agent:
+    """The agent with call-a's records on its audit log."""
+    a = agents()
+    feed(a, call_a_events(seeded))
+    return a
+
+
+def phi_views(agent: Agent) -> list[tuple[str, str, str]]:
+    """``(call_id, reason, actor)`` of each ``AdminPhiViewed`` record, the reason decrypted."""
+    assert agent.server.audit is not None
+    records = agent.server.audit.log.call_records("", decrypt=True)
+    return [
+        (r["meta"]["call_id"], r["content"]["reason"], r["meta"]["actor"])
+        for r in records
+        if r["kind"] == "AdminPhiViewed"
+    ]
+
+
+def break_audit_log(agent: Agent) -> int:
+    """A record goes missing under the agent (a row past the end): its next write fails closed.
+
+    Returns:
+        The index of the stray row.
+    """
+    db = sqlite3.connect(agent.server.settings.audit.db)
+    with db:
+        (end,) = db.execute("SELECT MAX(idx) FROM records").fetchone()
+        db.execute(
+            "INSERT INTO records (idx, data, root) SELECT ?, data, root FROM records WHERE idx = 0",
+            [end + 2],
+        )
+    db.close()
+    feed(agent, [CallOffered("call-d", source_ip="10.0.0.5")])
+    assert agent.server.audit is not None and not agent.server.audit.healthy
+    return end + 2
+
+
+def repair_audit_log(env: AdminEnv, stray: int) -> None:
+    db = sqlite3.connect(env.settings.audit.db)
+    with db:
+        db.execute("DELETE FROM records WHERE idx = ?", [stray])
+    db.close()
 
 
 def test_viewer_sees_dashboard_but_no_calls(signed_in: Client, seeded: float) -> None:
@@ -140,23 +197,29 @@ def test_dashboard_figures_buckets_and_validation(signed_in: Client, seeded: flo
 
 
 def test_alert_fires_on_load_and_is_listed_with_history(
-    signed_in: Client, seeded: float, agent: FakeAgent
+    agents: Callable[[], Agent], signed_in: Client, seeded: float, admin_env: AdminEnv
 ) -> None:
     c = signed_in(Role.OWNER)
-    agent.status = {"audit": {"failed": True}, "stages": {"stt": "ok", "tts": "failed"}}
+    agent = agents()
+    stray = break_audit_log(agent)  # the agent's status now reports audit failed, stage failed
     r = c.get("/")
     assert "Audit log verification failing" in r.text and "firing" in r.text
     # 1 h window: 1.0 1.4 2.0 4.0 6.0 -> P90 6.0 > 3.5 (warning), P99 6.0 > 5 (alert)
     api = c.get("/api/dashboard/summary").json()
     firing = {a["rule"] for a in api["alerts"] if a["firing"]}
     assert firing == {"v2v_p90", "v2v_p99", "audit_verification", "model_stage"}
-    agent.status = {"audit": {"failed": False}, "stages": {"stt": "ok", "tts": "ok"}}
+    # The failing stage named is the one the agent reported.
+    history = AlertStore(Path(c.app.state.ctx.db_path)).history(rule="model_stage")  # type: ignore[attr-defined]
+    assert history[0]["state"] == "fired" and history[0]["detail"] == "audit"
+    # The log is mended and the agent restarted: its status is healthy again.
+    agent.close()
+    repair_audit_log(admin_env, stray)
+    agents()
     c.get("/")
     r = c.get("/dashboard/alerts?rule=audit_verification")
     assert r.status_code == 200
     assert r.text.count('<tr class="alert-') == 2  # fired, then cleared
     assert c.get("/dashboard/alerts?rule=nope").status_code == 422
-    assert ("status", {}, f"user:{c.user.user.id}") in agent.requests  # type: ignore[attr-defined]
 
 
 def test_call_list_search_and_paging(signed_in: Client, seeded: float) -> None:
@@ -189,26 +252,27 @@ def test_timeline_without_agent_is_metadata_only(signed_in: Client, seeded: floa
 
 
 def test_reviewer_opens_transcript_for_a_reason(
-    signed_in: Client, seeded: float, agent: FakeAgent
+    agent: Agent, signed_in: Client, seeded: float
 ) -> None:
     c = signed_in(Role.QUALITY_REVIEWER)
     r = c.get("/calls/call-a")
     assert r.status_code == 200
     assert 'name="reason"' in r.text and "SECRET-WORDS" not in r.text
     assert "SlotFilled" in r.text and "date_of_birth" in r.text and "TransferResult" in r.text
+    assert "1990-01-02" not in r.text  # the slot's value is sealed content, not timeline meta
     assert "metadata-only" not in r.text
     # No CSRF token: refused; a blank reason: asked again, nothing fetched.
     assert c.post("/calls/call-a/transcript", data={"reason": "QA review"}).status_code == 403
     r = c.post("/calls/call-a/transcript", data={"csrf_token": c.csrf, "reason": "  "})
     assert r.status_code == 400 and "State why" in r.text
-    assert not [q for q in agent.requests if q[0] == "call.transcript"]
+    assert not phi_views(agent)
     r = c.post(
         "/calls/call-a/transcript", data={"csrf_token": c.csrf, "reason": "QA   review of call"}
     )
     assert r.status_code == 200 and "SECRET-WORDS" in r.text
-    op, args, actor = [q for q in agent.requests if q[0] == "call.transcript"][0]
-    assert args == {"call_id": "call-a", "reason": "QA review of call"}
-    assert actor == f"user:{c.user.user.id}"  # type: ignore[attr-defined]
+    assert "Let me put you through." in r.text
+    # The agent put the view on its audit log: who, which call, and why (sealed).
+    assert phi_views(agent) == [("call-a", "QA review of call", f"user:{c.user.user.id}")]  # type: ignore[attr-defined]
     # A call the agent has no transcript for: the page says so, no error page.
     r = c.post(
         "/calls/call-b/transcript",

@@ -1,10 +1,12 @@
-"""The knowledge-base page: edits land in a copy the agent loads, re-embed, preview."""
+"""The knowledge-base page: edits land in a copy the agent loads, re-embed, preview.
+
+The agent side is ``tests.admin.agent.Agent`` with the session's real models: its real
+``kb.reload`` and ``kb.preview`` operations on the admin's socket.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,63 +16,25 @@ from fastapi.testclient import TestClient
 
 from appliance.admin.config_writer import dropin_path
 from appliance.admin.rbac import Role
-from appliance.agent.kb import KnowledgeBase, default_file
+from appliance.agent.kb import default_file
 from appliance.config import load_settings
-from appliance.control import ControlError, ControlServer
+from tests.admin.agent import Agent
 
-from ..unit.test_kb_file import embed
 from .conftest import AdminEnv
 
 
-class KbAgent:
-    """``kb.reload`` and ``kb.preview`` as the agent does them: load the configured file."""
-
-    def __init__(self, env: AdminEnv) -> None:
-        self.env = env
-        self.kb: KnowledgeBase | None = None
-        self.reloads = 0
-        self.server = ControlServer(env.settings.admin.control_socket)
-        self.server.register("kb.reload", self._reload)
-        self.server.register("kb.preview", self._preview)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._load()
-
-    def _load(self) -> None:
-        settings = load_settings(self.env.settings_path)
-        path = settings.agent.knowledge_file or default_file()
-        self.kb = KnowledgeBase(path, settings.clinic, embed)
-
-    async def _reload(self, args: dict[str, Any], actor: str) -> dict[str, Any]:
-        self.reloads += 1
-        try:
-            self._load()
-        except Exception as exc:
-            raise ControlError("bad_request", "the knowledge base was refused") from exc
-        assert self.kb is not None
-        return {"entries": len(self.kb.answers)}
-
-    async def _preview(self, args: dict[str, Any], actor: str) -> dict[str, Any]:
-        assert self.kb is not None
-        hit = self.kb.search(str(args["question"]))
-        assert hit is not None
-        return {"matches": [{"entry_id": hit.entry_id, "score": hit.score, "text": hit.text}]}
-
-    def __enter__(self) -> KbAgent:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(5)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-
-
 @pytest.fixture
-def agent(admin_env: AdminEnv) -> Iterator[KbAgent]:
-    with KbAgent(admin_env) as fake:
-        yield fake
+def agent(admin_env: AdminEnv, models: object) -> Iterator[Agent]:
+    """The real agent operations, with the session's models.
+
+    ``kb.reload`` re-reads the settings and re-embeds the configured file with the real
+    embedding model; ``kb.preview`` searches it.
+
+    Tests name it before ``signed_in``, so the agent outlives the admin's clients.
+    """
+    a = Agent(admin_env.settings_path, models).start()
+    yield a
+    a.close()
 
 
 def post(c: TestClient, path: str, **data: str) -> Any:
@@ -91,7 +55,7 @@ def test_roles_without_edit_kb_get_403(signed_in: Callable[..., TestClient]) -> 
 
 
 def test_first_edit_copies_the_packaged_file_and_reloads(
-    signed_in: Callable[..., TestClient], admin_env: AdminEnv, agent: KbAgent
+    agent: Agent, signed_in: Callable[..., TestClient], admin_env: AdminEnv
 ) -> None:
     reviewer = signed_in(Role.QUALITY_REVIEWER)
     page = reviewer.get("/kb")
@@ -111,7 +75,13 @@ def test_first_edit_copies_the_packaged_file_and_reloads(
     copy = settings.agent.knowledge_file
     assert copy is not None and copy.name == "knowledge.yaml" and copy != default_file()
     assert "knowledge_file" in dropin_path(admin_env.settings_path).read_text(encoding="utf-8")
-    assert agent.reloads == 1
+    # The agent re-embedded once, for the reviewer, and serves the new entry.
+    actor = f"user:{reviewer.user.user.id}"  # type: ignore[attr-defined]
+    assert agent.records("AdminKnowledgeReloaded") == [
+        ("AdminKnowledgeReloaded", {"accepted": True, "entries": 8, "actor": actor})
+    ]
+    assert agent.server.agent is not None
+    assert "Yes, flu shots are available on weekdays." in agent.server.agent.kb.answers
     edited = [m for k, m in outbox(reviewer) if k == "AdminKnowledgeEdited"]
     assert edited[-1]["entry_id"] == "flu_shots" and edited[-1]["action"] == "add"
     assert set(edited[-1]) == {"actor", "at", "entry_id", "action"}  # never the text

@@ -1,10 +1,13 @@
-"""Quality review and digest pages, and the /metrics endpoint, on the real app (TestClient)."""
+"""Quality review and digest pages, and the /metrics endpoint, on the real app (TestClient).
+
+The agent side is ``tests.admin.agent.Agent``: the real ``call.transcript`` and ``audit.append``
+operations, reading transcripts the calls' events put on its audit log.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import re
-import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,11 +17,12 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from appliance.admin.rbac import Role
-from appliance.control import ControlError, ControlServer
-from appliance.events import CallAnswered, CallEnded, TurnLatency
+from appliance.events import AgentSpoke, CallAnswered, CallEnded, Event, TurnEnded, TurnLatency
 from appliance.metrics.store import CallMetadataStore
 from appliance.text.wer import word_edits
+from tests.admin.agent import Agent
 from tests.admin.conftest import AdminEnv
+from tests.admin.test_dashboard_pages import feed, phi_views
 
 HYPOTHESES = ["i like to move the my appointment tuesday 7", "can i speak to the reception list"]
 REFERENCES = [
@@ -27,51 +31,21 @@ REFERENCES = [
 ]
 
 
-class TranscriptAgent:
-    """A real control socket answering ``call.transcript`` (and recording who asked, why)."""
+def call_events(now: float) -> list[Event]:
+    """Three answered calls from the last hour, as the agent's event bus carries them.
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.requests: list[tuple[str, str, str]] = []
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.server = ControlServer(path)
-        self.server.register("call.transcript", self._transcript)
-        self.server.register("audit.append", self._append)
-        self.appended: list[str] = []
-
-    async def _append(self, args: dict[str, Any], actor: str) -> Any:
-        self.appended.append(str(args.get("kind")))
-        return {"idx": len(self.appended)}
-
-    async def _transcript(self, args: dict[str, Any], actor: str) -> Any:
-        self.requests.append((str(args.get("call_id")), str(args.get("reason")), actor))
-        if len(str(args.get("reason", ""))) < 10:
-            raise ControlError("bad_request", "reason too short")
-        turns: list[dict[str, Any]] = [{"t": 1.0, "speaker": "agent", "text": "Hello."}]
-        turns += [{"t": 2.0 + i, "speaker": "caller", "text": h} for i, h in enumerate(HYPOTHESES)]
-        return {"call_id": args["call_id"], "turns": turns, "events": []}
-
-    def __enter__(self) -> TranscriptAgent:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-
-
-@pytest.fixture
-def calls_db(admin_env: AdminEnv) -> Path:
-    db = admin_env.settings.store.metadata_db
-    store = CallMetadataStore(db)
+    The agent greets, the caller says the two :data:`HYPOTHESES` (what the recogniser heard);
+    one turn's latency each.
+    """
+    events: list[Event] = []
     for i in range(3):
-        store.on_event(CallAnswered(f"opaque-call-{i}", codec="PCMU"))
-        store.on_event(
+        call_id, at = f"opaque-call-{i}", now - 3600 + 600 * i
+        events += [
+            CallAnswered(call_id, codec="PCMU", t=at),
+            AgentSpoke(call_id, text="Hello.", interrupted=False, source="greeting", t=at + 1),
+            TurnEnded(call_id, user_text=HYPOTHESES[0], t=at + 4),
             TurnLatency(
-                f"opaque-call-{i}",
+                call_id,
                 endpointing_s=0.4,
                 stt_s=0.3,
                 llm_ttft_s=None,
@@ -79,17 +53,40 @@ def calls_db(admin_env: AdminEnv) -> Path:
                 voice_to_voice_s=1.1,
                 agent_s=0.2,
                 reply_s=0.5,
-            )
-        )
-        store.on_event(CallEnded(f"opaque-call-{i}", disposition="caller_hangup", duration_s=9))
+                t=at + 5,
+            ),
+            TurnEnded(call_id, user_text=HYPOTHESES[1], t=at + 7),
+            CallEnded(call_id, disposition="caller_hangup", duration_s=9, t=at + 9),
+        ]
+    return events
+
+
+@pytest.fixture
+def calls() -> list[Event]:
+    return call_events(time.time())
+
+
+@pytest.fixture
+def calls_db(admin_env: AdminEnv, calls: list[Event]) -> Path:
+    """The calls' metadata in the agent's metadata store (it keeps the kinds it stores)."""
+    db = admin_env.settings.store.metadata_db
+    store = CallMetadataStore(db)
+    for event in calls:
+        store.on_event(event)
     store.close()
     return db
 
 
 @pytest.fixture
-def agent(admin_env: AdminEnv) -> Iterator[TranscriptAgent]:
-    with TranscriptAgent(admin_env.settings.admin.control_socket) as a:
-        yield a
+def agent(admin_env: AdminEnv, calls: list[Event]) -> Iterator[Agent]:
+    """The real agent operations, the calls' records on its audit log (sealed transcripts).
+
+    Tests name it before ``signed_in``, so the agent outlives the admin's clients.
+    """
+    a = Agent(admin_env.settings_path).start()
+    feed(a, calls)
+    yield a
+    a.close()
 
 
 def test_roles_reach_only_their_pages(signed_in: Callable[..., TestClient]) -> None:
@@ -108,9 +105,9 @@ def test_roles_reach_only_their_pages(signed_in: Callable[..., TestClient]) -> N
 
 
 def test_draw_review_and_wer(
+    agent: Agent,
     signed_in: Callable[..., TestClient],
     calls_db: Path,
-    agent: TranscriptAgent,
     admin_app: Any,
 ) -> None:
     c = signed_in(Role.QUALITY_REVIEWER)
@@ -129,7 +126,8 @@ def test_draw_review_and_wer(
     assert page.status_code == 200
     for hyp in HYPOTHESES:
         assert hyp in page.text
-    call_id, reason, actor = agent.requests[-1]
+    # The agent put the view on its audit log: which call, why (sealed), who.
+    call_id, reason, actor = phi_views(agent)[-1]
     assert call_id.startswith("opaque-call-") and reason == f"quality review sample {sid}"
     assert actor == f"user:{c.user.user.id}"  # type: ignore[attr-defined]
 

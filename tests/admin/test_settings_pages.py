@@ -1,13 +1,18 @@
-"""The settings and system pages on a real app, real files and a real control socket."""
+"""The settings and system pages on a real app, real files and the real agent operations.
+
+The agent side is ``tests.admin.agent.Agent``: a real (not started) ``ApplianceServer`` with
+the session's models loaded, its audit log open and the real control operations on the admin's
+socket (``config.reload`` re-reads the same settings files).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
+import re
 import sqlite3
-import threading
 import tomllib
 from collections.abc import Callable, Iterator
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -16,58 +21,30 @@ from fastapi.testclient import TestClient
 
 from appliance.admin.config_writer import dropin_path
 from appliance.admin.rbac import Role
+from appliance.admin.routes.system import duration
 from appliance.audit.service import open_audit
 from appliance.audit.store import Entry
 from appliance.config import load_settings
-from appliance.control import ControlServer
+from appliance.models.manifest import load_manifest
+from appliance.models.store import STORE_MANIFEST
+from tests.admin.agent import Agent
 
 from .conftest import AdminEnv
 
 
-class FakeAgent:
-    """A control server on the admin's socket answering ``config.reload`` and ``status``."""
-
-    def __init__(self, path: Path) -> None:
-        self.calls: list[tuple[str, str]] = []
-        self.server = ControlServer(path)
-        self.server.register("config.reload", self._reload)
-        self.server.register("status", self._status)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    async def _reload(self, args: dict[str, Any], actor: str) -> dict[str, Any]:
-        self.calls.append(("config.reload", actor))
-        return {"accepted": True}
-
-    async def _status(self, args: dict[str, Any], actor: str) -> dict[str, Any]:
-        return {
-            "version": "9.8.7",
-            "uptime_s": 3723.0,
-            "ready": True,
-            "draining": False,
-            "active_calls": 1,
-            "max_calls": 2,
-            "stages": {"stt": "ok", "tts": "failed"},
-            "audit": {"enabled": True, "records": 12, "failed": False, "last_checkpoint": None},
-            "models": [{"name": "whisper-tiny.en", "path": "model.bin", "sha256": "ab" * 32}],
-            "settings_loaded_at": 0,
-        }
-
-    def __enter__(self) -> FakeAgent:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(5)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-
-
 @pytest.fixture
-def agent(admin_env: AdminEnv) -> Iterator[FakeAgent]:
-    with FakeAgent(admin_env.settings.admin.control_socket) as fake:
-        yield fake
+def agent(admin_env: AdminEnv, models: object, store: Path) -> Iterator[Agent]:
+    """The real agent operations (``config.reload``, ``status``) on the admin's socket.
+
+    The agent reads the model store the session loaded, so ``status`` lists its digests.
+    Tests name it before ``signed_in``, so the agent outlives the admin's clients.
+    """
+    dropins = admin_env.settings_path.with_name("appliance.toml.d")
+    dropins.mkdir(exist_ok=True)
+    (dropins / "40-models.toml").write_text(f'[models]\nstore = "{store}"\n')
+    a = Agent(admin_env.settings_path, models).start()
+    yield a
+    a.close()
 
 
 def dropin(env: AdminEnv) -> dict[str, Any]:
@@ -176,7 +153,7 @@ def test_disclosure_without_the_ai_statement_is_refused(
 
 
 def test_valid_trunk_change_lands_in_the_dropin_reloads_and_says_restart(
-    signed_in: Callable[..., TestClient], admin_env: AdminEnv, agent: FakeAgent
+    agent: Agent, signed_in: Callable[..., TestClient], admin_env: AdminEnv
 ) -> None:
     engineer = signed_in(Role.PLATFORM_ENGINEER)
     r = form(
@@ -192,7 +169,12 @@ def test_valid_trunk_change_lands_in_the_dropin_reloads_and_says_restart(
     }
     settings = load_settings(admin_env.settings_path)
     assert settings.sip.allowed_peers == ["10.0.0.5/32", "192.168.10.0/24"]
-    assert agent.calls == [("config.reload", f"user:{engineer.user.user.id}")]  # type: ignore[attr-defined]
+    # The agent reloaded for the engineer (on its audit log); [sip] waits for a restart.
+    actor = f"user:{engineer.user.user.id}"  # type: ignore[attr-defined]
+    assert agent.records("AdminConfigReloaded") == [
+        ("AdminConfigReloaded", {"accepted": True, "actor": actor})
+    ]
+    assert agent.server.settings.sip.bind != "127.0.0.1:5070"
     # The change is on the admin audit outbox with its keys (no values).
     rows = admin_env_outbox(engineer)
     changed = [m for k, m in rows if k == "AdminSettingsChanged"]
@@ -251,13 +233,23 @@ def test_system_page_without_the_agent(signed_in: Callable[..., TestClient]) -> 
     assert data["disk"]["total"] > 0
 
 
-def test_system_page_with_the_agent(signed_in: Callable[..., TestClient], agent: FakeAgent) -> None:
+def test_system_page_with_the_agent(
+    agent: Agent, signed_in: Callable[..., TestClient], store: Path
+) -> None:
     engineer = signed_in(Role.PLATFORM_ENGINEER)
     page = engineer.get("/system")
     assert page.status_code == 200
-    assert "9.8.7" in page.text and "1h 2m" in page.text
-    assert "ab" * 32 in page.text
-    assert "failed" in page.text
+    assert f'<td class="mono">{version("appliance")}</td>' in page.text
+    # Up for: the agent's uptime as the page writes durations (3723 s is "1h 2m").
+    assert re.search(r"<th>Up for</th><td>(\d+d )?(\d+h )?\d+m( \d+s)?</td>", page.text)
+    assert duration(3723.0) == "1h 2m"
+    # The digests of the models in use, from the store's manifest.
+    in_use = agent.server.settings.models.stt
+    stt = next(m for m in load_manifest(store / STORE_MANIFEST).models if m.dest == in_use)
+    assert stt.files and all(f.sha256 in page.text for f in stt.files)
+    # Stage health: the loaded models are ok; SIP is not started in this agent (no calls).
+    assert '<th>stt</th><td class="status-ok">ok</td>' in page.text
+    assert '<th>sip</th><td class="status-bad">not_started</td>' in page.text
     # The engineer views but may not verify.
     assert "/system/verify" not in page.text
     r = engineer.post("/system/verify", data={"csrf_token": engineer.csrf})  # type: ignore[attr-defined]
