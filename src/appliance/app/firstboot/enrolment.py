@@ -69,7 +69,7 @@ def ensure_enrolment(
     notice = (
         "Clinic voice appliance: one-time enrolment code for the first administrator\n"
         f"  {code}\n"
-        "Enter it on the admin page (https://<this box>/enrol). It works once; only its\n"
+        "Enter it on the admin page (https://<this box>:8443/enrol). It works once; only its\n"
         "Argon2id hash is stored. Delete this file after enrolment.\n"
     )
     notice_file.unlink(missing_ok=True)  # a code whose hash is gone is useless
