@@ -94,7 +94,7 @@ class Transfers:
             handle.on_transfer_status = on_status
             headers = {cfg.handoff_header: req.handoff_id}
             consult: CallHandle | None = None
-            if cfg.mode == "attended":
+            if cfg.mode == "attended" and handle.transferable:
                 consult = await self.consult(cfg.target, headers, cfg.timeout_s)
                 if consult is None:
                     result.set_result(480)  # the target did not answer the consult call

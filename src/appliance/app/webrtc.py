@@ -56,6 +56,7 @@ class WebRTCCallHandle(CallHandle):
     """
 
     peer: WebRTCPeer | None = None
+    transferable: bool = False
 
     def hangup(self, status: int = 200) -> None:
         """End the test call (idempotent); ``status`` is ignored (no SIP on this leg)."""

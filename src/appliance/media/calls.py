@@ -54,6 +54,9 @@ class CallHandle:
     on_transfer_status: Callable[[int, bool], None] | None = None
     #: What became of each REFER the far end sent on this call: ``"declined"`` or ``"followed"``.
     refers: list[str] = field(default_factory=list)
+    #: Whether a REFER can move this call (``False`` for a browser test call: no consult call
+    #: is placed for it, the transfer is refused at once).
+    transferable: bool = True
     media_ready: asyncio.Event = field(default_factory=asyncio.Event)
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
     _ua: SipUserAgent | None = None
