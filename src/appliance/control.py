@@ -101,10 +101,10 @@ class ControlClient:
         raise ControlError(str(answer.get("code", "internal")), str(answer.get("error", "")))
 
     async def acall(
-        self, op: str, args: dict[str, Any] | None = None, actor: str = "", timeout: float = 0.0
+        self, op: str, args: dict[str, Any] | None = None, actor: str = "", limit_s: float = 0.0
     ) -> Any:
-        """:meth:`call` in a worker thread, for async callers."""
-        return await asyncio.to_thread(self.call, op, args, actor, timeout)
+        """:meth:`call` in a worker thread, for async callers (``limit_s``: its ``timeout``)."""
+        return await asyncio.to_thread(self.call, op, args, actor, limit_s)
 
 
 class ControlServer:

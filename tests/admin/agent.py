@@ -35,7 +35,9 @@ class Agent:
     def __init__(self, settings_path: Path, models: object | None = None) -> None:
         settings = load_settings(settings_path)
         self.server = ApplianceServer(
-            settings, models=models, reload=lambda: load_settings(settings_path)  # type: ignore[arg-type]
+            settings,
+            models=models,
+            reload=lambda: load_settings(settings_path),  # type: ignore[arg-type]
         )
         if models is not None:
             self.server.agent = self.server._load_agent(settings)

@@ -71,7 +71,9 @@ def current_session(request: Request) -> Session | None:
     """The live session of the request, if any (touching its idle timer)."""
     ctx = request.app.state.ctx
     if hasattr(request.state, "session"):
-        return request.state.session  # type: ignore[no-any-return]
+        cached: Session | None = request.state.session
+        return cached
+    session: Session | None
     session, expired = ctx.accounts.lookup(session_token(request))
     request.state.session = session
     request.state.session_expired = expired

@@ -104,7 +104,7 @@ async def offer(
             "webrtc.offer",
             {"sdp": body.sdp, "type": body.type},
             principal.actor,
-            timeout=OFFER_TIMEOUT_S,
+            limit_s=OFFER_TIMEOUT_S,
         )
         answer = Answer.model_validate(result)
     except ControlError as exc:
