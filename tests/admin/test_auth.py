@@ -174,3 +174,18 @@ def test_oversized_bodies_are_refused_before_parsing(signed_in) -> None:
         headers={"X-CSRF-Token": c.csrf},
     )
     assert r.status_code == 413
+
+
+def test_failed_attempts_from_one_address_are_throttled_but_good_sign_ins_are_not(
+    client: TestClient, make_user, clock: Clock
+) -> None:
+    # Eleven colleagues behind one address sign in correctly: nobody is throttled.
+    for _ in range(11):
+        sign_in(client, make_user(Role.VIEWER), clock)
+    # Ten failures (across accounts, so no account locks) throttle the address.
+    for i in range(10):
+        r = client.post("/login", data={"username": f"nobody{i}", "password": "not it at all"})
+        assert r.status_code == 401
+    made = make_user(Role.VIEWER)
+    r = client.post("/login", data={"username": made.user.username, "password": PASSWORD})
+    assert r.status_code == 429

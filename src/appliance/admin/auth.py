@@ -131,10 +131,11 @@ def require(*perms: Permission) -> Callable[[Request], Awaitable[Principal]]:
 
 
 class RateLimiter:
-    """At most ``limit`` attempts per ``window_s`` per key (a client address), in memory.
+    """At most ``limit`` failed attempts per ``window_s`` per key (a client address), in memory.
 
-    Guards the sign-in, TOTP and enrolment forms against guessing from one address, in front
-    of the per-account lockout (ASVS 2.2.1).
+    Guards the sign-in, TOTP, enrolment and invitation forms against guessing from one address,
+    in front of the per-account lockout (ASVS 2.2.1). Only failures count, so colleagues behind
+    one NAT address who sign in correctly never lock each other out.
     """
 
     def __init__(self, limit: int = 10, window_s: float = 60.0) -> None:
@@ -143,16 +144,22 @@ class RateLimiter:
         self._hits: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
 
+    def _recent(self, key: str, now: float) -> deque[float]:
+        hits = self._hits.setdefault(key, deque())
+        while hits and now - hits[0] > self.window_s:
+            hits.popleft()
+        return hits
+
     def allow(self, key: str, now: float | None = None) -> bool:
-        """Count one attempt; ``False`` when over the limit."""
+        """Whether ``key`` may try again (fewer than ``limit`` failures in the window)."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            hits = self._hits.setdefault(key, deque())
-            while hits and now - hits[0] > self.window_s:
-                hits.popleft()
-            if len(hits) >= self.limit:
-                return False
-            hits.append(now)
+            return len(self._recent(key, now)) < self.limit
+
+    def failed(self, key: str, now: float | None = None) -> None:
+        """Count one failed attempt from ``key``."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._recent(key, now).append(now)
             if len(self._hits) > 10000:
                 self._hits = {k: v for k, v in self._hits.items() if v}
-            return True

@@ -45,6 +45,10 @@ def _limited(request: Request) -> bool:
     return not get_ctx(request).login_limiter.allow(_client(request))
 
 
+def _failed(request: Request) -> None:
+    get_ctx(request).login_limiter.failed(_client(request))
+
+
 @router.get("/login", response_class=HTMLResponse)
 async def login_page(request: Request, expired: int = 0) -> Response:
     ctx = get_ctx(request)
@@ -68,6 +72,7 @@ async def login(request: Request, username: str = Form(""), password: str = Form
         )
     user, outcome = ctx.accounts.check_password(username[:64], password[:256])
     if user is None:
+        _failed(request)
         ctx.audit.record(
             "AdminLoginFailed",
             "anonymous",
@@ -122,6 +127,7 @@ async def totp(request: Request, code: str = Form("")) -> Response:
         ctx.accounts.end_session(session.token_hash)  # type: ignore[attr-defined]
         return RedirectResponse("/login", status_code=303)
     if not ctx.accounts.verify_totp(user.id, code[:12]):
+        _failed(request)
         outcome = ctx.accounts.record_failure(user.id)
         ctx.audit.record(
             "AdminLoginFailed", user.actor, reason=outcome, step="totp", address=_client(request)
@@ -235,6 +241,7 @@ async def enrol(
             error="Too many attempts from this address. Wait a minute.",
         )
     if not ctx.accounts.enrolment_open():
+        _failed(request)
         ctx.audit.record(
             "AdminEnrolmentRefused", "anonymous", reason="closed", address=_client(request)
         )
@@ -256,6 +263,7 @@ async def enrol(
             frozenset(FIRST_ADMIN_ROLES),
         )
     except AccountError as exc:
+        _failed(request)
         ctx.audit.record(
             "AdminEnrolmentRefused", "anonymous", reason=str(exc)[:80], address=_client(request)
         )
@@ -296,6 +304,7 @@ async def accept_invite(
         return render(request, "error.html", status_code=429, code=429, detail="Too many attempts.")
     user = ctx.accounts.invite_user(token[:100])
     if user is None:
+        _failed(request)  # guessing invitation tokens counts as a failed attempt
         return render(
             request,
             "error.html",
