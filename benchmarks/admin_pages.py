@@ -12,7 +12,9 @@ dashboard load still evaluates all alert rules and records transitions.
 The call metadata database is built with the agent's own migrations
 (:class:`appliance.metrics.store.CallMetadataStore`) and filled by bulk SQL inserts matching
 that schema: ``--calls`` calls spread uniformly over the last 90 days, each with 4 turns
-(``turn_latency``), a post-call score and media counters. Reference in the same run: the same
+(``turn_latency``, with an STT confidence), a post-call score, media counters and a workflow
+outcome (``call_workflows``); transferred calls also get a transfer result (``transfers``,
+one in ten failed, blind and attended alternating). Reference in the same run: the same
 pages at 1,000 calls; the ratio is 100k over reference (P50).
 
 Percentiles: nearest rank over the ``--loads`` timed loads, after 3 warm-up loads of which the
@@ -52,7 +54,9 @@ PAGES = {
     "call list /calls": "/calls",
     "call list /calls?page=1000": "/calls?page=1000",
     "call list /calls?outcome=transferred": "/calls?outcome=transferred",
+    "call list /calls?workflow=reschedule": "/calls?workflow=reschedule",
 }
+WORKFLOWS = ["reschedule", "cancel", "new_patient", "faq", "refill"]
 
 
 def device() -> str:
@@ -79,6 +83,7 @@ def seed(path: Path, calls: int, now: float, rng: random.Random) -> None:
     conn = sqlite3.connect(path)
     outcomes = ["resolved"] * 6 + ["message_taken"] * 2 + ["transferred", "abandoned"]
     call_rows, turn_rows, score_rows, media_rows = [], [], [], []
+    transfer_rows, workflow_rows = [], []
     for i in range(calls):
         cid = f"c{i:07d}-{rng.getrandbits(32):08x}"
         at = now - rng.random() * DAYS * 86400
@@ -100,6 +105,7 @@ def seed(path: Path, calls: int, now: float, rng: random.Random) -> None:
                     agent,
                     reply,
                     "free",
+                    min(1.0, max(0.0, rng.gauss(0.85, 0.15))),
                 )  # fmt: skip
             )
         outcome = rng.choice(outcomes)
@@ -119,6 +125,12 @@ def seed(path: Path, calls: int, now: float, rng: random.Random) -> None:
             )  # fmt: skip
         )
         media_rows.append((cid, 3000, 0, 2900, 3, 0))
+        end_at = at + duration
+        workflow_rows.append((cid, end_at - 5, rng.choice(WORKFLOWS), outcome, "intent"))
+        if transferred:
+            ok = rng.random() > 0.1
+            mode = "attended" if i % 2 else "blind"
+            transfer_rows.append((cid, end_at - 10, mode, int(ok), 200 if ok else 486, 1))
     with conn:
         conn.executemany(
             "INSERT INTO calls (call_id, answered_at, disclosure_at, ended_at, duration_s,"
@@ -127,8 +139,18 @@ def seed(path: Path, calls: int, now: float, rng: random.Random) -> None:
         )
         conn.executemany(
             "INSERT INTO turn_latency (call_id, t, endpointing_s, stt_s, llm_ttft_s, tts_ttfa_s,"
-            " voice_to_voice_s, agent_s, reply_s, listening) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            " voice_to_voice_s, agent_s, reply_s, listening, stt_confidence)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             turn_rows,
+        )
+        conn.executemany(
+            "INSERT INTO transfers (call_id, t, mode, ok, status, webhook_delivered)"
+            " VALUES (?,?,?,?,?,?)",
+            transfer_rows,
+        )
+        conn.executemany(
+            "INSERT INTO call_workflows (call_id, t, workflow, outcome, intent) VALUES (?,?,?,?,?)",
+            workflow_rows,
         )
         conn.executemany(
             "INSERT INTO call_scores (call_id, scored_at, outcome, contained,"

@@ -113,6 +113,8 @@ class TurnLatency(Event):
     receptionist, and that to the agent's first audio. ``stt_s`` (VAD stop to transcript)
     overlaps the endpointing; ``llm_ttft_s`` and ``tts_ttfa_s`` lie inside ``reply_s``.
     ``listening`` is the kind of answer the dialogue expected (``free``, ``digits``, ...).
+    ``stt_confidence`` is the STT's confidence 0..1 in the turn's last transcript (the figure
+    the dialogue gets, ``LocalWhisperSTTService.last_confidence``), ``None`` when unknown.
     """
 
     endpointing_s: float | None
@@ -123,6 +125,7 @@ class TurnLatency(Event):
     agent_s: float | None = None
     reply_s: float | None = None
     listening: str = ""
+    stt_confidence: float | None = None
 
 
 @dataclass(frozen=True)
@@ -256,13 +259,16 @@ class TransferResult(Event):
     """How a transfer ended.
 
     ``ok`` or not, the final SIP ``status`` (NOTIFY sipfrag or REFER
-    response, 0 for a timeout), and whether the CTI webhook was delivered.
+    response, 0 for a timeout), and whether the CTI webhook was delivered. ``mode`` is the
+    attempt's ``"blind"`` or ``"attended"`` (as in :class:`TransferAttempted`; ``""`` from
+    emitters that predate it).
     """
 
     handoff_id: str
     ok: bool
     status: int
     webhook_delivered: bool = False
+    mode: str = ""
 
 
 @dataclass(frozen=True)

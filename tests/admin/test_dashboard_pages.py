@@ -38,13 +38,20 @@ Client = Callable[..., TestClient]
 
 @pytest.fixture
 def seeded(admin_env: AdminEnv) -> float:
-    """Three calls in the last hour in the agent's own metadata store; returns now."""
+    """Three calls in the last hour in the agent's own metadata store; returns now.
+
+    STT confidence on 4 of the 5 turns; call-b's transfer went through on the second REFER;
+    call-a finished the FAQ, call-b reschedule (transferred).
+    """
     now = time.time()
     store = CallMetadataStore(admin_env.settings.store.metadata_db)
-    add_call(store, "call-a", now - 1800, [1.0, 1.4])
+    add_call(store, "call-a", now - 1800, [1.0, 1.4], confidence=[0.9, 0.35],
+             workflows=[("faq", "resolved")])  # fmt: skip
     add_call(store, "call-b", now - 1200, [2.0], outcome="transferred", contained=False,
-             transfer_appropriate=True)  # fmt: skip
-    add_call(store, "call-c", now - 600, [4.0, 6.0], scored=False)
+             transfer_appropriate=True, confidence=[0.7],
+             transfers=[("attended", False, 480), ("attended", True, 200)],
+             workflows=[("reschedule", "transferred")])  # fmt: skip
+    add_call(store, "call-c", now - 600, [4.0, 6.0], scored=False, confidence=[None, 0.8])
     store.close()
     return now
 
@@ -154,7 +161,10 @@ def test_viewer_sees_dashboard_but_no_calls(signed_in: Client, seeded: float) ->
     r = c.get("/")
     assert r.status_code == 200
     assert "<svg" in r.text and "Voice-to-voice" in r.text
-    assert "no STT confidence column" in r.text
+    assert "STT confidence P50" in r.text and "25.0% of 4 turns below 0.5" in r.text
+    assert "no STT confidence column" not in r.text
+    assert "attended 1/2" in r.text  # warm-transfer success from the transfer results
+    assert "Transfer success is per transfer" in r.text
     assert "The agent is not reachable" in r.text
     for url in ("/calls", "/calls/call-a", "/api/calls", "/calls?page=2"):
         assert c.get(url).status_code == 403, url
@@ -189,7 +199,14 @@ def test_dashboard_figures_buckets_and_validation(signed_in: Client, seeded: flo
     assert s["containment_rate"] == 0.5 and s["transfer_success_rate"] == 1.0
     # 1.0 1.4 2.0 4.0 6.0: nearest-rank P50 2.0, P90 6.0
     assert s["latency"] == {"turns": 5, "p50": 2.0, "p90": 6.0, "p99": 6.0}
-    assert s["stt_confidence"] is None
+    # 0.9 0.35 0.7 0.8 -> nearest-rank P50 0.7; one of four below 0.5
+    assert s["stt_confidence"] == {"turns": 4, "p50": 0.7, "low_share": 0.25}
+    assert s["transfer"]["source"] == "transfer_results"
+    assert (s["transfer"]["transfers"], s["transfer"]["success_rate"]) == (2, 0.5)
+    assert (
+        api["series"][-1]["stt_confidence"]["turns"] + api["series"][-2]["stt_confidence"]["turns"]
+        == 4
+    )  # the last hour's turns fall in the last two hour buckets
     assert len(api["series"]) == 48
     assert {a["rule"] for a in api["alerts"]} >= {"v2v_p90", "wer", "model_stage"}
     for bad in ("bucket=year", "window_hours=0", "window_hours=99999", "window_hours=x"):
@@ -207,7 +224,10 @@ def test_alert_fires_on_load_and_is_listed_with_history(
     # 1 h window: 1.0 1.4 2.0 4.0 6.0 -> P90 6.0 > 3.5 (warning), P99 6.0 > 5 (alert)
     api = c.get("/api/dashboard/summary").json()
     firing = {a["rule"] for a in api["alerts"] if a["firing"]}
-    assert firing == {"v2v_p90", "v2v_p99", "audit_verification", "model_stage"}
+    # call-b's first REFER failed: 1 of 2 transfer results (the scores alone would say 0%).
+    assert firing == {
+        "v2v_p90", "v2v_p99", "transfer_failures", "audit_verification", "model_stage"
+    }  # fmt: skip
     # The failing stage named is the one the agent reported.
     history = AlertStore(Path(c.app.state.ctx.db_path)).history(rule="model_stage")  # type: ignore[attr-defined]
     assert history[0]["state"] == "fired" and history[0]["detail"] == "audit"
@@ -229,13 +249,22 @@ def test_call_list_search_and_paging(signed_in: Client, seeded: float) -> None:
     assert r.text.index("call-c") < r.text.index("call-a")  # newest first
     assert "3/4 checks" in r.text or "4/4 checks" in r.text
     assert "1 call" in c.get("/calls?outcome=transferred").text
+    assert "reschedule: transferred" in r.text and "faq: resolved" in r.text  # workflow column
+    assert "not recorded" not in r.text
+    r = c.get("/calls?workflow=reschedule")
+    assert "1 call" in r.text and "call-b" in r.text and "call-a" not in r.text
+    assert '<option value="faq"' in r.text
+    api = c.get("/api/calls?workflow=faq").json()
+    assert [x["call_id"] for x in api["calls"]] == ["call-a"]
+    assert api["calls"][0]["workflows"] == [{"workflow": "faq", "outcome": "resolved"}]
     assert "1 call" in c.get("/calls?outcome=unscored").text
     assert "0 calls" in c.get("/calls?q=zzz").text
     api = c.get("/api/calls?per_page=2").json()
     assert api["total"] == 3 and [x["call_id"] for x in api["calls"]] == ["call-c", "call-b"]
     api = c.get("/api/calls?per_page=2&page=2").json()
     assert [x["call_id"] for x in api["calls"]] == ["call-a"]
-    for bad in ("page=0", "per_page=500", "outcome=great", "since=2025-13-01", "q=" + "x" * 200):
+    for bad in ("page=0", "per_page=500", "outcome=great", "since=2025-13-01", "q=" + "x" * 200,
+                "workflow=a%20b", "workflow=" + "w" * 65):  # fmt: skip
         assert c.get(f"/api/calls?{bad}").status_code == 422, bad
 
 

@@ -98,6 +98,8 @@ def test_rates_and_agent_status(healthy: Path) -> None:
     assert r["containment_drop"].firing is True
     assert r["compliance_flags"].value == pytest.approx(1 / 23) and r["compliance_flags"].firing
     assert r["transfer_failures"].value == pytest.approx(0.5) and r["transfer_failures"].firing
+    # No transfer result recorded in the window: derived from the post-call scores, and said so.
+    assert r["transfer_failures"].detail == "2 calls with a transfer, from post-call scores"
     assert r["wer"].value == 0.11 and r["wer"].firing is True
     assert wer_calls == [(Path("admin.sqlite"), NOW - 7 * 86400)]
     assert r["audit_verification"].firing is True
@@ -164,3 +166,39 @@ def test_alert_loop_keeps_running_after_a_failure(tmp_path: Path) -> None:
     assert len(calls) >= 2
     history = alerts.AlertStore(ctx.db_path).history()
     assert [(h["rule"], h["state"]) for h in history] == [("audit_verification", "fired")]
+
+
+def test_transfer_failures_come_from_transfer_results(healthy: Path) -> None:
+    store = CallMetadataStore(healthy)
+    # Scores alone would read 0% failed (the one attempt's call was transferred) ...
+    add_call(
+        store, "x1", NOW - 100, [1.0], outcome="transferred", contained=False,
+        transfer_appropriate=True,
+        transfers=[("attended", False, 480), ("blind", True, 200)],
+    )  # fmt: skip
+    # ... the agent's transfer results say 1 of 3 REFERs failed; one 2 days ago is outside.
+    add_call(store, "x2", NOW - 90, [1.0], transfers=[("blind", True, 202)])
+    add_call(store, "old", NOW - 2 * 86400, [1.0], transfers=[("blind", False, 0)] * 5)
+    store.close()
+    r = _by_key(alerts.evaluate(healthy, OK_STATUS, NOW))["transfer_failures"]
+    assert r.value == pytest.approx(1 / 3) and r.firing is True
+    assert r.detail == "3 transfer results"
+
+
+def test_transfer_results_all_ok_clear_the_alert(healthy: Path, tmp_path: Path) -> None:
+    store = CallMetadataStore(healthy)
+    add_call(store, "x1", NOW - 100, [1.0], transfers=[("blind", False, 486)])
+    store.close()
+    history = alerts.AlertStore(tmp_path / "admin.sqlite")
+    fired = history.record(alerts.evaluate(healthy, OK_STATUS, NOW), NOW)
+    assert [(t["rule"], t["state"], t["value"]) for t in fired] == [
+        ("transfer_failures", "fired", 1.0)
+    ]
+    store = CallMetadataStore(healthy)
+    for i in range(30):
+        add_call(store, f"ok{i}", NOW - 80 + i, [1.0], transfers=[("blind", True, 200)])
+    store.close()
+    later = NOW + 60
+    cleared = history.record(alerts.evaluate(healthy, OK_STATUS, later), later)
+    assert [(t["rule"], t["state"]) for t in cleared] == [("transfer_failures", "cleared")]
+    assert cleared[0]["value"] == pytest.approx(1 / 31)

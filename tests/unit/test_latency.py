@@ -208,3 +208,40 @@ async def test_the_agent_stage_closes_the_breakdown(events: list[Event]) -> None
     assert lat.reply_s == pytest.approx(0.45)
     assert lat.endpointing_s + lat.agent_s + lat.reply_s == pytest.approx(lat.voice_to_voice_s)
     assert lat.listening == "date"
+
+
+async def test_stt_confidence_is_the_turns_last_transcripts(events: list[Event]) -> None:
+    """Read from the STT at each transcript: the turn keeps its last one's (the dialogue's)."""
+    confidence: list[float | None] = [0.91]
+    obs = TurnLatencyObserver(
+        "c1", events.append, vad_stop_secs=0.2, stt_confidence=lambda: confidence[0]
+    )
+    await feed(
+        obs,
+        [
+            (1.0, VADUserStoppedSpeakingFrame(stop_secs=0.2)),
+            (1.2, transcript()),  # read 0.91
+            (1.3, VADUserStoppedSpeakingFrame(stop_secs=0.2)),  # the caller went on
+        ],
+    )
+    confidence[0] = 0.42
+    await feed(obs, [(1.6, transcript()), (2.0, BotStartedSpeakingFrame())])
+    confidence[0] = 0.99  # a later segment's figure does not reach the reported turn
+    await feed(obs, [(2.1, VADUserStoppedSpeakingFrame(stop_secs=0.2))])
+    confidence[0] = None  # the next turn's STT gave none
+    await feed(obs, [(2.3, transcript()), (2.8, BotStartedSpeakingFrame())])
+    assert [e.stt_confidence for e in events if isinstance(e, TurnLatency)] == [0.42, None]
+
+
+async def test_without_a_confidence_source_the_figure_is_none(events: list[Event]) -> None:
+    obs = TurnLatencyObserver("c1", events.append, vad_stop_secs=0.2)
+    await feed(
+        obs,
+        [
+            (1.0, VADUserStoppedSpeakingFrame(stop_secs=0.2)),
+            (1.2, transcript()),
+            (1.5, BotStartedSpeakingFrame()),
+        ],
+    )
+    (lat,) = events
+    assert isinstance(lat, TurnLatency) and lat.stt_confidence is None

@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 
 from appliance.events import (
     AgentSpoke,
@@ -14,10 +15,14 @@ from appliance.events import (
     CallRejected,
     CallScored,
     DtmfReceived,
+    TransferAttempted,
+    TransferResult,
     TurnEnded,
     TurnLatency,
+    WorkflowOutcome,
 )
 from appliance.metrics.store import MIGRATIONS, CallMetadataStore
+from appliance.migrations import apply_migrations
 
 
 def test_events_become_rows_without_content(tmp_path: Path) -> None:
@@ -122,3 +127,135 @@ def test_upgrade_from_001_adds_call_scores(tmp_path: Path) -> None:
     store.record_score("c1", _score("c1"))
     assert store.rates()["task_completion_rate"] == 1.0
     store.close()
+
+
+def _turn(call_id: str, t: float, confidence: float | None) -> TurnLatency:
+    return TurnLatency(
+        call_id,
+        t=t,
+        endpointing_s=0.5,
+        stt_s=0.3,
+        llm_ttft_s=None,
+        tts_ttfa_s=0.2,
+        voice_to_voice_s=1.2,
+        agent_s=0.4,
+        reply_s=0.3,
+        listening="free",
+        stt_confidence=confidence,
+    )
+
+
+def test_turn_confidence_transfers_and_workflows_become_rows(tmp_path: Path) -> None:
+    db = tmp_path / "calls.sqlite"
+    store = CallMetadataStore(db)
+    store.on_event(CallAnswered("c1", codec="PCMU", t=100.0))
+    store.on_event(TurnEnded("c1", user_text="I need to move my appointment", t=104.0))
+    store.on_event(_turn("c1", 105.0, 0.82))
+    store.on_event(_turn("c1", 110.0, None))  # the STT gave no confidence
+    store.on_event(
+        TransferAttempted(
+            "c1", mode="attended", target="sip:dr.jones@clinic.example", handoff_id="H-77", t=120.0
+        )  # fmt: skip
+    )
+    store.on_event(
+        TransferResult(
+            "c1",
+            handoff_id="H-77",
+            ok=False,
+            status=480,
+            webhook_delivered=True,
+            mode="attended",
+            t=135.0,
+        )  # fmt: skip
+    )
+    store.on_event(TransferResult("c1", handoff_id="H-78", ok=True, status=200, t=150.0))
+    store.on_event(
+        WorkflowOutcome(
+            "c1", workflow="reschedule", outcome="transferred", intent="reschedule", t=151.0
+        )
+    )
+    store.on_event(WorkflowOutcome("c1", workflow="", outcome="abandoned", t=160.0))
+    store.on_event(CallEnded("c1", disposition="caller_hangup", duration_s=60.0, t=160.0))
+    store.close()
+
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT t, stt_confidence FROM turn_latency ORDER BY t").fetchall() == [
+        (105.0, 0.82),
+        (110.0, None),
+    ]
+    assert conn.execute("SELECT turns FROM calls").fetchone() == (2,)
+    assert conn.execute(
+        "SELECT call_id, t, mode, ok, status, webhook_delivered FROM transfers ORDER BY t"
+    ).fetchall() == [("c1", 135.0, "attended", 0, 480, 1), ("c1", 150.0, "", 1, 200, 0)]
+    assert conn.execute(
+        "SELECT call_id, t, workflow, outcome, intent FROM call_workflows ORDER BY t"
+    ).fetchall() == [
+        ("c1", 151.0, "reschedule", "transferred", "reschedule"),
+        ("c1", 160.0, "", "abandoned", ""),
+    ]
+    # Neither the transfer target (a person's extension) nor the handoff id, nor content.
+    dump = "\n".join(conn.iterdump())
+    for absent in ("dr.jones", "H-77", "H-78", "move my appointment"):
+        assert absent not in dump
+    assert {r[1] for r in conn.execute("PRAGMA table_info(transfers)")} == {
+        "call_id", "t", "mode", "ok", "status", "webhook_delivered"
+    }  # fmt: skip
+    indexes = {
+        r[1] for r in conn.execute("SELECT type, name FROM sqlite_master") if r[0] == "index"
+    }
+    assert {
+        "idx_transfers_t",
+        "idx_transfers_call_id",
+        "idx_call_workflows_call_id",
+        "idx_call_workflows_workflow",
+    } <= indexes
+
+
+def test_upgrade_from_006_keeps_rows_and_records_the_new_figures(tmp_path: Path) -> None:
+    """A database an agent at 006 wrote: 007..009 add to it, its rows stay as they were."""
+    db = tmp_path / "calls.sqlite"
+    old = sqlite_utils.Database(sqlite3.connect(db))
+    names = [name for name, _ in MIGRATIONS]
+    upto = names.index("006_admin_indexes") + 1
+    assert apply_migrations(old.conn, MIGRATIONS[:upto], old) == names[:upto]
+    old.conn.execute(
+        "INSERT INTO turn_latency (call_id, t, voice_to_voice_s) VALUES ('before', 1.0, 1.5)"
+    )
+    old.conn.commit()
+    old.conn.close()
+
+    store = CallMetadataStore(db)
+    store.on_event(CallAnswered("after", codec="PCMU", t=200.0))
+    store.on_event(_turn("after", 205.0, 0.4))
+    store.on_event(TransferResult("after", handoff_id="h", ok=True, status=202, mode="blind"))
+    store.on_event(WorkflowOutcome("after", workflow="faq", outcome="resolved"))
+    store.close()
+
+    conn = sqlite3.connect(db)
+    assert [r[0] for r in conn.execute("SELECT name FROM _migrations ORDER BY rowid")] == names
+    assert conn.execute(
+        "SELECT call_id, stt_confidence FROM turn_latency ORDER BY t"
+    ).fetchall() == [
+        ("before", None),
+        ("after", 0.4),
+    ]
+    assert conn.execute("SELECT mode, ok, status FROM transfers").fetchall() == [("blind", 1, 202)]
+    assert conn.execute("SELECT workflow, outcome FROM call_workflows").fetchall() == [
+        ("faq", "resolved")
+    ]
+
+
+def test_upgrade_from_001_without_turn_table_gets_the_new_tables(tmp_path: Path) -> None:
+    db = tmp_path / "calls.sqlite"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+    conn.execute("CREATE TABLE calls (call_id TEXT PRIMARY KEY)")
+    conn.execute("INSERT INTO _migrations VALUES ('001_calls', datetime('now'))")
+    conn.commit()
+    conn.close()
+    store = CallMetadataStore(db)
+    store.on_event(TransferResult("c1", handoff_id="h", ok=False, status=0, mode="blind"))
+    store.close()
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT ok, status FROM transfers").fetchall() == [(0, 0)]
+    assert conn.execute("SELECT COUNT(*) FROM call_workflows").fetchone() == (0,)

@@ -19,6 +19,8 @@ from appliance.events import (
     CallEnded,
     CallRejected,
     CallScored,
+    TransferAttempted,
+    TransferResult,
     TurnEnded,
     TurnLatency,
 )
@@ -78,6 +80,28 @@ def metrics_db(tmp_path: Path) -> Path:
     store.on_event(CallRejected("-", status=503, reason="at_capacity", t=T))
     store.on_event(CallRejected("-", status=503, reason="at_capacity", t=T))
     store.on_event(CallRejected("-", status=403, reason="peer", t=T))
+    store.on_event(
+        TransferAttempted(
+            "secret-call-1",
+            mode="attended",
+            target="sip:dr.jones@clinic.example",
+            handoff_id="H-SECRET",
+            t=T + 10,
+        )  # fmt: skip
+    )
+    for i, (mode, ok, status) in enumerate(
+        [("attended", False, 480), ("attended", True, 200), ("blind", True, 202), ("", False, 0)]
+    ):
+        store.on_event(
+            TransferResult(
+                "secret-call-1",
+                handoff_id="H-SECRET",
+                ok=ok,
+                status=status,
+                mode=mode,
+                t=T + 11 + i,
+            )  # fmt: skip
+        )
     store.record_score("secret-call-0", _score("secret-call-0", "resolved", True))
     store.record_score("secret-call-1", _score("secret-call-1", "transferred", False))
     store.record_score(
@@ -157,6 +181,14 @@ def test_exposition_counts_and_histograms(metrics_db: Path, agent: ControlClient
     assert _value(stages, "_count", stage="llm_ttft") == 2  # templated turns have none
     assert _value(stages, "_sum", stage="agent") == pytest.approx(0.4)
 
+    transfers = fams["appliance_transfers"]
+    assert transfers.type == "counter"
+    assert _value(transfers, "_total", mode="attended", result="ok") == 1
+    assert _value(transfers, "_total", mode="attended", result="failed") == 1
+    assert _value(transfers, "_total", mode="blind", result="ok") == 1
+    assert _value(transfers, "_total", mode="unknown", result="failed") == 1  # no mode recorded
+    assert len(transfers.samples) == 4  # only the label sets seen
+
     assert _value(fams["appliance_agent_up"]) == 1
     assert _value(fams["appliance_agent_active_calls"]) == 2
     assert _value(fams["appliance_agent_draining"]) == 0
@@ -165,7 +197,7 @@ def test_exposition_counts_and_histograms(metrics_db: Path, agent: ControlClient
     assert _value(fams["appliance_stage_failed"], stage="stt") == 0
 
     # No content, no call ids.
-    for leak in ("secret-call", SECRET, "1982", "March"):
+    for leak in ("secret-call", SECRET, "1982", "March", "dr.jones", "H-SECRET"):
         assert leak not in text
 
 
@@ -175,6 +207,7 @@ def test_agent_down_and_no_database(tmp_path: Path) -> None:
     assert _value(fams["appliance_agent_up"]) == 0
     assert "appliance_agent_active_calls" not in fams
     assert fams["appliance_voice_to_voice_seconds"].samples == []  # no turns yet
+    assert fams["appliance_transfers"].samples == []
     assert not (tmp_path / "none.sqlite").exists()  # read-only: nothing created
 
 

@@ -13,8 +13,11 @@ v2v_p99              alert    voice-to-voice P99 of the last hour's turns > 5 s
 containment_drop     alert    containment of the last 24 h is more than 5 points below
                               that of the 24 h before
 compliance_flags     alert    calls with a compliance flag false > 2% of the last 24 h's
-transfer_failures    alert    calls whose transfer attempts all failed > 5% of the last
-                              24 h's calls with a transfer attempt
+transfer_failures    alert    failed transfers > 5% of the last 24 h's transfer results
+                              (``transfers``: per REFER, failed unless the final SIP
+                              status was 2xx); only when the window has no transfer
+                              result, from the post-call scores: calls whose transfer
+                              attempts all failed > 5% of calls with an attempt
 wer                  alert    word error rate of the last 7 days' reviewed calls > 8%
                               (:func:`appliance.admin.quality.wer_summary`)
 audit_verification   alert    the agent's status reports ``audit.failed``
@@ -132,8 +135,10 @@ def evaluate(
             hour = queries.latency_window(conn, now - _HOUR, now)
             day = queries.score_rates(conn, now - _DAY, now)
             before = queries.score_rates(conn, now - 2 * _DAY, now - _DAY)
+            transfer = queries.transfer_rates(conn, now - _DAY, now)
     except queries.MetricsUnavailable:
         hour, day, before = {"turns": 0}, {}, {}
+        transfer = {"failure_rate": None, "transfers": 0, "source": "call_scores"}
     turns = f"{hour['turns']} turns"
     values["v2v_p90"] = (hour.get("p90"), turns)
     values["v2v_p99"] = (hour.get("p99"), turns)
@@ -142,8 +147,10 @@ def evaluate(
     values["containment_drop"] = (drop, f"{_pct(before_c)} -> {_pct(now_c)}")
     values["compliance_flags"] = (day.get("compliance_flag_rate"), f"{day.get('scored', 0)} calls")
     values["transfer_failures"] = (
-        day.get("transfer_failure_rate"),
-        f"{day.get('transfer_attempts', 0)} calls with a transfer",
+        transfer["failure_rate"],
+        f"{transfer['transfers']} transfer results"
+        if transfer["source"] == "transfer_results"
+        else f"{transfer['transfers']} calls with a transfer, from post-call scores",
     )
     fn = wer_fn or _wer_fn()
     wer: tuple[float | None, str] = (None, "no WER data yet")

@@ -3,9 +3,10 @@
 A custom ``prometheus_client`` collector reads the agent's call metadata database
 (``settings.store.metadata_db``, opened read-only on every scrape) and the agent's live state
 (control op ``status``; an unreachable agent reads as ``appliance_agent_up 0``). Labels are
-fixed identifiers only (disposition, outcome, stage, SIP status): never a call id, a caller
-number or any text. Served at ``GET /metrics`` behind its own bearer token
-(:func:`metrics_token`), for a scrape from the box or the clinic LAN.
+fixed identifiers only (disposition, outcome, stage, SIP status, transfer mode and result):
+never a call id, a caller number, a transfer target or any text. Served at ``GET /metrics``
+behind its own bearer token (:func:`metrics_token`), for a scrape from the box or the clinic
+LAN.
 
 Metrics (Prometheus naming: ``_total`` counters, ``_seconds`` histograms):
 
@@ -18,6 +19,9 @@ Metrics (Prometheus naming: ``_total`` counters, ``_seconds`` histograms):
 - ``appliance_voice_to_voice_seconds`` and ``appliance_turn_stage_seconds{stage}``: per-turn
   histograms of the ``turn_latency`` columns (:mod:`appliance.metrics.latency`).
 - ``appliance_media_callback_errors_total``, ``appliance_media_rx_dropped_frames_total``.
+- ``appliance_transfers_total{mode,result}``: transfer results (``transfers`` table, one per
+  :class:`~appliance.events.TransferResult`) by mode (``blind``, ``attended``; ``unknown``
+  when not recorded) and result (``ok`` when the final SIP status was 2xx, else ``failed``).
 - ``appliance_agent_up``, ``appliance_agent_ready``, ``appliance_agent_draining``,
   ``appliance_agent_active_calls``, ``appliance_agent_max_calls``, ``appliance_audit_failed``,
   ``appliance_stage_failed{stage}`` from control op ``status``.
@@ -146,6 +150,11 @@ class CallMetricsCollector(Collector):
         stages = HistogramMetricFamily(
             "appliance_turn_stage_seconds", "Per-turn stage latency.", labels=["stage"]
         )
+        transfers = CounterMetricFamily(
+            "appliance_transfers",
+            "Transfer results by mode and result (ok: final SIP status 2xx).",
+            labels=["mode", "result"],
+        )
         conn = self._open()
         if conn is not None:
             try:
@@ -174,12 +183,17 @@ class CallMetricsCollector(Collector):
                     dropped.add_metric([], drops)
                 if "turn_latency" in tables:
                     self._latency(conn, v2v, stages)
+                if "transfers" in tables:
+                    for mode, ok, n in conn.execute(
+                        "SELECT mode, ok, COUNT(*) FROM transfers GROUP BY mode, ok ORDER BY 1, 2"
+                    ):
+                        transfers.add_metric([mode or "unknown", "ok" if ok else "failed"], n)
             except sqlite3.Error as exc:
                 _LOGGER.error("metrics database unreadable: %s", type(exc).__name__)
             finally:
                 conn.close()
         yield from (calls, scored, contained, escalations, flags, rejections, cb_errors, dropped)
-        yield from (v2v, stages)
+        yield from (v2v, stages, transfers)
 
     def _open(self) -> sqlite3.Connection | None:
         if not self.metrics_db.exists():

@@ -3,8 +3,10 @@
 The admin page opens ``settings.store.metadata_db`` (written only by the agent's
 :class:`appliance.metrics.store.CallMetadataStore`) read-only, ``mode=ro`` (SQLite URI
 filenames, https://sqlite.org/uri.html), and never writes it. Schema: ``calls``,
-``turn_latency``, ``call_scores`` and ``call_media`` (migrations in
-:mod:`appliance.metrics.store`; ``006_admin_indexes`` adds the indexes these queries use).
+``turn_latency``, ``call_scores``, ``call_media``, ``transfers`` and ``call_workflows``
+(migrations in :mod:`appliance.metrics.store`; ``006_admin_indexes``, ``008_transfers`` and
+``009_call_workflows`` add the indexes these queries use). A database from an agent that
+predates ``007``..``009`` reads as having no STT confidence, transfer results or workflows.
 
 Times are epoch seconds (UTC); latencies seconds. Buckets are aligned to UTC: hours and days
 on the epoch, weeks on Mondays 00:00 UTC.
@@ -13,13 +15,18 @@ Percentiles use the nearest-rank method (the smallest value with at least ``q`` 
 values at or below it; NIST/Hyndman & Fan definition 1) over all of a window's rows, computed
 in Python on the rows SQLite returns. No interpolation: every figure shown is one measured turn.
 
-What the store does not record is reported as such, never estimated: there is no STT
-confidence column (``stt_confidence`` is always ``None``) and no workflow per call.
-Transfers are known per call from the post-call score only: a call with a transfer attempt
-has a non-NULL ``transfer_appropriate``, and one whose transfer succeeded is not
-``contained`` (:mod:`appliance.policy.scoring`), so the transfer success rate is
-calls with a successful transfer / calls with an attempt (per call, not per REFER, and
-attended and blind transfers together).
+STT confidence is the STT's own 0..1 figure per caller turn (``turn_latency.stt_confidence``,
+``NULL`` for turns without one, which are left out): its P50 and the share of turns below
+:data:`LOW_CONFIDENCE`.
+
+Transfers are counted from the agent's transfer results (``transfers``, one row per
+:class:`~appliance.events.TransferResult`: per REFER, ``ok`` when the final SIP status was
+2xx). Only when a window has no transfer result does :func:`transfer_rates` fall back to the
+post-call score's derivation and say so (``source``): a call with a transfer attempt has a
+non-NULL ``transfer_appropriate``, and one whose transfer succeeded is not ``contained``
+(:mod:`appliance.policy.scoring`), so that rate is calls with a successful transfer / calls
+with an attempt (per call, attended and blind together). :func:`score_rates` keeps the
+score-derived ``transfer_*`` keys as they were.
 """
 
 from __future__ import annotations
@@ -46,6 +53,9 @@ _WEEK_OFFSET = 4 * 86400
 #: (``voice_to_voice_s == endpointing_s + agent_s + reply_s``; ``stt_s`` overlaps the
 #: endpointing; ``llm_ttft_s`` and ``tts_ttfa_s`` lie inside ``reply_s``).
 STAGES = ("endpointing_s", "stt_s", "agent_s", "reply_s", "llm_ttft_s", "tts_ttfa_s")
+
+#: STT confidence (0..1) below which a turn counts as low-confidence (strictly below).
+LOW_CONFIDENCE = 0.5
 
 #: Sortable call-list outcomes (those :mod:`appliance.policy.scoring` writes) and filters.
 OUTCOMES = ("resolved", "transferred", "message_taken", "abandoned", "caller_silent")
@@ -76,6 +86,17 @@ def open_metrics(path: Path) -> Iterator[sqlite3.Connection]:
         raise MetricsUnavailable("call metadata database cannot be read") from exc
     finally:
         conn.close()
+
+
+def _features(conn: sqlite3.Connection) -> frozenset[str]:
+    """The ``007``..``009`` additions the database has (one not yet migrated lacks them)."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    found = {t for t in ("transfers", "call_workflows") if t in tables}
+    if "turn_latency" in tables and any(
+        r[1] == "stt_confidence" for r in conn.execute("PRAGMA table_info(turn_latency)")
+    ):
+        found.add("stt_confidence")
+    return frozenset(found)
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float | None:
@@ -164,13 +185,85 @@ def latency_window(conn: sqlite3.Connection, since: float, until: float) -> dict
     }
 
 
+def _confidence_figures(sorted_values: Sequence[float]) -> dict[str, Any]:
+    low = sum(1 for v in sorted_values if v < LOW_CONFIDENCE)
+    return {
+        "turns": len(sorted_values),
+        "p50": percentile(sorted_values, 0.5),
+        "low_share": _rate(low, len(sorted_values)),
+    }
+
+
+def stt_confidence_window(conn: sqlite3.Connection, since: float, until: float) -> dict[str, Any]:
+    """STT confidence (0..1, the STT's own figure) of the caller turns in ``[since, until)``.
+
+    Returns:
+        ``turns`` (with a confidence), ``p50`` (nearest rank) and ``low_share`` (turns below
+        :data:`LOW_CONFIDENCE` / turns); ``None`` figures with no such turns.
+    """
+    if "stt_confidence" not in _features(conn):
+        return _confidence_figures([])
+    values = [
+        r[0]
+        for r in conn.execute(
+            "SELECT stt_confidence FROM turn_latency WHERE t >= ? AND t < ? "
+            "AND stt_confidence IS NOT NULL ORDER BY stt_confidence",
+            [since, until],
+        )
+    ]
+    return _confidence_figures(values)
+
+
+def transfer_rates(conn: sqlite3.Connection, since: float, until: float) -> dict[str, Any]:
+    """Transfer success in ``[since, until)``: from transfer results, else from the scores.
+
+    Returns:
+        ``source``: ``"transfer_results"`` (``transfers`` rows by their time ``t``) or,
+        when the window has none, ``"call_scores"`` (the post-call score's per-call
+        derivation, by ``scored_at``; see the module notes). ``transfers``: results (or
+        calls with an attempt); ``succeeded``; ``success_rate`` and ``failure_rate``
+        (``None`` with none); ``by_mode``: ``{mode: {"transfers", "succeeded",
+        "success_rate"}}`` for transfer results (``"unknown"`` for a result without a mode;
+        empty for the fallback).
+    """
+    by_mode: dict[str, dict[str, Any]] = {}
+    if "transfers" in _features(conn):
+        for mode, n, ok in conn.execute(
+            "SELECT mode, COUNT(*), SUM(ok) FROM transfers WHERE t >= ? AND t < ? GROUP BY mode",
+            [since, until],
+        ):
+            by_mode[mode or "unknown"] = {
+                "transfers": n,
+                "succeeded": ok or 0,
+                "success_rate": _rate(ok, n),
+            }
+    if by_mode:
+        n = sum(m["transfers"] for m in by_mode.values())
+        ok = sum(m["succeeded"] for m in by_mode.values())
+        source = "transfer_results"
+    else:
+        scores = score_rates(conn, since, until)
+        n = scores["transfer_attempts"]
+        rate = scores["transfer_success_rate"]
+        ok = 0 if rate is None else round(rate * n)
+        source = "call_scores"
+    return {
+        "source": source,
+        "transfers": n,
+        "succeeded": ok,
+        "success_rate": _rate(ok, n),
+        "failure_rate": _rate(n - ok, n),
+        "by_mode": by_mode,
+    }
+
+
 def summary(conn: sqlite3.Connection, now: float, window_s: float = 86400.0) -> dict[str, Any]:
     """Headline figures of the last ``window_s`` seconds before ``now``.
 
     Returns:
         ``calls`` (answered in the window), the :func:`score_rates` keys, ``latency``
-        (:func:`latency_window`), ``stt_confidence`` (always ``None``: not recorded),
-        ``since`` and ``until``.
+        (:func:`latency_window`), ``stt_confidence`` (:func:`stt_confidence_window`),
+        ``transfer`` (:func:`transfer_rates`), ``since`` and ``until``.
     """
     since = now - window_s
     (calls,) = conn.execute(
@@ -182,7 +275,8 @@ def summary(conn: sqlite3.Connection, now: float, window_s: float = 86400.0) -> 
         "calls": calls,
         **score_rates(conn, since, now),
         "latency": latency_window(conn, since, now),
-        "stt_confidence": None,
+        "stt_confidence": stt_confidence_window(conn, since, now),
+        "transfer": transfer_rates(conn, since, now),
     }
 
 
@@ -211,8 +305,11 @@ def series(conn: sqlite3.Connection, bucket: str, now: float) -> list[dict[str, 
 
     Returns:
         One dict per bucket, oldest first: ``start`` (epoch s), ``calls``, the
-        :func:`score_rates` keys, ``turns``, ``v2v_p50``, ``v2v_p90`` (s) and ``stages``
-        (each of :data:`STAGES` to its P50 in s, ``None`` without figures).
+        :func:`score_rates` keys, ``turns``, ``v2v_p50``, ``v2v_p90`` (s), ``stages``
+        (each of :data:`STAGES` to its P50 in s, ``None`` without figures),
+        ``stt_confidence`` (:func:`stt_confidence_window`'s figures for the bucket's turns),
+        ``transfer_results`` and ``transfer_results_succeeded`` (``transfers`` rows by ``t``)
+        and ``transfer_result_success_rate`` (``None`` without results).
 
     Raises:
         KeyError: ``bucket`` is not one of :data:`BUCKETS`.
@@ -239,9 +336,29 @@ def _compute(
     offset = _WEEK_OFFSET if bucket == "week" else 0
     starts = [first + i * size for i in range(round((end - first) / size))]
     out: dict[float, dict[str, Any]] = {
-        s: {"start": s, "calls": 0, **_score_rates((0, 0, 0, 0, 0, 0, 0))} for s in starts
+        s: {
+            "start": s,
+            "calls": 0,
+            **_score_rates((0, 0, 0, 0, 0, 0, 0)),
+            "transfer_results": 0,
+            "transfer_results_succeeded": 0,
+            "transfer_result_success_rate": None,
+        }
+        for s in starts
     }
     span = [offset, size, first, end]
+    features = _features(conn)
+    if "transfers" in features:
+        for b, n, ok in conn.execute(
+            "SELECT CAST((t - ?) / ? AS INTEGER), COUNT(*), SUM(ok) FROM transfers "
+            "WHERE t >= ? AND t < ? GROUP BY 1",
+            span,
+        ):
+            out[b * size + offset].update(
+                transfer_results=n,
+                transfer_results_succeeded=ok or 0,
+                transfer_result_success_rate=_rate(ok, n),
+            )
     for b, n in conn.execute(
         "SELECT CAST((answered_at - ?) / ? AS INTEGER), COUNT(*) FROM calls "
         "WHERE answered_at >= ? AND answered_at < ? GROUP BY 1",
@@ -254,7 +371,9 @@ def _compute(
         span,
     ):
         out[row[0] * size + offset].update(_score_rates(row[1:]))
-    columns = ("voice_to_voice_s", *STAGES)
+    columns: tuple[str, ...] = ("voice_to_voice_s", *STAGES)
+    if "stt_confidence" in features:
+        columns += ("stt_confidence",)
     values: dict[float, list[list[float]]] = {s: [[] for _ in columns] for s in starts}
     rows = conn.execute(
         f"SELECT CAST((t - ?) / ? AS INTEGER), {', '.join(columns)} FROM turn_latency "
@@ -275,6 +394,8 @@ def _compute(
         out[s]["v2v_p50"] = percentile(v2v, 0.5)
         out[s]["v2v_p90"] = percentile(v2v, 0.9)
         out[s]["stages"] = {stage: percentile(lists[i + 1], 0.5) for i, stage in enumerate(STAGES)}
+        confidence = lists[len(STAGES) + 1] if len(lists) > len(STAGES) + 1 else []
+        out[s]["stt_confidence"] = _confidence_figures(confidence)
     return out
 
 
@@ -288,6 +409,7 @@ class CallFilter:
         disposition: Exact ``calls.disposition`` (``caller_hangup``, ...).
         since: Answered at or after (epoch s).
         until: Answered before (epoch s).
+        workflow: A workflow id the call reached an outcome in (``call_workflows``).
     """
 
     call_id: str = ""
@@ -295,6 +417,7 @@ class CallFilter:
     disposition: str = ""
     since: float | None = None
     until: float | None = None
+    workflow: str = ""
 
 
 def _escape_like(text: str) -> str:
@@ -310,11 +433,16 @@ def list_calls(
     apply (disclosure, identity before PHI, no card number, and transfer appropriateness when
     a transfer was attempted), e.g. ``(3, 3)``; ``None`` for a call not scored yet.
 
+    ``workflows`` lists the call's workflow outcomes in time order (``call_workflows``:
+    ``{"workflow", "outcome"}``, workflow ``""`` for an outcome outside a workflow); empty
+    when none was recorded.
+
     Returns:
         ``(rows, total)``; each row has ``call_id``, ``answered_at``, ``duration_s``,
         ``disposition``, ``turns``, ``outcome``, ``contained``, ``sentiment``, ``score``
-        (``(passed, checks)`` or ``None``).
+        (``(passed, checks)`` or ``None``) and ``workflows``.
     """
+    features = _features(conn)
     where: list[str] = []
     params: list[Any] = []
     if flt.call_id:
@@ -334,6 +462,11 @@ def list_calls(
     if flt.until is not None:
         where.append("c.answered_at < ?")
         params.append(flt.until)
+    if flt.workflow:
+        if "call_workflows" not in features:
+            return [], 0
+        where.append("c.call_id IN (SELECT call_id FROM call_workflows WHERE workflow = ?)")
+        params.append(flt.workflow)
     clause = ("WHERE " + " AND ".join(where)) if where else ""
     # Join the scores while filtering only when a filter needs them; page in index order
     # (answered_at, rowid), then join the page's scores.
@@ -349,7 +482,28 @@ def list_calls(
         "ORDER BY p.answered_at DESC, p.rid DESC",
         [*params, per_page, (page - 1) * per_page],
     ).fetchall()
-    return [_call_row(r) for r in rows], total
+    out = [_call_row(r) for r in rows]
+    flows = _workflows_of(conn, [r["call_id"] for r in out], features)
+    for r in out:
+        r["workflows"] = flows.get(r["call_id"], [])
+    return out, total
+
+
+def _workflows_of(
+    conn: sqlite3.Connection, call_ids: list[str], features: frozenset[str]
+) -> dict[str, list[dict[str, str]]]:
+    """The workflow outcomes of ``call_ids`` in time order (one indexed query)."""
+    if not call_ids or "call_workflows" not in features:
+        return {}
+    out: dict[str, list[dict[str, str]]] = {}
+    marks = ", ".join("?" * len(call_ids))
+    for call_id, workflow, outcome in conn.execute(
+        "SELECT call_id, workflow, outcome FROM call_workflows "
+        f"WHERE call_id IN ({marks}) ORDER BY call_id, t, rowid",
+        call_ids,
+    ):
+        out.setdefault(call_id, []).append({"workflow": workflow, "outcome": outcome})
+    return out
 
 
 def _call_row(r: Sequence[Any]) -> dict[str, Any]:
@@ -375,8 +529,11 @@ def call_detail(conn: sqlite3.Connection, call_id: str) -> dict[str, Any] | None
         ``ended_at``, ``codec``, ``barge_ins``, ``flags`` (score flag name to bool, or
         ``None`` when not applicable), ``media`` (``call_media`` row or ``None``) and
         ``turn_rows`` (per turn in time order: ``t`` and the :data:`STAGES` and
-        ``voice_to_voice_s`` in s, ``listening``).
+        ``voice_to_voice_s`` in s, ``listening``, ``stt_confidence`` 0..1 or ``None``),
+        ``workflows`` (as in :func:`list_calls`) and ``transfers`` (``t``, ``mode``, ``ok``,
+        ``status``, per transfer result in time order).
     """
+    features = _features(conn)
     row = conn.execute(
         "SELECT c.call_id, c.answered_at, c.duration_s, c.disposition, c.turns, s.outcome, "
         "s.contained, s.sentiment, s.disclosure_ok, s.identity_before_phi_ok, "
@@ -417,13 +574,27 @@ def call_detail(conn: sqlite3.Connection, call_id: str) -> dict[str, Any] | None
         )
     )
     columns = ("t", "voice_to_voice_s", *STAGES, "listening")
+    confidence = "stt_confidence" if "stt_confidence" in features else "NULL"
     detail["turn_rows"] = [
-        dict(zip(columns, r, strict=True))
+        dict(zip((*columns, "stt_confidence"), r, strict=True))
         for r in conn.execute(
-            f"SELECT {', '.join(columns)} FROM turn_latency WHERE call_id = ? ORDER BY t",
+            f"SELECT {', '.join(columns)}, {confidence} FROM turn_latency "
+            "WHERE call_id = ? ORDER BY t",
             [call_id],
         )
     ]
+    detail["workflows"] = _workflows_of(conn, [call_id], features).get(call_id, [])
+    detail["transfers"] = (
+        [
+            {"t": t, "mode": mode, "ok": bool(ok), "status": status}
+            for t, mode, ok, status in conn.execute(
+                "SELECT t, mode, ok, status FROM transfers WHERE call_id = ? ORDER BY t, rowid",
+                [call_id],
+            )
+        ]
+        if "transfers" in features
+        else []
+    )
     return detail
 
 
@@ -433,5 +604,24 @@ def dispositions(conn: sqlite3.Connection) -> list[str]:
         r[0]
         for r in conn.execute(
             "SELECT DISTINCT disposition FROM calls WHERE disposition IS NOT NULL ORDER BY 1"
+        )
+    ]
+
+
+def workflows(conn: sqlite3.Connection) -> list[str]:
+    """The distinct workflow ids with a recorded outcome (for the search form; no ``""``).
+
+    A skip scan of the ``(workflow, call_id)`` index: one seek per distinct id, not a pass
+    over every row.
+    """
+    if "call_workflows" not in _features(conn):
+        return []
+    return [
+        r[0]
+        for r in conn.execute(
+            "WITH RECURSIVE w(id) AS ("
+            "SELECT MIN(workflow) FROM call_workflows WHERE workflow > '' "
+            "UNION ALL SELECT (SELECT MIN(workflow) FROM call_workflows WHERE workflow > w.id) "
+            "FROM w WHERE w.id IS NOT NULL) SELECT id FROM w WHERE id IS NOT NULL"
         )
     ]

@@ -121,6 +121,7 @@ class Transfers:
                 ok=ok,
                 status=status,
                 webhook_delivered=delivered,
+                mode=cfg.mode,
             )
         )
         _LOGGER.info(

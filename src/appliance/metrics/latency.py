@@ -13,6 +13,9 @@ Stages, all in seconds, for each caller turn (reference: the pipecat frame flow)
   :class:`LLMContextFrame` it hands to the LLM).
 * ``reply_s``: that reply to :class:`BotStartedSpeakingFrame` (LLM, TTS or the phrase cache,
   and the output queue).
+* ``stt_confidence`` (0..1, not a time): the STT's confidence in the turn's last transcript,
+  read from ``stt_confidence`` when the observer sees that :class:`TranscriptionFrame` (the
+  figure the dialogue gets for the turn); ``None`` when the STT gives none.
 * ``voice_to_voice_s``: caller's last voice to :class:`BotStartedSpeakingFrame` (agent audio
   queued to the wire), measured inside the process; it equals
   ``endpointing_s + agent_s + reply_s``. The wire-level figure is measured by the calling peer
@@ -51,6 +54,7 @@ class _Turn:
     llm_ttft: float | None = None
     tts_ttfa: float | None = None
     replied: float | None = None
+    confidence: float | None = None
 
     @property
     def voice_end(self) -> float:
@@ -75,6 +79,8 @@ class TurnLatencyObserver(BaseObserver):
         tts_name: Substring of the TTS processor's name.
         agent_name: Substring of the receptionist's name (whose reply frames end ``agent_s``).
         listening: Returns the kind of answer the dialogue expects (recorded per turn).
+        stt_confidence: Returns the STT's confidence 0..1 in its last transcript, or ``None``
+            (``LocalWhisperSTTService.last_confidence``); read at each transcript.
     """
 
     def __init__(
@@ -87,6 +93,7 @@ class TurnLatencyObserver(BaseObserver):
         tts_name: str = "TTS",
         agent_name: str = "Receptionist",
         listening: Callable[[], str] = lambda: "",
+        stt_confidence: Callable[[], float | None] = lambda: None,
     ) -> None:
         super().__init__(observe_every_push=False)
         self._call_id = call_id
@@ -96,6 +103,7 @@ class TurnLatencyObserver(BaseObserver):
         self._tts_name = tts_name
         self._agent_name = agent_name
         self._listening = listening
+        self._stt_confidence = stt_confidence
         self._kind = ""
         self._turn: _Turn | None = None
         self.turns: list[TurnLatency] = []
@@ -125,6 +133,7 @@ class TurnLatencyObserver(BaseObserver):
         elif isinstance(frame, TranscriptionFrame):
             if self._turn.transcript is None:
                 self._turn.transcript = now
+            self._turn.confidence = self._stt_confidence()  # the turn's last transcript's
         elif isinstance(frame, MetricsFrame):
             for item in frame.data:
                 if isinstance(item, TTFBMetricsData) and item.value > 0:
@@ -150,6 +159,7 @@ class TurnLatencyObserver(BaseObserver):
                 agent_s=agent_s,
                 reply_s=reply_s,
                 listening=self._kind,
+                stt_confidence=turn.confidence,
             )
             self.turns.append(latency)
             self._emit(latency)

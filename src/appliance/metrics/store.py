@@ -9,6 +9,14 @@ transaction. No transcript, digit or caller number is stored here; the encrypted
 Post-call scores (:class:`~appliance.events.CallScored`, made by ``appliance.policy.scoring``)
 go to ``call_scores`` without their ``summary`` (content); :meth:`CallMetadataStore.rates`
 aggregates them into containment, escalation, task completion and compliance failure rates.
+
+Per-turn STT confidence (0..1, :attr:`~appliance.events.TurnLatency.stt_confidence`) is a
+``turn_latency`` column (``007_turn_stt_confidence``). Transfer results
+(:class:`~appliance.events.TransferResult`) go to ``transfers`` (``008_transfers``): call id,
+time, mode, ok, final SIP status and webhook delivery; never the target URI (a configured
+extension can be one person's phone) nor the handoff id (the figures need neither).
+Workflow outcomes (:class:`~appliance.events.WorkflowOutcome`: fixed workflow, outcome and
+intent identifiers) go to ``call_workflows`` (``009_call_workflows``), one row per event.
 """
 
 from __future__ import annotations
@@ -33,7 +41,9 @@ from appliance.events import (
     DisclosurePlayed,
     Event,
     MediaStats,
+    TransferResult,
     TurnLatency,
+    WorkflowOutcome,
 )
 from appliance.migrations import apply_migrations
 
@@ -143,6 +153,52 @@ def _m006_admin_indexes(db: sqlite_utils.Database) -> None:
             db.table(table).create_index(columns, if_not_exists=True)
 
 
+def _m007_turn_stt_confidence(db: sqlite_utils.Database) -> None:
+    # The STT's confidence 0..1 per caller turn; NULL for turns recorded before this.
+    # Read through the turn_latency(t) index with the other per-turn figures: no index of its own.
+    table = db.table("turn_latency")
+    if table.exists() and "stt_confidence" not in table.columns_dict:
+        table.add_column("stt_confidence", float)
+
+
+def _m008_transfers(db: sqlite_utils.Database) -> None:
+    # One row per TransferResult: ok 0/1, the final SIP status (0: timed out), the webhook's
+    # delivery 0/1, mode "blind"/"attended" ("" when the emitter gave none). No target URI.
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS transfers (
+            call_id TEXT NOT NULL,
+            t REAL NOT NULL,
+            mode TEXT NOT NULL DEFAULT '',
+            ok INTEGER NOT NULL,
+            status INTEGER NOT NULL,
+            webhook_delivered INTEGER NOT NULL DEFAULT 0
+        )"""
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS idx_transfers_t ON transfers (t, mode, ok)")
+    db.execute("CREATE INDEX IF NOT EXISTS idx_transfers_call_id ON transfers (call_id)")
+
+
+def _m009_call_workflows(db: sqlite_utils.Database) -> None:
+    # One row per WorkflowOutcome (a call can finish several workflows); workflow "" is an
+    # outcome outside any workflow (abandoned, caller silent). Fixed identifiers only.
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS call_workflows (
+            call_id TEXT NOT NULL,
+            t REAL NOT NULL,
+            workflow TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            intent TEXT NOT NULL DEFAULT ''
+        )"""
+    )
+    db.execute(
+        "CREATE INDEX IF NOT EXISTS idx_call_workflows_call_id ON call_workflows (call_id, t)"
+    )
+    db.execute(
+        "CREATE INDEX IF NOT EXISTS idx_call_workflows_workflow "
+        "ON call_workflows (workflow, call_id)"
+    )
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_calls", _m001_calls),
     ("002_call_scores", _m002_call_scores),
@@ -150,6 +206,9 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("004_turn_stages", _m004_turn_stages),
     ("005_call_channel", _m005_call_channel),
     ("006_admin_indexes", _m006_admin_indexes),
+    ("007_turn_stt_confidence", _m007_turn_stt_confidence),
+    ("008_transfers", _m008_transfers),
+    ("009_call_workflows", _m009_call_workflows),
 ]
 
 
@@ -211,7 +270,9 @@ class CallMetadataStore:
             | TurnLatency
             | BargeIn
             | DisclosurePlayed
-            | MediaStats,
+            | MediaStats
+            | TransferResult
+            | WorkflowOutcome,
         ):
             self._queue.put(event)
 
@@ -367,6 +428,7 @@ class CallMetadataStore:
                     "agent_s": event.agent_s,
                     "reply_s": event.reply_s,
                     "listening": event.listening,
+                    "stt_confidence": event.stt_confidence,
                 }
             )
             db.execute("UPDATE calls SET turns = turns + 1 WHERE call_id = ?", [event.call_id])
@@ -388,6 +450,25 @@ class CallMetadataStore:
             row = asdict(event)
             del row["t"]
             db.table("call_media").upsert(row, pk="call_id")
+        elif isinstance(event, TransferResult):
+            db.execute(
+                "INSERT INTO transfers (call_id, t, mode, ok, status, webhook_delivered) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    event.call_id,
+                    event.t,
+                    event.mode,
+                    int(event.ok),
+                    event.status,
+                    int(event.webhook_delivered),
+                ],
+            )
+        elif isinstance(event, WorkflowOutcome):
+            db.execute(
+                "INSERT INTO call_workflows (call_id, t, workflow, outcome, intent) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [event.call_id, event.t, event.workflow, event.outcome, event.intent],
+            )
         elif isinstance(event, CallRejected):
             db.table("rejections").insert(
                 {"t": event.t, "status": event.status, "reason": event.reason}

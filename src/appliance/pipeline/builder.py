@@ -243,7 +243,11 @@ def build_call_pipeline(
         ]
     )
     latency = TurnLatencyObserver(
-        call_id, emit, vad_stop_secs=VAD_STOP_SECS, listening=lambda: dialog.listening.kind
+        call_id,
+        emit,
+        vad_stop_secs=VAD_STOP_SECS,
+        listening=lambda: dialog.listening.kind,
+        stt_confidence=lambda: stt.last_confidence,
     )
 
     async def on_stage_failure(stage: str) -> None:

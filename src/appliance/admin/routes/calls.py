@@ -34,6 +34,8 @@ PER_PAGE = 50
 
 Outcome = Literal["", "resolved", "transferred", "message_taken", "abandoned", "caller_silent",
                   "unscored"]  # fmt: skip
+#: A workflow id as the workflows' config names them (a fixed identifier).
+WORKFLOW_PATTERN = r"^[A-Za-z0-9_.:-]*$"
 CallId = Annotated[str, PathParam(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")]
 
 #: Timeline CSS class by audit event kind.
@@ -58,7 +60,9 @@ def _day(text: str, name: str) -> float | None:
     return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp()
 
 
-def _filter(q: str, outcome: str, disposition: str, since: str, until: str) -> queries.CallFilter:
+def _filter(
+    q: str, outcome: str, disposition: str, since: str, until: str, workflow: str = ""
+) -> queries.CallFilter:
     end = _day(until, "until")
     return queries.CallFilter(
         call_id=q.strip(),
@@ -66,6 +70,7 @@ def _filter(q: str, outcome: str, disposition: str, since: str, until: str) -> q
         disposition=disposition.strip(),
         since=_day(since, "since"),
         until=None if end is None else end + 86400,  # the "until" day is included
+        workflow=workflow,
     )
 
 
@@ -76,7 +81,12 @@ def _metrics(request: Request) -> Path:
 def _query_list(path: Path, flt: queries.CallFilter, page: int, per_page: int) -> dict[str, Any]:
     with queries.open_metrics(path) as conn:
         rows, total = queries.list_calls(conn, flt, page, per_page)
-        return {"rows": rows, "total": total, "dispositions": queries.dispositions(conn)}
+        return {
+            "rows": rows,
+            "total": total,
+            "dispositions": queries.dispositions(conn),
+            "workflows": queries.workflows(conn),
+        }
 
 
 @router.get("/calls", response_class=HTMLResponse)
@@ -87,19 +97,21 @@ async def call_list(
     disposition: str = Query("", max_length=64),
     since: str = Query("", max_length=10, description="First day, YYYY-MM-DD (UTC)."),
     until: str = Query("", max_length=10, description="Last day, YYYY-MM-DD (UTC)."),
+    workflow: str = Query("", max_length=64, pattern=WORKFLOW_PATTERN),
     page: int = Query(1, ge=1, le=1_000_000),
     principal: Principal = Depends(VIEW),  # noqa: B008 - FastAPI dependency
 ) -> HTMLResponse:
     """Searchable call list, newest first, 50 a page."""
-    flt = _filter(q, outcome, disposition, since, until)
+    flt = _filter(q, outcome, disposition, since, until, workflow)
     try:
         data = await asyncio.to_thread(_query_list, _metrics(request), flt, page, PER_PAGE)
         problem = ""
     except queries.MetricsUnavailable as exc:
-        data, problem = {"rows": [], "total": 0, "dispositions": []}, str(exc)
+        data = {"rows": [], "total": 0, "dispositions": [], "workflows": []}
+        problem = str(exc)
     pages = max(1, -(-data["total"] // PER_PAGE))
     params = {"q": q, "outcome": outcome, "disposition": disposition, "since": since,
-              "until": until}  # fmt: skip
+              "until": until, "workflow": workflow}  # fmt: skip
     return render(
         request,
         "calls/list.html",
@@ -120,6 +132,7 @@ async def api_calls(
     disposition: str = Query("", max_length=64),
     since: str = Query("", max_length=10, description="First day, YYYY-MM-DD (UTC)."),
     until: str = Query("", max_length=10, description="Last day, YYYY-MM-DD (UTC)."),
+    workflow: str = Query("", max_length=64, pattern=WORKFLOW_PATTERN),
     page: int = Query(1, ge=1, le=1_000_000),
     per_page: int = Query(50, ge=1, le=200),
     principal: Principal = Depends(VIEW),  # noqa: B008 - FastAPI dependency
@@ -127,10 +140,12 @@ async def api_calls(
     """Calls matching the search, newest first: metadata and score only, never content.
 
     Each call: ``call_id``, ``answered_at`` (epoch s), ``duration_s``, ``disposition``,
-    ``turns``, ``outcome``, ``contained``, ``sentiment`` and ``score`` (``[passed, checks]``).
-    ``available`` is false while there is no call metadata yet.
+    ``turns``, ``outcome``, ``contained``, ``sentiment``, ``score`` (``[passed, checks]``)
+    and ``workflows`` (``[{"workflow", "outcome"}]`` in time order, fixed identifiers).
+    ``workflow`` keeps the calls with an outcome in that workflow. ``available`` is false
+    while there is no call metadata yet.
     """
-    flt = _filter(q, outcome, disposition, since, until)
+    flt = _filter(q, outcome, disposition, since, until, workflow)
     try:
         data = await asyncio.to_thread(_query_list, _metrics(request), flt, page, per_page)
     except queries.MetricsUnavailable:

@@ -50,8 +50,23 @@ def _load(metrics_db: Path, bucket: str, now: float) -> dict[str, Any]:
         }
 
 
+def transfer_source(series: list[dict[str, Any]]) -> str:
+    """``"transfer_results"`` when any bucket of the range has one, else ``"call_scores"``.
+
+    The chart's transfer success line then comes from the agent's transfer results
+    (``transfer_result_success_rate``), or, for a range without any, from the post-call
+    scores (``transfer_success_rate``), never a mix of the two.
+    """
+    return "transfer_results" if any(b["transfer_results"] for b in series) else "call_scores"
+
+
 def _charts(series: list[dict[str, Any]], bucket: str) -> dict[str, Markup]:
     labels = [charts.bucket_label(b["start"], bucket) for b in series]
+    transfer_key = (
+        "transfer_result_success_rate"
+        if transfer_source(series) == "transfer_results"
+        else "transfer_success_rate"
+    )
 
     def col(key: str) -> list[float | None]:
         return [b[key] for b in series]
@@ -68,7 +83,7 @@ def _charts(series: list[dict[str, Any]], bucket: str) -> dict[str, Markup]:
                 charts.Series("Containment", col("containment_rate")),
                 charts.Series("Task completion", col("task_completion_rate")),
                 charts.Series("Escalation", col("escalation_rate")),
-                charts.Series("Transfer success", col("transfer_success_rate")),
+                charts.Series("Transfer success", col(transfer_key)),
             ],
             unit="%",
             y_max=1.0,
@@ -90,6 +105,17 @@ def _charts(series: list[dict[str, Any]], bucket: str) -> dict[str, Markup]:
             labels,
             [charts.Series(name, stage(key)) for name, key in INNER],
             unit="s",
+        ),
+        "stt": charts.line_chart(
+            "STT confidence",
+            labels,
+            [
+                charts.Series("P50", [b["stt_confidence"]["p50"] for b in series]),
+                charts.Series(
+                    "Share of turns below 0.5", [b["stt_confidence"]["low_share"] for b in series]
+                ),
+            ],
+            y_max=1.0,
         ),
         "compliance": charts.line_chart(
             "Compliance-flag rate",
@@ -157,7 +183,9 @@ async def dashboard(
             "v2v": charts.legend(["P50", "P90"]),
             "stages": charts.legend([name for name, _ in STACKED]),
             "inner": charts.legend([name for name, _ in INNER]),
+            "stt": charts.legend(["P50", "Share of turns below 0.5"]),
         },
+        transfer_source=transfer_source(data["series"]) if data else "",
         alerts=_alert_rows(readings, current),
         history=history,
         rules=alerts.RULES_BY_KEY,
@@ -195,6 +223,9 @@ async def api_summary(
 
     ``available`` is false (and the figures absent) while there is no call metadata yet.
     Latencies are seconds, rates fractions, times epoch seconds; percentiles nearest-rank.
+    ``summary.stt_confidence`` is the STT's per-turn confidence (0..1: ``p50``, ``low_share``
+    below 0.5); ``summary.transfer`` says its ``source`` (``transfer_results`` or, with none
+    in the window, ``call_scores``) (:mod:`appliance.admin.queries`).
     """
     ctx = get_ctx(request)
     now = time.time()
