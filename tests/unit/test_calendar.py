@@ -480,3 +480,25 @@ def test_one_name_heard_right_and_the_other_close_still_verifies(tmp_path: Path)
         assert cal.find_patient("Asia", "Khan", date(1990, 7, 16)) is None  # DOB must be exact
     finally:
         cal.close()
+
+
+def test_the_calendar_file_is_never_world_readable_and_group_writable(tmp_path: Path) -> None:
+    """Names and dates of birth: 0660 whatever the umask, so the admin page can import."""
+    import os
+    import stat
+
+    from appliance.agent.calendar.store import CALENDAR_MODE
+
+    old = os.umask(0o027)  # the agent's unit
+    try:
+        path = tmp_path / "calendar.sqlite"
+        cal = SqliteCalendar(path)
+        cal.add_provider("prov-a", "Dr A")
+        for file in (path, path.with_name(path.name + "-wal")):
+            assert stat.S_IMODE(file.stat().st_mode) == CALENDAR_MODE, file.name
+        cal.close()
+        os.chmod(path, 0o644)  # left world-readable by an older version
+        SqliteCalendar(path).close()
+        assert stat.S_IMODE(path.stat().st_mode) == CALENDAR_MODE
+    finally:
+        os.umask(old)

@@ -21,7 +21,9 @@ birth.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import threading
 import uuid
 from collections.abc import Iterator
@@ -72,6 +74,30 @@ def _booked_in(appointment_id: str, patient_id: str, slot: Slot) -> Appointment:
     )
 
 
+#: The calendar holds names and dates of birth: never world-readable. The admin page (group
+#: ``appliance``, its own user) writes it for roster and schedule imports, so the group may write
+#: it; SQLite gives the ``-wal`` and ``-shm`` files the database file's permissions.
+CALENDAR_MODE = 0o660
+
+
+def _share_with_group(path: Path) -> None:
+    """Create the database file (and fix its companions) with :data:`CALENDAR_MODE`.
+
+    The process umask (0027 for the agent) would otherwise leave it group-read-only. Files owned
+    by another user are left as they are.
+    """
+    if not path.exists():
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, CALENDAR_MODE)
+        os.close(fd)
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            st = file.stat()
+            if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != CALENDAR_MODE:
+                os.chmod(file, CALENDAR_MODE)
+        except OSError:
+            continue
+
+
 class SqliteCalendar:
     """The built-in calendar: one SQLite file, WAL journal, one serialised connection.
 
@@ -88,6 +114,7 @@ class SqliteCalendar:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _share_with_group(path)
         self.path = path
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
