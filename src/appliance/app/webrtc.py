@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 from appliance.audio.bridge import AudioBridge
 from appliance.control import ControlError, ControlServer
 from appliance.media.calls import CallHandle
-from appliance.pipeline.webrtc import WebRTCOfferError, WebRTCPeer
 
 if TYPE_CHECKING:
     from appliance.app.server import ApplianceServer
+    from appliance.pipeline.webrtc import WebRTCPeer
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -108,6 +108,10 @@ class WebRTCCalls:
         if args.get("type", "offer") != "offer":
             raise ControlError("bad_request", "type must be 'offer'")
         self._check_capacity()
+        # aiortc and PyAV (FFmpeg's libraries) load with the first test call, not with the
+        # agent: a worker that never takes one never maps them.
+        from appliance.pipeline.webrtc import WebRTCOfferError, WebRTCPeer
+
         handle = WebRTCCallHandle(
             call_id=uuid.uuid4().hex[:12], bridge=AudioBridge(CLOCK_RATE), peer_ip=""
         )
