@@ -223,9 +223,20 @@ def _prepare_disk(disk: Path, sip_peer: str, slow_guest: bool) -> None:
             # the fixed-phrase synthesis before READY=1 outlast the unit's start timeout.
             dropin = unit_dir / "appliance-agent.service.d"
             dropin.mkdir(exist_ok=True)
+            # NumPy's AVX2 argsort (x86-simd-sort) hit general protection faults under QEMU
+            # 7.2's emulated AVX2, at random (2 of 3 boots on 2026-11-30, at the same
+            # instruction; not seen on this host's CPU): the agent restarted every ~80 s and
+            # never got ready. The emulated guest uses NumPy's baseline (x86-64-v2) kernels instead.
             (dropin / "test-emulated-cpu.conf").write_text(
                 "# TEST ONLY: the guest CPU is emulated (no KVM)\n"
                 "[Service]\nTimeoutStartSec=30min\nWatchdogSec=5min\n"
+                'Environment="NPY_DISABLE_CPU_FEATURES=X86_V3 X86_V4"\n'
+            )
+            admin = unit_dir / "appliance-admin.service.d"
+            admin.mkdir(exist_ok=True)
+            (admin / "test-emulated-cpu.conf").write_text(
+                "# TEST ONLY: the guest CPU is emulated (no KVM)\n"
+                '[Service]\nEnvironment="NPY_DISABLE_CPU_FEATURES=X86_V3 X86_V4"\n'
             )
     os.truncate(disk, disk.stat().st_size + 4 * 1024**3)  # room for the data partition
 

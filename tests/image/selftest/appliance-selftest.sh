@@ -21,6 +21,14 @@ while :; do
       exit 1
     fi
   done
+  # A service that crashed and was restarted fails the test at once, with its journal.
+  for unit in appliance-agent.service appliance-admin.service; do
+    if [ "$(systemctl show -P NRestarts "$unit")" -gt 0 ] 2>/dev/null; then
+      diagnose "$unit restarted"
+      say done yes
+      exit 1
+    fi
+  done
   sleep 1
 done
 say agent "$agent"
