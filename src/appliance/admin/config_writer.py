@@ -185,7 +185,15 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` atomically: temporary file, ``fsync``, rename, ``fsync`` of the directory.
+
+    The file gets :data:`FILE_MODE` (0640). Used for every file the admin page writes (settings
+    drop-ins, workflow files, the knowledge base).
+
+    Raises:
+        OSError: It cannot be written; the old file is untouched then.
+    """
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, FILE_MODE)
@@ -226,7 +234,7 @@ def _push_history(settings_path: Path, dropin_name: str, text: str) -> None:
     directory.mkdir(mode=0o750, exist_ok=True)
     files = _history_files(settings_path, dropin_name)
     seq = files[-1][0] + 1 if files else 1
-    _write_atomic(directory / f"{dropin_name}.{seq:06d}.prev", text)
+    write_atomic(directory / f"{dropin_name}.{seq:06d}.prev", text)
     for _, old in files[: max(0, len(files) + 1 - HISTORY_KEEP)]:
         with contextlib.suppress(FileNotFoundError):
             old.unlink()
@@ -318,7 +326,7 @@ def apply_change(
         if new_text == current:
             return after, changed
         _push_history(settings_path, dropin_name, current)
-        _write_atomic(path, new_text)
+        write_atomic(path, new_text)
         return after, changed
 
 
@@ -353,7 +361,7 @@ def rollback(
         names = list(dict.fromkeys([*_names(current), *_names(old_text)]))
         changed = _diff(before, after, names)
         if old_text:
-            _write_atomic(path, old_text)
+            write_atomic(path, old_text)
         else:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

@@ -18,13 +18,13 @@ import fcntl
 import os
 import re
 import string
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from appliance.admin.config_writer import write_atomic
 from appliance.agent.kb import default_file, facts
 from appliance.config.settings import ApplianceSettings, ClinicSettings
 
@@ -221,20 +221,4 @@ def write_text(path: Path, text: str) -> None:
     Raises:
         OSError: It cannot be written; the old file is untouched then.
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o640)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(text.encode("utf-8"))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, text)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import os
 import shutil
 import tempfile
 import tomllib
@@ -28,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from appliance.admin.config_writer import FILE_MODE, apply_change, dropin_path
+from appliance.admin.config_writer import apply_change, dropin_path, write_atomic
 from appliance.admin.gates import gate_for_enabling
 from appliance.admin.governance import ChangeRequest, GovernanceError, GovernanceStore
 from appliance.agent.workflow import (
@@ -187,21 +186,6 @@ def validate_proposed(text: str) -> tuple[dict[str, Any], str]:
     }, ""
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(text.encode("utf-8"))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _workflow_target(settings: ApplianceSettings, wf_id: str) -> Path:
     directory = settings.agent.workflows_dir
     if directory is None:
@@ -255,7 +239,7 @@ def apply_workflow(settings: ApplianceSettings, wf_id: str, text: str) -> tuple[
         raise RolloutError("write_failed", f"{target}: cannot read the running file") from exc
     _check_set(target.parent, target, text)
     try:
-        _write_atomic(target, text)
+        write_atomic(target, text)
     except OSError as exc:
         raise RolloutError("write_failed", f"{target}: {exc.strerror or exc}") from exc
     return target, before
@@ -272,7 +256,7 @@ def restore_workflow(path: Path, before: str | None) -> None:
         if before is None:
             path.unlink(missing_ok=True)
         else:
-            _write_atomic(path, before)
+            write_atomic(path, before)
     except OSError as exc:
         raise RolloutError("write_failed", f"{path}: {exc.strerror or exc}") from exc
 
