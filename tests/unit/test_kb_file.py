@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +22,11 @@ from appliance.config.settings import ClinicSettings
 
 
 def embed(texts: list[str]) -> np.ndarray:
+    """Bag of words in 64 buckets; crc32, not hash(), so every run buckets alike."""
     out = np.zeros((len(texts), 64), dtype=np.float32)
     for i, text in enumerate(texts):
         for word in text.lower().split():
-            out[i, hash(word) % 64] += 1.0
+            out[i, zlib.crc32(word.encode()) % 64] += 1.0
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
 
 
