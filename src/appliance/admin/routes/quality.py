@@ -195,7 +195,7 @@ def _control_notice(exc: ControlError) -> tuple[int, str]:
         return 503, "The agent is not reachable, so the transcript cannot be shown. Try later."
     if exc.code == "not_found":
         return 404, "This call's transcript is no longer available (retention) or unknown."
-    _LOGGER.error("call.transcript failed: %s", exc.code)
+    _LOGGER.error("quality review: the agent refused the control op (code %s)", exc.code)
     return 502, f"The agent refused the transcript ({exc.code})."
 
 
