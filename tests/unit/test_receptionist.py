@@ -72,6 +72,25 @@ async def test_knowledge_question_never_reaches_the_llm(agent: AgentRuntime) -> 
 
 
 @pytest.mark.asyncio
+async def test_a_whole_turn_transcript_replaces_the_joined_fragments(agent: AgentRuntime) -> None:
+    """The STT's whole-turn decode is what the dialogue, the audit record and the LLM see."""
+    events: list[Event] = []
+    wholes = ["I want to pay my bill by card."]
+    dialog = agent.new_dialog("c1", events.append)
+    proc = Receptionist(
+        "c1", dialog, events.append, lambda r: asyncio.sleep(0), turn_text=lambda: wholes.pop()
+        if wholes else None,
+    )  # fmt: skip
+    frame = ctx("I won't. Okay, my bill, my card.")
+    await run_test(proc, frames_to_send=[frame])
+    turn = next(e for e in events if isinstance(e, TurnEnded))
+    assert turn.user_text == "I want to pay my bill by card."
+    said = [m["content"] for m in frame.context.get_messages() if m["role"] == "user"]
+    assert said == ["I want to pay my bill by card."]
+    assert any(isinstance(e, IntentRecognized) and e.intent == "pay_copay" for e in events), events
+
+
+@pytest.mark.asyncio
 async def test_goodbye_hangs_up_only_after_the_reply_was_played(agent: AgentRuntime) -> None:
     after: list[Reply] = []
     proc = make(agent, [], after)

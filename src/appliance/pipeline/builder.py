@@ -205,6 +205,7 @@ def build_call_pipeline(
         stt_confidence=lambda: stt.last_confidence,
         stt_language=lambda: stt.last_language,
         idle_timeout_s=settings.agent.idle_timeout_s,
+        turn_text=stt.take_turn_text,
         name="Receptionist",
     )
     pci = PciGate(

@@ -65,6 +65,17 @@ _T = TypeVar("_T")
 INTERDIGIT_TIMEOUT_S = 4.0
 
 
+def replace_last_user_text(messages: list[Any], text: str) -> list[Any]:
+    """A copy of ``messages`` whose last ``user`` message holds ``text`` (none: as is)."""
+    out = list(messages)
+    for i in range(len(out) - 1, -1, -1):
+        message = out[i]
+        if isinstance(message, dict) and message.get("role") == "user":
+            out[i] = {**message, "content": text}
+            break
+    return out
+
+
 def last_user_text(messages: list[Any]) -> str:
     """Return the text of the last ``user`` message of an OpenAI-style message list."""
     for message in reversed(messages):
@@ -89,6 +100,10 @@ class Receptionist(FrameProcessor):
             (``(None, 0.0)`` when the STT does not identify languages).
         idle_timeout_s: Seconds of caller silence after the agent finished speaking before the
             dialogue re-prompts (and, after as long again, hangs up); ``None`` or ``0``: never.
+        turn_text: Called once per caller turn; returns the STT's whole-turn transcript when
+            the turn was cut into segments and decoded again as a whole
+            (:meth:`~appliance.pipeline.services.LocalWhisperSTTService.take_turn_text`), which
+            then replaces the joined segment transcripts in the context; ``None`` otherwise.
     """
 
     def __init__(
@@ -100,6 +115,7 @@ class Receptionist(FrameProcessor):
         stt_confidence: Callable[[], float | None] = lambda: None,
         stt_language: Callable[[], tuple[str | None, float]] = lambda: (None, 0.0),
         idle_timeout_s: float | None = None,
+        turn_text: Callable[[], str | None] = lambda: None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -109,6 +125,7 @@ class Receptionist(FrameProcessor):
         self._on_after = on_after
         self._stt_confidence = stt_confidence
         self._stt_language = stt_language
+        self._turn_text = turn_text
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dialog")
         self._worker_closed = False
         self._pending: Reply | None = None
@@ -294,7 +311,12 @@ class Receptionist(FrameProcessor):
         await self.speak(reply)
 
     async def _handle_turn(self, frame: LLMContextFrame) -> None:
-        text = last_user_text(list(frame.context.get_messages()))
+        messages = list(frame.context.get_messages())
+        text = last_user_text(messages)
+        whole = self._turn_text()
+        if whole and whole != text:
+            text = whole
+            frame.context.set_messages(replace_last_user_text(messages, whole))
         self._emit(TurnEnded(self._call_id, user_text=text))
         confidence = self._stt_confidence()
         language, probability = self._stt_language()

@@ -1,7 +1,8 @@
 """pipecat services over the shared in-process engines of :mod:`appliance.models.engines`.
 
 * :class:`LocalWhisperSTTService`: a :class:`SegmentedSTTService`; the segment between VAD
-  start and stop (16 kHz 16-bit mono PCM) is transcribed in a worker thread.
+  start and stop (16 kHz 16-bit mono PCM) is transcribed in a worker thread. A turn the VAD
+  cut into several segments is decoded once more as a whole (:meth:`take_turn_text`).
 * :class:`LocalLlamaLLMService`: streams llama.cpp tokens as :class:`LLMTextFrame`; an
   interruption cancels the task awaiting the next token and the worker stops within one token.
 * :class:`LocalKokoroTTSService`: sentence-by-sentence synthesis (pipecat's sentence
@@ -16,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+import time
+from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
@@ -28,6 +31,7 @@ from pipecat.frames.frames import (
     LLMFullResponseStartFrame,
     TranscriptionFrame,
     TTSAudioRawFrame,
+    VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection
@@ -39,7 +43,13 @@ from pipecat.utils.string import SENTENCE_ENDING_PUNCTUATION, match_endofsentenc
 from pipecat.utils.time import time_now_iso8601
 
 from appliance.errors import ApplianceError
-from appliance.models.engines import KokoroEngine, LlamaEngine, WhisperEngine
+from appliance.models.engines import (
+    SLOT_DECODING,
+    KokoroEngine,
+    LlamaEngine,
+    Transcript,
+    WhisperEngine,
+)
 from appliance.pipeline.phrase_cache import PhraseCache
 from appliance.text import message_text
 from appliance.text.listening import FREE, Listening
@@ -75,12 +85,33 @@ class _FirstSentence:
                 return self._text[before : self._start] if self._start > before else ""
 
 
+#: Segments whose voice starts more than this long after the previous segment's end belong to
+#: a new turn (the endpointing's longest wait for an unfinished turn is 2.5 s).
+TURN_GAP_S = 3.0
+#: Silence kept between the segments of a turn when it is decoded as a whole (ms).
+TURN_JOIN_SILENCE_MS = 200
+#: At most this much audio of one turn is kept for the whole-turn decode (s); Whisper reads
+#: 30 s windows, and a longer turn is left to its segment transcripts.
+TURN_MAX_S = 25.0
+#: Listening kinds whose segments are decoded with a slot vocabulary: their segment
+#: transcripts stand (digit and date groups are already tuned per segment, docs/decisions/0011).
+_SEGMENT_ONLY = frozenset(k for k, o in SLOT_DECODING.items() if o.vocabulary != "any")
+
+
 class LocalWhisperSTTService(SegmentedSTTService):
-    """faster-whisper STT on VAD-delimited segments.
+    """faster-whisper STT on VAD-delimited segments, with a whole-turn decode for split turns.
 
     Each segment is decoded for the answer the dialogue expects (``listening``): a digit slot
     limits decoding to digit tokens, a date slot primes it with a date
     (:meth:`WhisperEngine.transcribe`; docs/decisions/0011-slot-aware-recognition.md).
+
+    A caller's pause inside a sentence ends a VAD segment (Silero, stop after 0.2 s), and
+    Whisper decodes a fragment without the words before it much worse than the sentence:
+    "I want | to pay my bill by card" came through as "I won't. Okay, my bill, my card." So
+    when a turn holds two or more segments (outside digit and date slots), the segments so far
+    are decoded again as one utterance, joined with :data:`TURN_JOIN_SILENCE_MS` of silence,
+    in the same worker call as the newest segment; :meth:`take_turn_text` hands that text to
+    the dialogue in place of the joined fragments.
 
     Args:
         engine: The process-wide Whisper engine (expects 16 kHz input).
@@ -107,10 +138,23 @@ class LocalWhisperSTTService(SegmentedSTTService):
         self.segments_pending = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        #: Per queued segment, in order: whether it starts a new turn (the gap before it).
+        self._starts_turn: deque[bool] = deque()
+        self._last_stop: float | None = None
+        #: The current turn's segments (PCM with pipecat's trailing silence removed).
+        self._turn: list[bytes] = []
+        self._turn_text: str | None = None
+        #: Whole-turn decodes made (a count for tests and benchmarks).
+        self.turn_decodes = 0
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         """Count each VAD-delimited segment as pending until its transcript is out."""
-        if isinstance(frame, VADUserStoppedSpeakingFrame) and self.is_usable:
+        if isinstance(frame, VADUserStartedSpeakingFrame):
+            now = time.monotonic()
+            gap = None if self._last_stop is None else now - self._last_stop
+            self._starts_turn.append(gap is None or gap > TURN_GAP_S)
+        elif isinstance(frame, VADUserStoppedSpeakingFrame) and self.is_usable:
+            self._last_stop = time.monotonic()
             self.segments_pending += 1
             self._idle.clear()
         await super().process_frame(frame, direction)
@@ -118,6 +162,16 @@ class LocalWhisperSTTService(SegmentedSTTService):
     async def wait_idle(self) -> None:
         """Return once every pending segment's transcript has been pushed."""
         await self._idle.wait()
+
+    def take_turn_text(self) -> str | None:
+        """The whole-turn transcript of the turn just ended, or ``None`` (one segment only).
+
+        Called by the dialogue side once per caller turn; it also starts the next turn, so
+        segments decoded after it belong to the next one.
+        """
+        text, self._turn_text = self._turn_text, None
+        self._turn = []
+        return text
 
     @property
     def wants_wav_segments(self) -> bool:
@@ -128,21 +182,49 @@ class LocalWhisperSTTService(SegmentedSTTService):
         """Processing-time metrics are reported."""
         return True
 
+    def _segment_and_turn(
+        self, audio: bytes, listening: Listening
+    ) -> tuple[Transcript, Transcript | None]:
+        """Decode one segment, then (for a split turn) the turn so far (worker thread)."""
+        segment = self._engine.transcribe(audio, listening)
+        if listening.kind in _SEGMENT_ONLY:
+            self._turn = []
+            return segment, None
+        trailing = int(self._trailing_silence_secs * self.sample_rate) * 2
+        voiced = audio[: len(audio) - trailing] if 0 < trailing < len(audio) else audio
+        self._turn.append(voiced)
+        if len(self._turn) < 2:
+            return segment, None
+        join = bytes(int(self.sample_rate * TURN_JOIN_SILENCE_MS / 1000) * 2)
+        whole = join.join(self._turn) + bytes(trailing)
+        if len(whole) > TURN_MAX_S * self.sample_rate * 2:
+            return segment, None
+        return segment, self._engine.transcribe(whole, listening)
+
     async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame, None]:
         """Transcribe one segment; yields a :class:`TranscriptionFrame` if speech was heard."""
         try:
+            if self._starts_turn.popleft() if self._starts_turn else False:
+                self._turn, self._turn_text = [], None
             await self.start_processing_metrics()
             try:
-                result = await asyncio.to_thread(self._engine.transcribe, audio, self._listening())
+                segment, whole = await asyncio.to_thread(
+                    self._segment_and_turn, audio, self._listening()
+                )
             except ApplianceError as exc:
                 yield ErrorFrame(error=f"stt failed: {exc.code}")
                 return
             finally:
                 await self.stop_processing_metrics()
+            result = segment
+            if whole is not None and whole.text:
+                self.turn_decodes += 1
+                self._turn_text = whole.text
+                result = whole
             self.last_confidence = result.confidence
             self.last_language = (result.language, result.language_probability)
-            if result.text:
-                yield TranscriptionFrame(result.text, "caller", time_now_iso8601(), finalized=True)
+            if segment.text:
+                yield TranscriptionFrame(segment.text, "caller", time_now_iso8601(), finalized=True)
         finally:
             self.segments_pending = max(0, self.segments_pending - 1)
             if not self.segments_pending:
