@@ -307,6 +307,27 @@ class AuditSettings(_Section):
     create_keys: bool = Field(
         True, description="Create missing keys at start (first boot); false on a provisioned box."
     )
+    checkpoint_interval_s: float = Field(
+        300.0,
+        gt=0,
+        description="How often the agent signs a checkpoint when the log grew (and pushes it).",
+    )
+    checkpoint_max_age_s: float = Field(
+        3600.0,
+        gt=0,
+        description="verify fails when a record older than this is not under a signed checkpoint.",
+    )
+    witness_url: str = Field(
+        "",
+        description="HTTP(S) URL each new signed checkpoint note is POSTed to; empty: none.",
+    )
+
+    @field_validator("witness_url")
+    @classmethod
+    def _witness_url(cls, value: str) -> str:
+        if value and not value.startswith(("https://", "http://")):
+            raise ValueError("witness_url must be an http:// or https:// URL")
+        return value
 
 
 class AdminSettings(_Section):
