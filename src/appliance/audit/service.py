@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import time
 from pathlib import Path
 
@@ -41,9 +42,7 @@ def open_audit(settings: AuditSettings) -> AuditLog:
         kek = envelope.load_kek(settings.kek_file, create=settings.create_keys)
     except (KeyFileError, envelope.EnvelopeError, OSError) as exc:
         raise AuditError(f"audit keys: {exc}") from exc
-    pub = public_key_path(settings)
-    if not pub.exists():
-        pub.write_text(public_key_bytes(signing).hex() + "\n")
+    pin_public_key(settings, public_key_bytes(signing))
     log = AuditLog(
         settings.db,
         kek,
@@ -61,27 +60,137 @@ def open_audit(settings: AuditSettings) -> AuditLog:
     return log
 
 
-def verify_from_settings(
-    settings: AuditSettings, public_key_file: Path | None = None, witness: Path | None = None
-) -> VerifyReport:
-    """Verify with the public key only (no KEK needed).
+def read_public_key(path: Path) -> Ed25519PublicKey:
+    """Read a raw Ed25519 public key written as hex (one line), as first boot writes it.
+
+    Raises:
+        OSError: The file cannot be read.
+        ValueError: It does not hold 32 bytes of hex.
+    """
+    raw = bytes.fromhex(path.read_text(encoding="ascii").strip())
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def pin_public_key(settings: AuditSettings, signing_public: bytes) -> None:
+    """Check the signing key against the public key pinned at enrolment; pin it on first boot.
+
+    The ``.pub`` beside the signing key is written once, when there is no audit log yet, and
+    never rewritten from whatever signing key is present afterwards: a swapped signing key would
+    otherwise re-pin itself. Witnesses keep their own copy of it (the trust anchor off the box).
 
     Args:
-        settings: Audit settings (database path, key locations).
-        public_key_file: Hex Ed25519 public key; defaults to the one beside the signing key.
-        witness: A checkpoint file collected off the box, checked as well.
+        settings: Audit settings (key and database paths).
+        signing_public: The raw 32-byte public half of the loaded signing key.
+
+    Raises:
+        AuditError: The pinned key is unreadable, differs from the signing key, or is missing
+            beside an existing log.
+    """
+    pub = public_key_path(settings)
+    if pub.exists():
+        try:
+            pinned = public_key_bytes(read_public_key(pub))
+        except (OSError, ValueError) as exc:
+            raise AuditError(f"pinned public key {pub} is unreadable: {exc}") from exc
+        if pinned != signing_public:
+            raise AuditError(
+                f"the signing key {settings.signing_key_file} does not match the public key "
+                f"pinned at enrolment ({pub}); refusing to sign checkpoints with it"
+            )
+        return
+    if settings.db.exists():
+        raise AuditError(
+            f"pinned public key {pub} is missing beside an existing audit log; restore it from "
+            "a witness's copy (it is never re-derived from the signing key)"
+        )
+    pub.parent.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(pub, flags, 0o644)
+    except FileExistsError:
+        pin_public_key(settings, signing_public)  # a concurrent first start pinned it
+        return
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(signing_public.hex() + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_notes(path: Path, *, torn_tail_ok: bool = False) -> list[str]:
+    """The signed notes of a checkpoint file (JSON lines ``{"size", "note"}``).
+
+    Args:
+        path: The box's ``[audit] checkpoint_file`` or a witness copy.
+        torn_tail_ok: Skip a last line without its newline (a write cut short by a crash).
+
+    Raises:
+        OSError: The file cannot be read.
+        ValueError: A line is not a checkpoint line.
+    """
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    tail = lines.pop()  # after the last newline: "" for a complete file
+    if tail and not torn_tail_ok:
+        raise ValueError(f"{path}: the last line is incomplete")
+    notes = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            note = json.loads(line)["note"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: line {n} is not a checkpoint line") from exc
+        if not isinstance(note, str):
+            raise ValueError(f"{path}: line {n} is not a checkpoint line")
+        notes.append(note)
+    return notes
+
+
+def verify_from_settings(
+    settings: AuditSettings,
+    public_key_file: Path | None = None,
+    witness: Path | None = None,
+    *,
+    now: float | None = None,
+) -> VerifyReport:
+    """Verify with the pinned public key only (no KEK needed).
+
+    The notes checked are the database's, the box's checkpoint file's and the witness copy's;
+    every record older than ``[audit] checkpoint_max_age_s`` must be under one of them.
+
+    Args:
+        settings: Audit settings (database path, key locations, coverage limit).
+        public_key_file: Hex Ed25519 public key pinned off the box (a witness's copy); when
+            given, nothing on the box is trusted for the key. Default: the box's enrolment copy
+            beside the signing key (only as good as the box's own integrity).
+        witness: A checkpoint file collected off the box, checked as well (skipped if absent).
+        now: Reference time for the coverage check (default: the clock).
     """
     pub_file = public_key_file or public_key_path(settings)
     try:
-        raw = bytes.fromhex(pub_file.read_text().strip())
-        public = Ed25519PublicKey.from_public_bytes(raw)
+        public = read_public_key(pub_file)
     except (OSError, ValueError) as exc:
         return VerifyReport(ok=False, problem=f"cannot read public key {pub_file}: {exc}")
     notes: list[str] = []
-    if witness is not None and witness.exists():
-        lines = witness.read_text().splitlines()
-        notes = [json.loads(line)["note"] for line in lines if line.strip()]
-    return verify(settings.db, public, key_name=KEY_NAME, origin=settings.origin, extra_notes=notes)
+    sources = [(settings.checkpoint_file, True)]
+    if witness is not None:
+        sources.append((witness, False))
+    for path, own in sources:
+        if not path.exists():
+            continue
+        try:
+            notes += read_notes(path, torn_tail_ok=own)
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            return VerifyReport(ok=False, problem=f"checkpoint file unusable: {exc}")
+    return verify(
+        settings.db,
+        public,
+        key_name=KEY_NAME,
+        origin=settings.origin,
+        extra_notes=notes,
+        max_age_s=settings.checkpoint_max_age_s,
+        now=now,
+    )
 
 
 def export_call(
