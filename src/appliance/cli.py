@@ -160,6 +160,12 @@ def _firstboot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _release(args: argparse.Namespace) -> int:
+    from appliance.release import main as release_main
+
+    return release_main(args.release_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser."""
     parser = argparse.ArgumentParser(prog="appliance", description=__doc__)
@@ -236,6 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
     rot.add_argument("--create", action="store_true", help="generate the new KEK file")
     audit.set_defaults(func=_audit)
 
+    rel = sub.add_parser(
+        "release",
+        help="sign and verify release artefacts against the pinned key (appliance release -h)",
+        add_help=False,
+    )
+    rel.add_argument("release_args", nargs=argparse.REMAINDER)
+    rel.set_defaults(func=_release)
+
     first = sub.add_parser("firstboot", help="provision keys, TLS CA, enrolment code, trunk")
     first.add_argument("--root", type=Path, default=Path("/"), help="tree to provision")
     first.add_argument(
@@ -252,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``appliance`` command."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["release"]:  # its own parser (argparse.REMAINDER drops a leading -h)
+        return _release(argparse.Namespace(release_args=argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
