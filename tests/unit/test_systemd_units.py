@@ -113,3 +113,50 @@ def test_admin_unit_contract() -> None:
     assert "RuntimeDirectory=appliance" in agent  # where the control socket lives
     preset = (UNITS / "90-appliance.preset").read_text()
     assert "enable appliance-admin.service" in preset
+
+
+IMAGE = UNITS.parent / "image" / "mkosi.extra"
+
+
+@pytest.mark.parametrize("unit", sorted(p.name for p in UNITS.glob("*.service")))
+def test_no_core_dumps_from_any_unit(unit: str) -> None:
+    """A core of any appliance process would hold keys or transcripts (issue 14)."""
+    text = (UNITS / unit).read_text()
+    assert "\nLimitCORE=0\n" in text, unit
+    assert re.search(r"^UMask=0077$", text, re.MULTILINE), unit
+    # The image runs these very files (links resolved when build.sh stages the tree).
+    image_copy = IMAGE / "usr/lib/systemd/system" / unit
+    assert image_copy.resolve() == (UNITS / unit).resolve(), unit
+
+
+@pytest.mark.parametrize("unit", ["appliance-agent.service", "appliance-admin.service"])
+def test_units_never_reach_the_model_hub(unit: str) -> None:
+    text = (UNITS / unit).read_text()
+    assert "Environment=HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1\n" in text, unit
+
+
+def test_image_has_a_coredump_policy() -> None:
+    sysctl = (IMAGE / "usr/lib/sysctl.d/90-appliance-coredump.conf").read_text()
+    assert "\nkernel.core_pattern=|/bin/false\n" in sysctl
+    assert "\nfs.suid_dumpable=0\n" in sysctl
+    coredump = (IMAGE / "usr/lib/systemd/coredump.conf.d/50-appliance.conf").read_text()
+    assert "[Coredump]\nStorage=none\nProcessSizeMax=0\n" in coredump
+    manager = (IMAGE / "usr/lib/systemd/system.conf.d/50-appliance-coredump.conf").read_text()
+    assert "[Manager]\nDefaultLimitCORE=0\n" in manager
+
+
+def test_supervisor_programs_are_owner_only_without_cores() -> None:
+    """Under supervisord too: umask 077, core limit 0, models offline (issue 14)."""
+    import configparser
+
+    conf = configparser.RawConfigParser(strict=True)
+    conf.read(UNITS / "supervisord.conf")
+    assert conf.get("supervisord", "umask") == "077"
+    programs = [s for s in conf.sections() if s.startswith("program:")]
+    assert sorted(programs) == ["program:appliance-admin", "program:appliance-agent"]
+    for program in programs:
+        assert conf.get(program, "umask") == "077", program
+        command = conf.get(program, "command")
+        assert command.startswith('/bin/sh -c \'ulimit -c 0 && exec "$0" '), program
+        env = conf.get(program, "environment")
+        assert 'HF_HUB_OFFLINE="1"' in env and 'TRANSFORMERS_OFFLINE="1"' in env, program

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -236,6 +237,10 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
     return apply_migrations(db.conn, MIGRATIONS, db)
 
 
+#: The call metadata (no content: ids, times, outcomes) is read by the admin page's group.
+METADATA_MODE = 0o640
+
+
 class CallMetadataStore:
     """Single-writer call metadata database; subscribe :meth:`on_event` to the event bus.
 
@@ -248,6 +253,11 @@ class CallMetadataStore:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            # The admin page (group appliance) reads it; the agent's umask (0077) would hide it.
+            # SQLite gives the -wal and -shm files the database file's mode.
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, METADATA_MODE))
+            os.chmod(path, METADATA_MODE)
         self.path = path
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._closed = False
