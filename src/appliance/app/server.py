@@ -26,6 +26,7 @@ from appliance.app.sdnotify import SystemdNotifier
 from appliance.app.tracing import TurnTracer
 from appliance.app.transfer import Transfers
 from appliance.app.webrtc import register_webrtc
+from appliance.app.witness import checkpoint_loop
 from appliance.audit.observer import AuditObserver
 from appliance.audit.service import open_audit, retention_sweep
 from appliance.audit.store import AuditError
@@ -136,6 +137,10 @@ class ApplianceServer:
             retention = asyncio.create_task(self._retention_loop())
             self._bg.add(retention)
             retention.add_done_callback(self._bg.discard)
+            # Signed checkpoints every [audit] checkpoint_interval_s, pushed to witness_url.
+            signer = asyncio.create_task(checkpoint_loop(self.audit, self.settings.audit))
+            self._bg.add(signer)
+            signer.add_done_callback(self._bg.discard)
         self._record_start()
         # The admin page's control socket (appliance.app.control_ops); serving goes on without.
         control = await start_control(self)
