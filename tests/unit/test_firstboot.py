@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import tomllib
@@ -242,3 +243,153 @@ def test_firstboot_refuses_a_broken_dropin_by_name(root: Path) -> None:
     with pytest.raises(FirstbootError, match="50-site.toml"):
         run_firstboot(root, user=None, creds_tool=None, console=None)
     assert not (root / DROPIN).exists()
+
+
+# --- trunk.toml on the EFI partition: first boot only, or signed; always on the record (issue 14)
+
+ESP_TRUNK = Path("/efi/appliance/trunk.toml")
+RELEASE_PUB = Path("/usr/share/appliance/release-signing.pub")
+PENDING = "var/lib/appliance/audit/firstboot-records.jsonl"
+
+
+@pytest.fixture
+def esp_root(root: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """``root`` with its trunk file on the ESP instead, and a release key pair (secret, root)."""
+    from appliance.release import generate_key
+
+    (root / "etc/appliance/trunk.toml").unlink()
+    (root / "efi/appliance").mkdir(parents=True)
+    (root / "efi/appliance/trunk.toml").write_text('[sip]\nallowed_peers = ["192.0.2.10/32"]\n')
+    pub = root / RELEASE_PUB.relative_to("/")
+    secret = tmp_path / "release.key"
+    generate_key(secret, pub)
+    return secret, root
+
+
+def _boot(root: Path) -> str:
+    report = run_firstboot(
+        root,
+        user=None,
+        creds_tool=None,
+        console=None,
+        trunk_files=(ESP_TRUNK,),
+        release_key=RELEASE_PUB,
+    )
+    return report.summary()
+
+
+def _peers(root: Path) -> list[str]:
+    settings = load_settings(root / "etc/appliance/appliance.toml")
+    return [str(p) for p in settings.sip.allowed_peers]
+
+
+def _pending(root: Path) -> list[dict[str, object]]:
+    from appliance.app.firstboot import read_pending
+
+    return [vars(r) for r in read_pending(root / PENDING)]
+
+
+def test_esp_trunk_applies_on_first_boot_and_is_recorded(esp_root: tuple[Path, Path]) -> None:
+    _, root = esp_root
+    summary = _boot(root)
+    assert _peers(root) == ["192.0.2.10/32"]
+    assert "applied: first boot (unsigned)" in summary
+    (record,) = _pending(root)
+    assert record["accepted"] is True
+    assert "/efi/appliance/trunk.toml" in str(record["detail"])
+    digest = hashlib.sha256((root / "efi/appliance/trunk.toml").read_bytes()).hexdigest()
+    assert digest in str(record["detail"])
+    assert "192.0.2.10" not in str(record["detail"])  # names and digests, never content
+    assert stat.S_IMODE((root / PENDING).stat().st_mode) == 0o600
+    # The next boot finds the same file: nothing to apply, nothing to record.
+    (root / PENDING).unlink()
+    assert "trunk file" not in _boot(root)
+    assert not (root / PENDING).exists()
+
+
+def test_unsigned_esp_trunk_after_first_boot_is_refused(esp_root: tuple[Path, Path]) -> None:
+    _, root = esp_root
+    _boot(root)
+    dropin = (root / DROPIN).read_bytes()
+    # Someone with the disk opens the allowlist to the world.
+    (root / "efi/appliance/trunk.toml").write_text('[sip]\nallowed_peers = ["0.0.0.0/0"]\n')
+    summary = _boot(root)  # the box still boots
+    assert "REFUSED, settings unchanged" in summary and "needs a release signature" in summary
+    assert "0.0.0.0" not in summary
+    assert (root / DROPIN).read_bytes() == dropin
+    assert _peers(root) == ["192.0.2.10/32"]
+    first, refused = _pending(root)
+    assert first["accepted"] is True and refused["accepted"] is False
+    assert "0.0.0.0" not in str(refused["detail"])
+    # A broken file after the first boot is refused the same way, not a failed boot.
+    (root / "efi/appliance/trunk.toml").write_text("[sip\n")
+    assert "REFUSED" in _boot(root)
+    assert _peers(root) == ["192.0.2.10/32"]
+
+
+def test_signed_esp_trunk_applies_after_first_boot(esp_root: tuple[Path, Path]) -> None:
+    from appliance.release import load_secret_key, sign_file
+
+    secret, root = esp_root
+    _boot(root)
+    trunk = root / "efi/appliance/trunk.toml"
+    trunk.write_text('[sip]\nallowed_peers = ["198.51.100.7/32"]\n')
+    sign_file(trunk, load_secret_key(secret))
+    summary = _boot(root)
+    assert "applied: signed by the release key" in summary
+    assert _peers(root) == ["198.51.100.7/32"]
+    assert [r["accepted"] for r in _pending(root)] == [True, True]
+    # Changed after signing: the signature no longer matches, the settings stay.
+    trunk.write_text('[sip]\nallowed_peers = ["0.0.0.0/0"]\n')
+    summary = _boot(root)
+    assert "REFUSED" in summary and "does not match its content" in summary
+    assert _peers(root) == ["198.51.100.7/32"]
+
+
+def test_esp_trunk_signed_by_another_key_is_refused_even_on_first_boot(
+    esp_root: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from appliance.release import generate_key, load_secret_key, sign_file
+
+    _, root = esp_root
+    generate_key(tmp_path / "other.key", tmp_path / "other.pub")
+    sign_file(root / "efi/appliance/trunk.toml", load_secret_key(tmp_path / "other.key"))
+    summary = _boot(root)
+    assert "REFUSED" in summary and "not the pinned release key" in summary
+    assert not (root / DROPIN).exists()
+    assert _peers(root) == []  # the image's template: no peer allowed
+    (record,) = _pending(root)
+    assert record["accepted"] is False
+
+
+def test_pending_records_reach_the_audit_bus_once(tmp_path: Path) -> None:
+    """The agent's start puts first boot's records on the bus (to the audit log), once."""
+    from types import SimpleNamespace
+
+    from appliance.app.firstboot import append_pending
+    from appliance.app.server import ApplianceServer
+    from appliance.audit.observer import AUDITED, to_entry
+    from appliance.events import ConfigChanged, Event, EventBus
+
+    db = tmp_path / "audit" / "audit.sqlite"
+    db.parent.mkdir()
+    pending = db.with_name("firstboot-records.jsonl")
+    append_pending(pending, True, "trunk file /efi/appliance/trunk.toml applied", None)
+    append_pending(pending, False, "trunk file /efi/appliance/trunk.toml REFUSED", None)
+    with pending.open("a") as f:
+        f.write("{torn\n")
+    bus = EventBus()
+    seen: list[Event] = []
+    bus.subscribe(seen.append)
+    server = SimpleNamespace(audit=object(), bus=bus, settings=SimpleNamespace())
+    server.settings.audit = SimpleNamespace(db=str(db))
+    ApplianceServer._record_firstboot(server)  # type: ignore[arg-type]
+    assert [type(e) for e in seen] == [ConfigChanged] * 3
+    changes = [e for e in seen if isinstance(e, ConfigChanged)]
+    assert [c.accepted for c in changes] == [True, False, False]
+    assert "applied" in changes[0].detail and "line 3: not a first-boot record" in changes[2].detail
+    assert "ConfigChanged" in AUDITED
+    assert to_entry(changes[1]).kind == "ConfigChanged"
+    assert not pending.exists()
+    ApplianceServer._record_firstboot(server)  # type: ignore[arg-type]
+    assert len(seen) == 3

@@ -7,7 +7,10 @@ nothing (the keys themselves are checked, not only a marker):
 * the PBX trunk settings of a ``trunk.toml`` (``/etc/appliance/trunk.toml``, else
   ``appliance/trunk.toml`` on the EFI system partition, where an installer can drop it from any
   PC), ``[sip]``/``[clinic]`` only, in first boot's own drop-in
-  ``/etc/appliance/appliance.toml.d/10-firstboot.toml``. The base file
+  ``/etc/appliance/appliance.toml.d/10-firstboot.toml``. A trunk file on the (unauthenticated)
+  EFI partition changes the settings on the first boot only, or later with a valid release
+  signature; each application or refusal goes on the audit log at the agent's next start
+  (:mod:`.records`). The base file
   ``/etc/appliance/appliance.toml`` is the Ansible ``config`` role's: first boot creates it from
   the image's template only where it does not exist, and never rewrites it;
 * the audit log's Ed25519 checkpoint signing key (owned by the service user, mode 0600);
@@ -24,8 +27,9 @@ server, if one is installed, gets password logins switched off.
 
 Modules: :mod:`.settings` (the settings file and the trunk drop-in), :mod:`.keys` (signing
 key and KEK), :mod:`.tls`, :mod:`.enrolment`, :mod:`.accounts` (service user, default
-credentials), :mod:`.provision` (:func:`run_firstboot`, the whole run) and :mod:`.common` (the
-error, the report and the safe writes they share).
+credentials), :mod:`.records` (first boot's records for the audit log), :mod:`.provision`
+(:func:`run_firstboot`, the whole run) and :mod:`.common` (the error, the report and the safe
+writes they share).
 """
 
 from __future__ import annotations
@@ -44,14 +48,24 @@ from appliance.app.firstboot.keys import (
     fingerprint,
 )
 from appliance.app.firstboot.provision import run_firstboot
+from appliance.app.firstboot.records import (
+    PENDING_NAME,
+    PendingRecord,
+    append_pending,
+    clear_pending,
+    read_pending,
+)
 from appliance.app.firstboot.settings import (
     CONFIG,
     DROPIN_NAME,
+    RELEASE_KEY,
     TEMPLATE,
     TRUNK_FILES,
     TRUNK_SECTIONS,
+    TrunkDecision,
     dump_settings_toml,
     ensure_config,
+    judge_trunk,
 )
 from appliance.app.firstboot.tls import ensure_tls
 
@@ -60,6 +74,8 @@ __all__ = [
     "CONFIG",
     "CREDENTIAL_NAME",
     "DROPIN_NAME",
+    "PENDING_NAME",
+    "RELEASE_KEY",
     "SSHD_DROPIN",
     "SSHD_SETTINGS",
     "TEMPLATE",
@@ -67,6 +83,10 @@ __all__ = [
     "TRUNK_SECTIONS",
     "FirstbootError",
     "FirstbootReport",
+    "PendingRecord",
+    "TrunkDecision",
+    "append_pending",
+    "clear_pending",
     "dump_settings_toml",
     "ensure_config",
     "ensure_enrolment",
@@ -74,7 +94,9 @@ __all__ = [
     "ensure_signing_key",
     "ensure_tls",
     "fingerprint",
+    "judge_trunk",
     "lock_default_credentials",
     "new_enrolment_code",
+    "read_pending",
     "run_firstboot",
 ]

@@ -23,19 +23,38 @@ class FirstbootReport:
     Attributes:
         created: Names of the things this run created (empty on a second run).
         kek_source: ``systemd-creds:tpm2``, ``systemd-creds:host`` or ``key-file``.
-        trunk_file: The trunk file that was applied, if any.
+        trunk_file: The trunk file (path on the box) that would change the trunk settings this
+            run, applied or refused; ``None`` when none would.
+        trunk_sha256: Its SHA-256 (hex), for the record.
+        trunk_applied: Whether it was applied; ``None`` when no trunk file would change anything.
+        trunk_reason: Why it was applied or refused (no content).
         locked_accounts: Accounts whose usable password this run locked.
     """
 
     created: list[str] = field(default_factory=list)
     kek_source: str = ""
     trunk_file: Path | None = None
+    trunk_sha256: str = ""
+    trunk_applied: bool | None = None
+    trunk_reason: str = ""
     locked_accounts: list[str] = field(default_factory=list)
+
+    def trunk_detail(self) -> str:
+        """The trunk decision in one line without content (``""`` when there was none)."""
+        if self.trunk_applied is None:
+            return ""
+        verb = "applied" if self.trunk_applied else "REFUSED, settings unchanged"
+        return (
+            f"trunk file {self.trunk_file} (sha256 {self.trunk_sha256 or 'unreadable'}) "
+            f"{verb}: {self.trunk_reason}"
+        )
 
     def summary(self) -> str:
         """One line for the journal (no secrets)."""
         made = ", ".join(self.created) if self.created else "nothing (already provisioned)"
-        return f"firstboot: created {made}; audit KEK from {self.kek_source}"
+        line = f"firstboot: created {made}; audit KEK from {self.kek_source}"
+        trunk = self.trunk_detail()
+        return f"{line}; {trunk}" if trunk else line
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,14 @@ from appliance.app.firstboot.common import (
 )
 from appliance.app.firstboot.enrolment import ensure_enrolment
 from appliance.app.firstboot.keys import CREDENTIAL_NAME, ensure_kek, ensure_signing_key
-from appliance.app.firstboot.settings import CONFIG, TEMPLATE, TRUNK_FILES, ensure_config
+from appliance.app.firstboot.records import PENDING_NAME, append_pending
+from appliance.app.firstboot.settings import (
+    CONFIG,
+    RELEASE_KEY,
+    TEMPLATE,
+    TRUNK_FILES,
+    ensure_config,
+)
 from appliance.app.firstboot.tls import ensure_tls
 from appliance.config import load_settings
 from appliance.errors import ConfigError
@@ -32,6 +39,7 @@ def run_firstboot(
     console: Path | None = Path("/dev/console"),
     template: Path = TEMPLATE,
     trunk_files: Iterable[Path] = TRUNK_FILES,
+    release_key: Path = RELEASE_KEY,
 ) -> FirstbootReport:
     """Provision the box; safe to run on every boot.
 
@@ -44,6 +52,10 @@ def run_firstboot(
         console: Where the enrolment code is shown; ``None`` for the notice file only.
         template: The image's settings template, absolute as on the box.
         trunk_files: Trunk settings files to look for, in order, absolute as on the box.
+        release_key: The pinned release public key (minisign format), absolute as on the box:
+            a trunk file on the EFI partition changes the settings after the first boot only
+            with a valid signature by it (:func:`.settings.judge_trunk`). The decision is left
+            for the audit log in the pending file :data:`.records.PENDING_NAME`.
 
     Returns:
         What was created (nothing on a second run).
@@ -53,7 +65,16 @@ def run_firstboot(
     """
     root = Path(root)
     report = FirstbootReport()
-    settings_file = ensure_config(root, config, template, trunk_files, report)
+    marker = in_root(root, config).parent / ".firstboot-done"
+    settings_file = ensure_config(
+        root,
+        config,
+        template,
+        trunk_files,
+        report,
+        first_boot=not marker.exists(),
+        release_key=release_key,
+    )
     try:
         settings = load_settings(settings_file).audit
     except ConfigError as exc:
@@ -71,12 +92,15 @@ def run_firstboot(
     )
     for path in (settings.db, settings.checkpoint_file):
         private_dir(in_root(root, path).parent, owner)
+    if report.trunk_applied is not None:
+        # On the audit log at the agent's next start (first boot cannot open the log).
+        pending = in_root(root, settings.db).parent / PENDING_NAME
+        append_pending(pending, report.trunk_applied, report.trunk_detail(), owner)
     ensure_tls(etc / "tls", report)
     ensure_enrolment(
         etc / "enrolment.argon2", etc / "firstboot" / "enrolment-code.txt", console, report
     )
     lock_default_credentials(root, report)
-    marker = etc / ".firstboot-done"
     if not marker.exists():
         stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         write_private(marker, f"{stamp}\n".encode(), 0o644)
