@@ -103,7 +103,10 @@ def _audit(args: argparse.Namespace) -> int:
         log = open_audit(settings)
         try:
             days = args.days if args.days is not None else settings.transcript_retention_days
-            print(f"{retention_sweep(log, days)} call key(s) destroyed")
+            count = retention_sweep(
+                log, days, consent_retention_days=settings.consent_retention_days
+            )
+            print(f"{count} data key(s) destroyed")
             log.checkpoint()
         finally:
             log.close()
@@ -236,7 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="mark names, dates of birth, numbers, addresses, MRNs and card data (no PHI access)",
     )
     ret = asub.add_parser("retention", help="crypto-shred content past its retention period")
-    ret.add_argument("--days", type=float, default=None, help="override the configured days")
+    ret.add_argument(
+        "--days", type=float, default=None, help="override the configured transcript days"
+    )
     rot = asub.add_parser("rotate-kek", help="re-wrap every data key under a new KEK")
     rot.add_argument("--new-kek", type=Path, required=True, help="new KEK file (mode 0600)")
     rot.add_argument("--create", action="store_true", help="generate the new KEK file")

@@ -214,15 +214,14 @@ def test_crypto_shredding_keeps_the_log_verifiable(tmp_path: Path, keys) -> None
 def test_wrong_kek_cannot_read(tmp_path: Path, keys) -> None:  # noqa: ANN001
     write_log(tmp_path, keys, calls=1).close()
     other = envelope.load_kek(tmp_path / "other-kek", create=True)
-    log = AuditLog(
-        tmp_path / "audit.sqlite",
-        other,
-        keys[1],
-        origin="test/audit",
-        checkpoint_file=tmp_path / "checkpoints.log",
-    )
-    with pytest.raises(envelope.EnvelopeError):
-        log.export_call("call0")
+    with pytest.raises(AuditError, match="other-kek.*not the log's current KEK"):
+        AuditLog(
+            tmp_path / "audit.sqlite",
+            other,
+            keys[1],
+            origin="test/audit",
+            checkpoint_file=tmp_path / "checkpoints.log",
+        )
 
 
 def test_world_readable_kek_file_is_refused(tmp_path: Path) -> None:
@@ -299,14 +298,19 @@ def test_kek_rotation_rewraps_keys_and_keeps_content(tmp_path: Path, keys) -> No
     log.append([Entry("TurnEnded", "call2", content={"user_text": "after rotation"})])
     log.checkpoint()
     log.close()
-    with pytest.raises(envelope.EnvelopeError):  # the old KEK no longer opens anything
+    with pytest.raises(AuditError, match="not the log's current KEK"):  # the old KEK is refused
         AuditLog(
             tmp_path / "audit.sqlite",
             old,
             keys[1],
             origin="test/audit",
             checkpoint_file=tmp_path / "checkpoints.log",
-        ).export_call("call1")
+        )
+    wrapped = [r[0] for r in sqlite3.connect(tmp_path / "audit.sqlite").execute(
+        "SELECT wrapped FROM deks WHERE wrapped IS NOT NULL")]  # fmt: skip
+    for blob in wrapped:  # and opens no key even when asked directly
+        with pytest.raises(envelope.EnvelopeError):
+            envelope.unwrap(old, blob)
     assert check(tmp_path / "audit.sqlite", keys).ok
 
 

@@ -331,11 +331,15 @@ class ApplianceServer:
         assert self.audit is not None
         while True:
             try:
+                audit = self.settings.audit
                 count = await asyncio.to_thread(
-                    retention_sweep, self.audit.log, self.settings.audit.transcript_retention_days
+                    retention_sweep,
+                    self.audit.log,
+                    audit.transcript_retention_days,
+                    consent_retention_days=audit.consent_retention_days,
                 )
                 if count:
-                    _LOGGER.info("retention: %d call key(s) destroyed", count)
+                    _LOGGER.info("retention: %d data key(s) destroyed", count)
             except AuditError:
                 _LOGGER.exception("retention sweep failed")
                 self._fail_closed()

@@ -12,7 +12,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from appliance.audit import envelope
 from appliance.audit.checkpoint import KeyFileError, load_or_create_signing_key, public_key_bytes
-from appliance.audit.store import AuditError, AuditLog, Entry
+from appliance.audit.store import (
+    SCOPE_CALL,
+    SCOPE_CONSENT,
+    SCOPE_SYSTEM,
+    AuditError,
+    AuditLog,
+    Entry,
+)
 from appliance.audit.verify import VerifyReport, verify
 from appliance.config.settings import AuditSettings
 
@@ -25,22 +32,40 @@ def public_key_path(settings: AuditSettings) -> Path:
 
 
 def open_audit(settings: AuditSettings) -> AuditLog:
-    """Load the keys (creating them on first boot if allowed) and open the log.
+    """Load the keys and open the log; keys are created only for a brand-new log.
+
+    A missing key is created when the log does not exist yet (first start), or when
+    ``[audit] create_keys`` asks for it explicitly. Beside an existing log a missing key is an
+    error, never a silent new key: a new KEK would leave every sealed record unreadable and a
+    new signing key would break the chain of signed checkpoints.
 
     Raises:
-        AuditError: A key or the database is unusable; the message names the file.
+        AuditError: A key is missing beside an existing log, or a key or the database is
+            unusable; the message names the file.
     """
     missing = [
         name
         for name, path in (("signing", settings.signing_key_file), ("kek", settings.kek_file))
         if not path.exists()
     ]
+    create = settings.create_keys or not settings.db.exists()
     try:
-        if not settings.create_keys and not settings.signing_key_file.exists():
-            raise AuditError(f"signing key missing: {settings.signing_key_file}")
+        if not create and not settings.signing_key_file.exists():
+            raise AuditError(
+                f"audit signing key missing: {settings.signing_key_file} (the log "
+                f"{settings.db} exists; set [audit] create_keys = true to make a new key)"
+            )
         signing = load_or_create_signing_key(settings.signing_key_file)
-        kek = envelope.load_kek(settings.kek_file, create=settings.create_keys)
-    except (KeyFileError, envelope.EnvelopeError, OSError) as exc:
+        kek = envelope.load_kek(settings.kek_file, create=create)
+    except envelope.EnvelopeError as exc:
+        if not create and not settings.kek_file.exists():
+            raise AuditError(
+                f"audit KEK missing: {settings.kek_file} (and no systemd credential "
+                f"{envelope.CREDENTIAL_NAME}); the log {settings.db} exists, so no new key is "
+                "made: restore the key, or set [audit] create_keys = true to lose its content"
+            ) from exc
+        raise AuditError(f"audit keys: {exc}") from exc
+    except (KeyFileError, OSError) as exc:
         raise AuditError(f"audit keys: {exc}") from exc
     pin_public_key(settings, public_key_bytes(signing))
     log = AuditLog(
@@ -50,6 +75,7 @@ def open_audit(settings: AuditSettings) -> AuditLog:
         origin=settings.origin,
         checkpoint_file=settings.checkpoint_file,
         key_name=KEY_NAME,
+        replace_lost_kek="kek" in missing and settings.db.exists() and settings.create_keys,
     )
     # Key operations are audited too. A KEK from the systemd credential was not made here (the
     # absent key file is then simply unused), so only a key file this call created counts.
@@ -225,16 +251,43 @@ def export_call(
     return json.dumps(records, indent=2)
 
 
-def retention_sweep(log: AuditLog, retention_days: float, now: float | None = None) -> int:
-    """Crypto-shred every data key older than the retention period and record the sweep.
+def retention_sweep(
+    log: AuditLog,
+    retention_days: float,
+    now: float | None = None,
+    *,
+    consent_retention_days: float | None = None,
+) -> int:
+    """Crypto-shred the data keys past their retention period and record the sweep.
 
-    Records are never deleted (the log stays append-only and verifiable); destroying a call's
-    DEK makes its sealed content unrecoverable.
+    Call content (``call`` scope: transcripts, digits, agent speech) goes after
+    ``retention_days``. Consent evidence and records outside calls (``consent`` and ``system``
+    scopes, see :func:`appliance.audit.store.key_scope`) go only after
+    ``consent_retention_days``, and never when it is ``None``. Records are never deleted (the
+    log stays append-only and verifiable); destroying a key makes its sealed content
+    unrecoverable, and the shred starts a new KEK epoch (:meth:`AuditLog.shred_where`).
+
+    Args:
+        log: The open audit log.
+        retention_days: Days call content is kept.
+        now: Seconds since the epoch (default: the clock).
+        consent_retention_days: Days consent and system content is kept, or ``None``.
 
     Returns:
         How many data keys were destroyed.
+
+    Raises:
+        AuditError: The shred or its record could not be written.
     """
-    cutoff = (now if now is not None else time.time()) - retention_days * 86400
-    count = log.shred(before=cutoff)
-    log.append([Entry(kind="RetentionSweep", meta={"cutoff": cutoff, "shredded_keys": count})])
+    t = now if now is not None else time.time()
+    cutoff = t - retention_days * 86400
+    cutoffs = {SCOPE_CALL: cutoff}
+    meta: dict[str, float | int] = {"cutoff": cutoff}
+    if consent_retention_days is not None:
+        consent_cutoff = t - consent_retention_days * 86400
+        cutoffs[SCOPE_CONSENT] = cutoffs[SCOPE_SYSTEM] = consent_cutoff
+        meta["consent_cutoff"] = consent_cutoff
+    count = log.shred_expired(cutoffs)
+    meta["shredded_keys"] = count
+    log.append([Entry(kind="RetentionSweep", meta=meta)])
     return count

@@ -9,13 +9,23 @@
   it reaches SQLite, so neither the database, its WAL nor any temporary file holds it in clear.
 * Signed checkpoints (origin, size, root) are stored and appended to a file the fleet tooling
   collects off the box.
+* Crypto-shredding leaves no copy of the key: ``PRAGMA secure_delete=ON`` zeroes deleted and
+  overwritten cell bytes, a shred ends with ``PRAGMA wal_checkpoint(TRUNCATE)`` so neither
+  ``-wal`` nor the database keeps the old page, and each shred starts a new KEK epoch
+  (:class:`~appliance.audit.envelope.KekStore`): the live DEKs are re-wrapped under a fresh
+  KEK and the old KEK is destroyed, so backups taken before the shred cannot be opened either.
+* Each data key has a scope with its own retention: ``call`` (what was said and keyed in a
+  call), ``consent`` (TCPA consent evidence) and ``system`` (records outside calls and admin
+  records); see :func:`key_scope`.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -32,6 +42,8 @@ from appliance.audit.checkpoint import Checkpoint, sign_note
 from appliance.audit.merkle import TreeBuilder, leaf_hash
 from appliance.audit.record import Record, decode, encode
 from appliance.migrations import apply_migrations
+
+_LOGGER = logging.getLogger(__name__)
 
 
 class AuditError(RuntimeError):
@@ -63,10 +75,47 @@ def _m002(db: sqlite_utils.Database) -> None:
     db.execute(f"CREATE INDEX records_call_id ON records ({CALL_ID_SQL}, idx)")
 
 
+def _m003(db: sqlite_utils.Database) -> None:
+    # Key scopes with their own retention, and the KEK epoch each shred starts.
+    db.execute("ALTER TABLE deks ADD COLUMN scope TEXT NOT NULL DEFAULT 'call'")
+    db.execute(f"UPDATE deks SET scope = '{SCOPE_SYSTEM}' WHERE call_id = ''")
+    db.execute(
+        "CREATE TABLE kek_epochs (epoch INTEGER PRIMARY KEY, kek_id TEXT NOT NULL,"
+        " t REAL NOT NULL, reason TEXT NOT NULL)"
+    )
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_audit", _m001),
     ("002_records_call_id", _m002),
+    ("003_key_scopes_kek_epochs", _m003),
 ]
+
+SCOPE_CALL = "call"
+"""Data keys of a call's content (transcripts, digits, agent speech): transcript retention."""
+SCOPE_CONSENT = "consent"
+"""Data keys of consent evidence (``ConsentRecorded``): consent retention."""
+SCOPE_SYSTEM = "system"
+"""Data keys of records outside calls and of admin records: consent retention."""
+SCOPES = (SCOPE_CALL, SCOPE_CONSENT, SCOPE_SYSTEM)
+
+#: Record kinds whose content is consent evidence, kept for the consent retention period.
+CONSENT_KINDS = frozenset({"ConsentRecorded", "ConsentRevoked"})
+#: Record kinds made by administration, not by a call, even when they name a call id.
+SYSTEM_KINDS = frozenset({"AuditExport", "RetentionSweep", "KekEpoch", "KeyRotation"})
+
+
+def key_scope(kind: str, call_id: str) -> str:
+    """The data-key scope of a record: ``consent``, ``system`` or ``call``.
+
+    Consent evidence must outlive transcripts (TCPA, see ``AuditSettings.consent_retention_days``)
+    and admin records (``Admin*`` kinds, exports) are the access log, not call content.
+    """
+    if kind in CONSENT_KINDS:
+        return SCOPE_CONSENT
+    if not call_id or kind in SYSTEM_KINDS or kind.startswith("Admin"):
+        return SCOPE_SYSTEM
+    return SCOPE_CALL
 
 
 class ContentShredded(AuditError):
@@ -91,6 +140,7 @@ def connect(path: Path, synchronous: str = "FULL") -> sqlite_utils.Database:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(f"PRAGMA synchronous={synchronous}")
     db.execute("PRAGMA temp_store=MEMORY")
+    db.execute("PRAGMA secure_delete=ON")  # deleted/overwritten cells are zeroed on their page
     return db
 
 
@@ -120,14 +170,22 @@ class AuditLog:
 
     Args:
         path: SQLite file.
-        kek: Key-encryption key for per-call data keys.
+        kek: Key-encryption key for per-call data keys. With a ``store`` (as
+            :func:`~appliance.audit.envelope.load_kek` returns it) each shred starts a new KEK
+            epoch; a KEK held only in memory cannot be replaced, so a shred then destroys the
+            wrapped DEK only.
         signing_key: Ed25519 key for checkpoints (separate from the KEK).
         origin: Checkpoint origin line, e.g. ``"clinic-voice-appliance/<box id>/audit"``.
         checkpoint_file: File the signed checkpoints are appended to (collected off the box).
         synchronous: SQLite ``synchronous`` level, ``"FULL"`` (default) or ``"NORMAL"``.
+        replace_lost_kek: ``kek`` is a new key made because the log's KEK was lost (an
+            operator's explicit choice): the data keys it cannot open are marked shredded and
+            a ``KekEpoch`` record (reason ``kek-lost``) starts its epoch. Otherwise a KEK that
+            is not the current epoch's is refused.
 
     Raises:
-        AuditError: The database cannot be opened or its records are unreadable.
+        AuditError: The database cannot be opened or its records are unreadable, or ``kek``
+            is not the KEK of the log's current epoch (the key was replaced or lost).
     """
 
     def __init__(
@@ -140,6 +198,7 @@ class AuditLog:
         checkpoint_file: Path,
         key_name: str = "appliance-audit",
         synchronous: str = "FULL",
+        replace_lost_kek: bool = False,
     ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -149,40 +208,131 @@ class AuditLog:
         self.checkpoint_file = checkpoint_file
         self._signing_key = signing_key
         self._lock = threading.Lock()
-        self._deks: dict[str, tuple[str, bytes]] = {}
+        self._deks: dict[tuple[str, str], tuple[str, bytes]] = {}
+        self._replace_lost_kek = replace_lost_kek
         try:
             self._db = connect(path, synchronous)
             migrate(self._db)
             self._tree = TreeBuilder()
             for _idx, data in iter_records(self._db):
                 self._tree.append(leaf_hash(data))
-        except (sqlite3.Error, OSError) as exc:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._open_epoch_locked()
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except (sqlite3.Error, OSError, envelope.EnvelopeError) as exc:
+            if hasattr(self, "_db"):
+                self._db.conn.close()
             raise AuditError(f"audit log {path} cannot be opened: {exc}") from exc
+        if self.kek.store is not None and self.kek.source == "systemd-credential":
+            # The credential cannot be destroyed, so it never wraps a DEK itself: move to an
+            # epoch KEK (wrapped under it) that a later shred can destroy.
+            self.shred_where({}, epoch_reason="credential-root")
+
+    def _current_epoch(self) -> tuple[int, str] | None:
+        row = self._db.execute(
+            "SELECT epoch, kek_id FROM kek_epochs ORDER BY epoch DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    def _open_epoch_locked(self) -> None:
+        """Match the KEK with the log's current epoch; finish or discard a staged epoch."""
+        current = self._current_epoch()
+        if current is None:  # a new log, or one written before KEK epochs
+            live = {
+                r[0] for r in self._db.execute("SELECT kek_id FROM deks WHERE wrapped IS NOT NULL")
+            }
+            if live and self.kek.kek_id not in live:
+                if not self._replace_lost_kek:
+                    raise envelope.EnvelopeError(self._kek_mismatch(sorted(live)[0]))
+                self._adopt_new_kek_locked(sorted(live)[0])
+                return
+            self._db.execute(
+                "INSERT INTO kek_epochs VALUES (0, ?, ?, 'initial')", [self.kek.kek_id, time.time()]
+            )
+            return
+        if current[1] != self.kek.kek_id and self._replace_lost_kek:
+            self._adopt_new_kek_locked(current[1])
+            return
+        self._sync_kek_locked(current[1])
+        store = self.kek.store
+        if store is not None and store.pending() is not None:
+            store.abort()  # staged by a shred whose transaction never committed
+
+    def _adopt_new_kek_locked(self, lost_kek_id: str) -> None:
+        """The log's KEK is gone: its keys are unreadable, so record them as shredded."""
+        now = time.time()
+        cur = self._db.execute(
+            "UPDATE deks SET wrapped = NULL, shredded = ? WHERE kek_id != ? AND shredded IS NULL",
+            [now, self.kek.kek_id],
+        )
+        epoch = self._new_epoch_locked(self.kek, "kek-lost")
+        meta = {
+            "epoch": epoch,
+            "from_kek": lost_kek_id,
+            "to_kek": self.kek.kek_id,
+            "rewrapped": 0,
+            "shredded_keys": cur.rowcount,
+            "reason": "kek-lost",
+        }
+        _, hashes = self._write_locked([Entry(kind="KekEpoch", meta=meta)])
+        for h in hashes:  # the caller commits; a rollback closes the log, so no drift
+            self._tree.append(h)
+
+    def _kek_mismatch(self, kek_id: str) -> str:
+        where = "" if self.kek.store is None else f" from {self.kek.store.current_file}"
+        return (
+            f"the KEK{where} (id {self.kek.kek_id}, {self.kek.source}) is not the log's "
+            f"current KEK (id {kek_id}): it was replaced or lost; the content cannot be opened"
+        )
+
+    def _sync_kek_locked(self, kek_id: str) -> None:
+        """Follow a KEK epoch another process (or a crash before the rename) left behind."""
+        if kek_id == self.kek.kek_id:
+            return
+        store = self.kek.store
+        if store is not None:
+            current = store.load()
+            if current.kek_id == kek_id:
+                self.kek = current
+                self._deks.clear()
+                return
+            pending = store.pending()
+            if pending is not None and pending.kek_id == kek_id:
+                store.promote()  # the database committed this epoch: finish it
+                self.kek = pending
+                self._deks.clear()
+                return
+        raise envelope.EnvelopeError(self._kek_mismatch(kek_id))
 
     @property
     def size(self) -> int:
         """Number of records committed."""
         return self._tree.size
 
-    def _dek(self, call_id: str) -> tuple[str, bytes]:
-        if call_id in self._deks:
-            return self._deks[call_id]
+    def _dek(self, call_id: str, scope: str) -> tuple[str, bytes]:
+        if (call_id, scope) in self._deks:
+            return self._deks[(call_id, scope)]
         row = self._db.execute(
-            "SELECT dek_id, wrapped FROM deks WHERE call_id = ? AND shredded IS NULL "
-            "ORDER BY created DESC LIMIT 1",
-            [call_id],
+            "SELECT dek_id, wrapped FROM deks WHERE call_id = ? AND scope = ? AND shredded IS NULL"
+            " ORDER BY created DESC LIMIT 1",
+            [call_id, scope],
         ).fetchone()
         if row is not None:
             dek = envelope.unwrap(self.kek, row[1])
-            self._deks[call_id] = (row[0], dek)
+            self._deks[(call_id, scope)] = (row[0], dek)
             return row[0], dek
         dek = envelope.new_dek()
-        dek_id = f"{call_id or 'system'}-{int(time.time() * 1000)}"
+        dek_id = f"{call_id or 'system'}-{scope}-{int(time.time() * 1000)}-{secrets.token_hex(4)}"
         self._db.execute(
-            "INSERT INTO deks (dek_id, call_id, kek_id, wrapped, created) VALUES (?, ?, ?, ?, ?)",
-            [dek_id, call_id, self.kek.kek_id, envelope.wrap(self.kek, dek), time.time()],
+            "INSERT INTO deks (dek_id, call_id, kek_id, wrapped, created, scope)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [dek_id, call_id, self.kek.kek_id, envelope.wrap(self.kek, dek), time.time(), scope],
         )
-        self._deks[call_id] = (dek_id, dek)
+        self._deks[(call_id, scope)] = (dek_id, dek)
         return dek_id, dek
 
     def append(self, entries: Sequence[Entry]) -> list[int]:
@@ -196,34 +346,7 @@ class AuditLog:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._sync_locked()
-                start = self._tree.size
-                rows: list[tuple[int, bytes, bytes]] = []
-                hashes = []
-                tree = copy.deepcopy(self._tree)  # O(log n) state; committed only on success
-                for entry in entries:
-                    sealed = dek_id = None
-                    if entry.content is not None:
-                        dek_id, dek = self._dek(entry.call_id)
-                        plaintext = json.dumps(entry.content, sort_keys=True).encode()
-                        sealed = envelope.seal(
-                            dek, plaintext, envelope.aad_for(entry.call_id, entry.kind)
-                        )
-                    record = Record(
-                        t=entry.t if entry.t is not None else time.time(),
-                        kind=entry.kind,
-                        call_id=entry.call_id,
-                        meta=entry.meta or {},
-                        sealed=sealed,
-                        dek_id=dek_id,
-                    )
-                    data = encode(record)
-                    h = leaf_hash(data)
-                    tree.append(h)
-                    hashes.append(h)
-                    rows.append((start + len(rows), data, tree.root()))
-                self._db.conn.executemany(
-                    "INSERT INTO records (idx, data, root) VALUES (?, ?, ?)", rows
-                )
+                indexes, hashes = self._write_locked(entries)
                 self._db.execute("COMMIT")
             except (sqlite3.Error, OSError, envelope.EnvelopeError) as exc:
                 try:
@@ -234,14 +357,50 @@ class AuditLog:
                 raise AuditError(f"audit append failed: {exc}") from exc
             for h in hashes:
                 self._tree.append(h)
-            return [row[0] for row in rows]
+            return indexes
+
+    def _write_locked(self, entries: Sequence[Entry]) -> tuple[list[int], list[bytes]]:
+        """Seal and insert ``entries`` inside the caller's transaction; the tree is not moved.
+
+        Returns:
+            The new records' indexes and leaf hashes, to add to the tree after the commit.
+        """
+        start = self._tree.size
+        rows: list[tuple[int, bytes, bytes]] = []
+        hashes = []
+        tree = copy.deepcopy(self._tree)  # O(log n) state; committed only on success
+        for entry in entries:
+            sealed = dek_id = None
+            if entry.content is not None:
+                dek_id, dek = self._dek(entry.call_id, key_scope(entry.kind, entry.call_id))
+                plaintext = json.dumps(entry.content, sort_keys=True).encode()
+                sealed = envelope.seal(dek, plaintext, envelope.aad_for(entry.call_id, entry.kind))
+            record = Record(
+                t=entry.t if entry.t is not None else time.time(),
+                kind=entry.kind,
+                call_id=entry.call_id,
+                meta=entry.meta or {},
+                sealed=sealed,
+                dek_id=dek_id,
+            )
+            data = encode(record)
+            h = leaf_hash(data)
+            tree.append(h)
+            hashes.append(h)
+            rows.append((start + len(rows), data, tree.root()))
+        self._db.conn.executemany("INSERT INTO records (idx, data, root) VALUES (?, ?, ?)", rows)
+        return [row[0] for row in rows], hashes
 
     def _sync_locked(self) -> None:
         """Catch up with records appended by another process (e.g. ``audit export``).
 
         Called inside ``BEGIN IMMEDIATE``, so SQLite's write lock keeps writers serialised;
-        the in-memory compact range then extends over the rows this process did not write.
+        the in-memory compact range then extends over the rows this process did not write,
+        and a KEK epoch another process started is followed (never a DEK under a dead KEK).
         """
+        epoch = self._current_epoch()
+        if epoch is not None:
+            self._sync_kek_locked(epoch[1])
         rows = self._db.execute(
             "SELECT idx, data FROM records WHERE idx >= ? ORDER BY idx", [self._tree.size]
         ).fetchall()
@@ -292,15 +451,9 @@ class AuditLog:
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                rows = self._db.execute(
-                    "SELECT dek_id, wrapped FROM deks WHERE wrapped IS NOT NULL"
-                ).fetchall()
-                for dek_id, wrapped in rows:
-                    dek = envelope.unwrap(self.kek, wrapped)
-                    self._db.execute(
-                        "UPDATE deks SET wrapped = ?, kek_id = ? WHERE dek_id = ?",
-                        [envelope.wrap(new_kek, dek), new_kek.kek_id, dek_id],
-                    )
+                self._sync_locked()
+                count = self._rewrap_locked(new_kek)
+                self._new_epoch_locked(new_kek, "rotation")
                 self._db.execute("COMMIT")
             except (sqlite3.Error, envelope.EnvelopeError) as exc:
                 try:
@@ -315,26 +468,175 @@ class AuditLog:
             [
                 Entry(
                     kind="KeyRotation",
-                    meta={"from_kek": old, "to_kek": new_kek.kek_id, "rewrapped": len(rows)},
+                    meta={"from_kek": old, "to_kek": new_kek.kek_id, "rewrapped": count},
                 )
             ]
         )
+        return count
+
+    def _rewrap_locked(self, new_kek: envelope.Kek) -> int:
+        rows = self._db.execute(
+            "SELECT dek_id, wrapped FROM deks WHERE wrapped IS NOT NULL"
+        ).fetchall()
+        for dek_id, wrapped in rows:
+            dek = envelope.unwrap(self.kek, wrapped)
+            self._db.execute(
+                "UPDATE deks SET wrapped = ?, kek_id = ? WHERE dek_id = ?",
+                [envelope.wrap(new_kek, dek), new_kek.kek_id, dek_id],
+            )
         return len(rows)
 
-    def shred(self, *, call_id: str | None = None, before: float | None = None) -> int:
-        """Destroy data keys (crypto-shredding); returns how many were destroyed."""
+    def _new_epoch_locked(self, new_kek: envelope.Kek, reason: str) -> int:
+        current = self._current_epoch()
+        epoch = 0 if current is None else current[0] + 1
+        self._db.execute(
+            "INSERT INTO kek_epochs VALUES (?, ?, ?, ?)",
+            [epoch, new_kek.kek_id, time.time(), reason],
+        )
+        return epoch
+
+    def truncate_wal(self, attempts: int = 3) -> bool:
+        """Copy the WAL into the database and truncate it to zero bytes.
+
+        ``PRAGMA wal_checkpoint(TRUNCATE)`` waits (busy timeout) for readers that still use
+        old frames; it is tried ``attempts`` times.
+
+        Returns:
+            ``True`` when the WAL is now empty; ``False`` when readers kept it busy (the old
+            frames stay until the next checkpoint; a warning is logged).
+        """
+        for attempt in range(attempts):
+            with self._lock:
+                busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if not busy:
+                return True
+            time.sleep(0.05 * (attempt + 1))
+        _LOGGER.warning("audit WAL not truncated: readers kept it busy; retried at the next shred")
+        return False
+
+    def shred(
+        self,
+        *,
+        call_id: str | None = None,
+        before: float | None = None,
+        scopes: Sequence[str] = (SCOPE_CALL,),
+    ) -> int:
+        """Destroy data keys (crypto-shredding) of one call, or those created before a time.
+
+        Args:
+            call_id: Shred this call's keys; else those created before ``before``.
+            before: Seconds since the epoch (default: now); ignored with ``call_id``.
+            scopes: Key scopes to shred (default: call content only, so consent evidence and
+                admin records stay).
+
+        Returns:
+            How many data keys were destroyed.
+
+        Raises:
+            AuditError: The shred could not be committed (nothing was destroyed).
+        """
+        if call_id is not None:
+            return self.shred_where({scope: ("call_id = ?", [call_id]) for scope in scopes})
+        cutoff = before if before is not None else time.time()
+        return self.shred_where({scope: ("created < ?", [cutoff]) for scope in scopes})
+
+    def shred_expired(self, cutoffs: dict[str, float]) -> int:
+        """Destroy the keys of each scope created before its cutoff (s since the epoch).
+
+        Returns:
+            How many data keys were destroyed, all scopes together (one KEK epoch).
+        """
+        return self.shred_where({scope: ("created < ?", [t]) for scope, t in cutoffs.items()})
+
+    def shred_where(
+        self, conditions: dict[str, tuple[str, list[Any]]], *, epoch_reason: str | None = None
+    ) -> int:
+        """Destroy the live data keys matching a SQL condition per scope, in one transaction.
+
+        The wrapped DEKs are set to NULL (``secure_delete`` zeroes the old cell bytes). When
+        any key was destroyed and the KEK has a store, a new KEK epoch starts in the same
+        transaction: a fresh KEK is staged, the live DEKs are re-wrapped under it, the epoch is
+        recorded in ``kek_epochs`` and as a ``KekEpoch`` record (meta only: epoch, KEK ids,
+        counts), and after the commit the old KEK is destroyed. Then the WAL is checkpointed
+        and truncated, so ``-wal`` keeps no old page.
+
+        Args:
+            conditions: ``{scope: (SQL over deks columns, parameters)}``; scopes outside
+                :data:`SCOPES` are refused.
+            epoch_reason: Start a new KEK epoch even when no key is destroyed (the reason is
+                recorded), e.g. to move off the systemd credential as the direct KEK.
+
+        Returns:
+            How many data keys were destroyed.
+
+        Raises:
+            AuditError: Unknown scope, or the shred could not be committed; the old KEK and
+                every key are then unchanged.
+        """
+        unknown = set(conditions) - set(SCOPES)
+        if unknown:
+            raise AuditError(f"unknown key scope(s): {sorted(unknown)}")
+        staged: envelope.Kek | None = None
         with self._lock:
-            where, args = (
-                ("call_id = ?", [call_id])
-                if call_id is not None
-                else ("created < ?", [before if before is not None else time.time()])
-            )
-            cur = self._db.execute(
-                f"UPDATE deks SET wrapped = NULL, shredded = ? WHERE {where} AND shredded IS NULL",
-                [time.time(), *args],
-            )
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._sync_locked()
+                ids: list[str] = []
+                for scope, (where, args) in conditions.items():
+                    ids += [
+                        r[0]
+                        for r in self._db.execute(
+                            f"SELECT dek_id FROM deks WHERE scope = ? AND ({where})"
+                            " AND shredded IS NULL",
+                            [scope, *args],
+                        )
+                    ]
+                now = time.time()
+                self._db.conn.executemany(
+                    "UPDATE deks SET wrapped = NULL, shredded = ? WHERE dek_id = ?",
+                    [(now, dek_id) for dek_id in ids],
+                )
+                hashes: list[bytes] = []
+                store = self.kek.store
+                if (ids or epoch_reason) and store is not None:
+                    staged = store.stage()
+                    rewrapped = self._rewrap_locked(staged)
+                    epoch = self._new_epoch_locked(staged, epoch_reason or "shred")
+                    meta = {
+                        "epoch": epoch,
+                        "from_kek": self.kek.kek_id,
+                        "to_kek": staged.kek_id,
+                        "rewrapped": rewrapped,
+                        "shredded_keys": len(ids),
+                        "scopes": sorted(conditions),
+                        "reason": epoch_reason or "shred",
+                    }
+                    _, hashes = self._write_locked([Entry(kind="KekEpoch", meta=meta)])
+                self._db.execute("COMMIT")
+            except (sqlite3.Error, OSError, envelope.EnvelopeError) as exc:
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                if staged is not None and self.kek.store is not None:
+                    self.kek.store.abort()
+                self._deks.clear()
+                raise AuditError(f"shred failed, nothing destroyed: {exc}") from exc
+            for h in hashes:
+                self._tree.append(h)
             self._deks.clear()
-            return cur.rowcount
+            if staged is not None:
+                try:
+                    staged_store = staged.store
+                    assert staged_store is not None
+                    staged_store.promote()
+                except envelope.EnvelopeError:
+                    # Committed: the next open or append promotes the staged KEK.
+                    _LOGGER.exception("KEK epoch committed but the old KEK file was not replaced")
+                self.kek = staged
+        if ids:
+            self.truncate_wal()
+        return len(ids)
 
     def export_call(self, call_id: str) -> list[dict[str, Any]]:
         """Decrypt one call's records (for an authorised user; the caller logs the export).
@@ -344,15 +646,25 @@ class AuditLog:
         """
         return self.call_records(call_id, decrypt=True)
 
-    def call_records(self, call_id: str, *, decrypt: bool = False) -> list[dict[str, Any]]:
+    def call_records(
+        self, call_id: str, *, decrypt: bool = False, allow_shredded: bool = False
+    ) -> list[dict[str, Any]]:
         """One call's records in index order, found through the ``records_call_id`` index.
+
+        Args:
+            call_id: The call.
+            decrypt: Open sealed content.
+            allow_shredded: With ``decrypt``, mark records whose key was shredded with
+                ``"shredded": True`` instead of failing (e.g. consent evidence that outlives
+                the call's transcript).
 
         Returns:
             ``{"index", "t" (s since the epoch), "kind", "meta"}`` per record, plus the opened
             ``"content"`` of sealed records when ``decrypt`` is true.
 
         Raises:
-            ContentShredded: ``decrypt`` and the call's data key was shredded.
+            ContentShredded: ``decrypt``, not ``allow_shredded``, and a data key of the call
+                was shredded.
         """
         with self._lock:
             keys: dict[str, bytes | None] = {}
@@ -378,6 +690,10 @@ class AuditLog:
             if decrypt and record.sealed is not None:
                 dek = keys.get(record.dek_id or "")
                 if dek is None:
+                    if allow_shredded:
+                        item["shredded"] = True
+                        out.append(item)
+                        continue
                     raise ContentShredded(f"call {call_id}: content was shredded")
                 item["content"] = json.loads(
                     envelope.open_sealed(
@@ -396,6 +712,6 @@ class AuditLog:
         return None if row is None else (int(row[0]), float(row[1] or 0.0))
 
     def close(self) -> None:
-        """Close the database connection."""
+        """Close the database connection (SQLite checkpoints the WAL when it is the last)."""
         with self._lock:
             self._db.conn.close()

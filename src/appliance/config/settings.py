@@ -303,9 +303,22 @@ class AuditSettings(_Section):
     transcript_retention_days: float = Field(
         30.0, gt=0, description="Content (transcripts, digits) is crypto-shredded after this."
     )
+    consent_retention_days: float = Field(
+        2557.0,
+        gt=0,
+        description=(
+            "Consent evidence and records outside calls (admin, system) are crypto-shredded "
+            "after this: 7 years, past HIPAA's six-year documentation retention (45 CFR "
+            "164.316(b)(2)(i)) and the four-year limit for TCPA claims (28 U.S.C. 1658(a))."
+        ),
+    )
     retention_sweep_s: float = Field(3600.0, gt=0, description="How often retention runs.")
     create_keys: bool = Field(
-        True, description="Create missing keys at start (first boot); false on a provisioned box."
+        False,
+        description=(
+            "Keys are created only for a brand-new log (first start); true also replaces a "
+            "missing key beside an existing log (its sealed content is then lost)."
+        ),
     )
     checkpoint_interval_s: float = Field(
         300.0,
