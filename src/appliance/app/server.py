@@ -285,6 +285,25 @@ class ApplianceServer:
             _LOGGER.warning("could not record the running version in %s", marker)
         if previous and previous != current:
             _LOGGER.info("software version changed from %s to %s", previous, current)
+        self._record_firstboot()
+
+    def _record_firstboot(self) -> None:
+        """Put first boot's decisions (a trunk file applied or refused) on the audit record.
+
+        First boot cannot open the audit log; it leaves them in a pending file next to it
+        (:mod:`appliance.app.firstboot.records`), removed once they are recorded.
+        """
+        from appliance.app.firstboot.records import PENDING_NAME, clear_pending, read_pending
+
+        if self.audit is None:
+            return
+        pending = Path(self.settings.audit.db).with_name(PENDING_NAME)
+        for record in read_pending(pending):
+            detail = f"firstboot {record.at}: {record.detail}"
+            self.bus.emit(ConfigChanged("", accepted=record.accepted, detail=detail))
+            if not record.accepted:
+                _LOGGER.warning("first boot refused a settings change (see the audit log)")
+        clear_pending(pending)
 
     def _collect(self, event: Event) -> None:
         """Keep each live call's events for its post-call score."""
