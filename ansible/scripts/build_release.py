@@ -23,7 +23,17 @@ Three layers (docs/decisions/0007-versioned-release-dirs.md):
   manifest's digests, so the store is shipped again only when a model changes.
 
 Every artefact gets a ``<file>.sha256`` sidecar (``sha256sum`` format); ``SHA256SUMS`` at the
-repository root lists them all. Nothing here touches the network.
+repository root lists them all. Every artefact, the release metadata ``appliance-<v>.json`` and
+the release's file list ``appliance-<v>.files`` (every file of the release tarball and of the
+installed wheel, which boxes check before a switch or rollback) is also signed with the release
+key: ``<file>.minisig``, Ed25519 in minisign's format (``appliance.release``,
+docs/decisions/0016-signed-releases.md). The hashes catch corruption; only the signatures are
+trusted. The secret key comes from ``--signing-key`` or ``$APPLIANCE_RELEASE_SIGNING_KEY`` and
+never lives in the repository; a test or development key pair is made with::
+
+    .venv/bin/python ansible/scripts/build_release.py keygen --secret KEY --public KEY.pub
+
+Nothing here touches the network.
 """
 
 from __future__ import annotations
@@ -39,10 +49,17 @@ import sys
 import sysconfig
 import tarfile
 import tempfile
+import zipfile
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "src"))
+from appliance import release as signing  # noqa: E402 - needs the source tree on sys.path
+
+#: Environment variable naming the release signing key (PKCS#8 PEM, mode 0600).
+KEY_ENV = "APPLIANCE_RELEASE_SIGNING_KEY"
 _VERSION_RE = re.compile(r"^\d+(\.\d+)*([a-z]+\d+)?(\.post\d+)?(\.dev\d+)?(\+[a-z0-9.]+)?$")
 _EXCLUDED_DISTS = {"appliance"}
 _CHUNK = 1 << 20
@@ -94,10 +111,43 @@ def _excluded_runtime_entries(site_packages: Path) -> set[str]:
     return out
 
 
-def _write_sidecar(path: Path) -> str:
+def _write_sidecar(path: Path, key: Any = None) -> str:
+    """Write ``<path>.sha256`` and, with a key, ``<path>.minisig``."""
     digest = sha256_file(path)
     path.with_name(path.name + ".sha256").write_text(f"{digest}  {path.name}\n")
+    if key is not None:
+        signing.sign_file(path, key)
     return digest
+
+
+def load_signing_key(path: Path | None) -> Any:
+    """The release signing key from ``path`` or ``$APPLIANCE_RELEASE_SIGNING_KEY``.
+
+    Raises:
+        SystemExit: No key was given, or it is unreadable, readable by others or not Ed25519.
+    """
+    path = path or (Path(os.environ[KEY_ENV]) if os.environ.get(KEY_ENV) else None)
+    if path is None:
+        raise SystemExit(
+            f"no release signing key: pass --signing-key or set ${KEY_ENV} "
+            "(make a test key with: build_release.py keygen --secret KEY --public KEY.pub)"
+        )
+    try:
+        return signing.load_secret_key(path)
+    except signing.SignatureError as e:
+        raise SystemExit(str(e)) from e
+
+
+def _ensure_signed(path: Path, key: Any) -> None:
+    """Sign an artefact that is already in the repository if its signature is not valid."""
+    pub = signing.PublicKey(
+        signing._key_id(key.public_key()),  # noqa: SLF001 - same project, one key-id rule
+        key.public_key(),
+    )
+    try:
+        signing.verify_file(path, pub)
+    except signing.SignatureError:
+        signing.sign_file(path, key)
 
 
 def _write_repo_sums(repo: Path) -> None:
@@ -117,13 +167,14 @@ def _atomic_move(src: Path, dest: Path) -> None:
     tmp.replace(dest)
 
 
-def build_runtime(repo: Path) -> Path:
-    """Pack the dependency layer of the running environment into the repository."""
+def build_runtime(repo: Path, key: Any) -> Path:
+    """Pack the dependency layer of the running environment into the repository; sign it."""
     site = _site_packages()
     rid, reqs = runtime_id(site)
     dest = repo / "runtimes" / f"runtime-{rid}.tar"
     if dest.exists() and dest.with_name(dest.name + ".sha256").exists():
         print(f"runtime {rid} already in {repo}", file=sys.stderr)
+        _ensure_signed(dest, key)
         return dest
     excluded = _excluded_runtime_entries(site)
     with tempfile.TemporaryDirectory(dir=repo) as tmp:
@@ -137,7 +188,7 @@ def build_runtime(repo: Path) -> Path:
         cmd += ["--exclude=__pycache__", "site-packages"]
         subprocess.run(cmd, check=True)
         _atomic_move(out, dest)
-    _write_sidecar(dest)
+    _write_sidecar(dest, key)
     _write_repo_sums(repo)
     return dest
 
@@ -173,8 +224,37 @@ def models_id(manifest: Path) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
-def build_release(repo: Path, version: str, source: Path) -> Path:
-    """Build the app layer for ``version`` from a source tree into the repository."""
+def _wheel_files(wheel: Path, python: str) -> dict[str, str]:
+    """``{path in the release dir: sha256}`` of what pip installs from ``wheel`` into ``.venv``.
+
+    pip copies a pure wheel's files verbatim into site-packages and rewrites only its RECORD
+    (adding INSTALLER, REQUESTED, direct_url.json), which are therefore not listed.
+    """
+    out = {}
+    base = f".venv/lib/python{python}/site-packages"
+    with zipfile.ZipFile(wheel) as zf:
+        for member in zf.infolist():
+            name = member.filename
+            if member.is_dir() or name.endswith(".dist-info/RECORD"):
+                continue
+            if ".data/" in name.split("/", 1)[0] + "/":
+                raise SystemExit(f"{wheel.name}: a .data directory is not supported: {name}")
+            out[f"{base}/{name}"] = hashlib.sha256(zf.read(member)).hexdigest()
+    return out
+
+
+def _file_list(top: Path, wheel: Path, python: str) -> str:
+    entries = {
+        p.relative_to(top).as_posix(): sha256_file(p)
+        for p in top.rglob("*")
+        if p.is_file() and not p.is_symlink()
+    }
+    entries.update(_wheel_files(wheel, python))
+    return signing.format_file_list((k, v) for k, v in entries.items())
+
+
+def build_release(repo: Path, version: str, source: Path, key: Any) -> Path:
+    """Build the app layer for ``version`` from a source tree into the repository; sign it."""
     if not _VERSION_RE.match(version):
         raise SystemExit(f"not a PEP 440 version this tool accepts: {version!r}")
     dest = repo / "releases" / f"appliance-{version}.tar.gz"
@@ -208,12 +288,18 @@ def build_release(repo: Path, version: str, source: Path) -> Path:
             "built_from": _describe_source(source),
         }
         (top / "release.json").write_text(json.dumps(info, indent=2) + "\n")
+        listing = _file_list(top, wheels[0], str(info["python"]))
         out = staging / dest.name
         with tarfile.open(out, "w:gz") as tar:
             tar.add(top, arcname=top.name, filter=_reproducible)
         _atomic_move(out, dest)
-    _write_sidecar(dest)
-    dest.with_name(f"appliance-{version}.json").write_text(json.dumps(info, indent=2) + "\n")
+    _write_sidecar(dest, key)
+    meta = dest.with_name(f"appliance-{version}.json")
+    meta.write_text(json.dumps(info, indent=2) + "\n")
+    signing.sign_file(meta, key)
+    files = dest.with_name(signing.file_list_name(version))
+    files.write_text(listing)
+    signing.sign_file(files, key)
     _write_repo_sums(repo)
     return dest
 
@@ -235,8 +321,11 @@ def _describe_source(source: Path) -> str:
     return out.stdout.strip() or "unknown"
 
 
-def build_models(repo: Path, store: Path) -> Path:
-    """Verify the model store against its manifest, then pack it with a SHA256SUMS file."""
+def build_models(repo: Path, store: Path, key: Any) -> Path:
+    """Verify the model store against its manifest, pack it with a SHA256SUMS file, sign it.
+
+    The signature covers the tarball itself (SHA256SUMS inside included), not just the sums.
+    """
     sys.path.insert(0, str(ROOT / "src"))
     from appliance.models.manifest import load_manifest
     from appliance.models.store import verify
@@ -250,6 +339,7 @@ def build_models(repo: Path, store: Path) -> Path:
     dest = repo / "models" / f"models-{mid}.tar"
     if dest.exists() and dest.with_name(dest.name + ".sha256").exists():
         print(f"models {mid} already in {repo}", file=sys.stderr)
+        _ensure_signed(dest, key)
         return dest
     sums = []
     for model in manifest.select("default"):
@@ -266,7 +356,7 @@ def build_models(repo: Path, store: Path) -> Path:
             ["tar", "-C", str(store), "-rf", str(out), "manifest.toml", *names], check=True
         )
         _atomic_move(out, dest)
-    _write_sidecar(dest)
+    _write_sidecar(dest, key)
     _write_repo_sums(repo)
     return dest
 
@@ -285,17 +375,29 @@ def main(argv: list[str] | None = None) -> int:
     mod.add_argument("--repo", type=Path, required=True)
     mod.add_argument("--store", type=Path, default=ROOT / "models" / "store")
     sub.add_parser("runtime-id", help="print this environment's runtime id and exit")
+    gen = sub.add_parser("keygen", help="make a release key pair (tests, development)")
+    gen.add_argument("--secret", type=Path, required=True, help="secret key (created 0600)")
+    gen.add_argument("--public", type=Path, required=True, help="public key (minisign format)")
+    for cmd in (rel, run, mod):
+        cmd.add_argument(
+            "--signing-key", type=Path, default=None, help=f"release secret key (${KEY_ENV})"
+        )
     args = parser.parse_args(argv)
     if args.cmd == "runtime-id":
         print(runtime_id(_site_packages())[0])
         return 0
+    if args.cmd == "keygen":
+        pub = signing.generate_key(args.secret, args.public)
+        print(f"release key {pub.key_id_hex}: secret {args.secret}, public {args.public}")
+        return 0
+    key = load_signing_key(args.signing_key)
     args.repo.mkdir(parents=True, exist_ok=True)
     if args.cmd == "release":
-        path = build_release(args.repo.resolve(), args.version, args.source.resolve())
+        path = build_release(args.repo.resolve(), args.version, args.source.resolve(), key)
     elif args.cmd == "runtime":
-        path = build_runtime(args.repo.resolve())
+        path = build_runtime(args.repo.resolve(), key)
     else:
-        path = build_models(args.repo.resolve(), args.store.resolve())
+        path = build_models(args.repo.resolve(), args.store.resolve(), key)
     print(path)
     return 0
 

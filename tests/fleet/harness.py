@@ -140,6 +140,32 @@ class Fleet:
         self.control_dir = Path(f"/tmp/flcp{self.tag}")  # short: ssh ControlPath length limit
         self._links: list[str] = []
         self._runs = 0
+        self._make_release_key()
+
+    def _make_release_key(self) -> None:
+        """Make a throwaway release signing key for this fleet.
+
+        build_release.py signs with it (its environment variable is set until close()), and the
+        inventory pins its public half.
+        """
+        keys = self.root / "release-key"
+        keys.mkdir(mode=0o700, parents=True, exist_ok=True)
+        secret, public = keys / "release-signing.key", keys / "release-signing.pub"
+        script = REPO / "ansible" / "scripts" / "build_release.py"
+        run(
+            [
+                sys.executable,
+                str(script),
+                "keygen",
+                "--secret",
+                str(secret),
+                "--public",
+                str(public),
+            ]
+        )
+        self.release_pubkey = public.read_text().splitlines()[1]
+        self._saved_key_env = os.environ.get("APPLIANCE_RELEASE_SIGNING_KEY")
+        os.environ["APPLIANCE_RELEASE_SIGNING_KEY"] = str(secret)
 
     # -- network ------------------------------------------------------------------------------
     def create_network(self) -> None:
@@ -296,6 +322,7 @@ class Fleet:
                     ),
                     "ansible_python_interpreter": "/usr/bin/python3",
                     "appliance_artefact_repo": str(repo),
+                    "appliance_release_pubkey": self.release_pubkey,
                     "appliance_python": "/usr/bin/python3",
                     "appliance_service_manager": "supervisord",
                     "appliance_supervisorctl": str(BIN / "supervisorctl"),
@@ -375,6 +402,10 @@ class Fleet:
         (or that run inside its namespaces) are signalled.
         """
         errors: list[str] = []
+        if self._saved_key_env is None:
+            os.environ.pop("APPLIANCE_RELEASE_SIGNING_KEY", None)
+        else:
+            os.environ["APPLIANCE_RELEASE_SIGNING_KEY"] = self._saved_key_env
         for host in self.hosts:
             try:
                 self._close_host(host)
