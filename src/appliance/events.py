@@ -98,10 +98,19 @@ class BargeIn(Event):
 
 @dataclass(frozen=True)
 class DtmfReceived(Event):
-    """A DTMF digit arrived; ``method`` is ``"rfc4733"`` or ``"sip-info"`` (digit is content)."""
+    """A keypad key arrived; ``method`` is ``"rfc4733"`` or ``"sip-info"``.
+
+    ``in_slot``: the dialogue was asking for digits (a workflow's digit slot, e.g. a date of
+    birth); only then does ``digit`` (content) hold the key. Outside a digit slot the key may be
+    anything (a card number typed at the wrong moment), so ``digit`` is ``""`` and ``count`` is
+    how many keys the caller has pressed outside digit slots in this call, this one included
+    (PCI DSS v4.0 req. 3.3: no card data stored, encrypted or not). ``count`` is 0 in a slot.
+    """
 
     digit: str
     method: str
+    in_slot: bool = True
+    count: int = 0
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The PCI DTMF pause: card digits reach the payment handler and nothing else.
+"""The PCI DTMF pause: card number, expiry and security code reach the payment handler only.
 
 The gate runs in a real pipecat pipeline. A pause is started the way a call starts it (a
 processor calls :meth:`PciGate.start`, in a call the receptionist's ``on_after``), here on a
@@ -16,16 +16,27 @@ from dataclasses import dataclass, field
 
 import pytest
 from pipecat.audio.dtmf.types import KeypadEntry
-from pipecat.frames.frames import Frame, InputAudioRawFrame, InputDTMFFrame, SystemFrame
+from pipecat.frames.frames import (
+    Frame,
+    InputAudioRawFrame,
+    InputDTMFFrame,
+    SystemFrame,
+    TTSSpeakFrame,
+)
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.tests.utils import SleepFrame, run_test
 
 from appliance.events import Event, PciPause
-from appliance.pipeline.payments import LuhnHandoff, PaymentResult
-from appliance.pipeline.pci import PciGate
+from appliance.pipeline.payments import CardEntry, LuhnHandoff, PaymentResult
+from appliance.pipeline.pci import PciGate, PciPrompts
 from tests.unit.terminal import PaymentTerminal
 
 TEST_PAN = "4111111111111111"  # Visa's published test number
+EXPIRY = "1299"  # December 2099
+CVV = "737"
+#: A whole entry as a caller keys it: PAN ``#``, expiry (ends by its 4th digit; the ``#`` after
+#: it is ignored), security code ``#``.
+CARD_KEYS = f"{TEST_PAN}#{EXPIRY}#{CVV}#"
 VOICE = InputAudioRawFrame(audio=b"\x10\x27" * 320, sample_rate=16000, num_channels=1)
 
 
@@ -73,16 +84,20 @@ class RecordingHandler:
 
     def __init__(self, result: PaymentResult = ACCEPTED) -> None:
         self.result = result
-        self.calls: list[tuple[str, str]] = []
+        self.calls: list[tuple[CardEntry, str]] = []
 
-    async def handle(self, pan: str, handoff_id: str) -> PaymentResult:
-        self.calls.append((pan, handoff_id))
+    async def handle(self, card: CardEntry, handoff_id: str) -> PaymentResult:
+        self.calls.append((card, handoff_id))
         return self.result
+
+    @property
+    def cards(self) -> list[tuple[str, str, str]]:
+        return [(c.pan, c.expiry, c.cvv) for c, _ in self.calls]
 
 
 class FailingHandler:
-    async def handle(self, pan: str, handoff_id: str) -> PaymentResult:
-        raise ValueError(f"terminal choked on {pan}")
+    async def handle(self, card: CardEntry, handoff_id: str) -> PaymentResult:
+        raise ValueError(f"terminal choked on {card.pan} {card.cvv}")
 
 
 @dataclass
@@ -95,6 +110,9 @@ class Call:
 
     def digits_downstream(self) -> str:
         return "".join(f.button.value for f in self.down if isinstance(f, InputDTMFFrame))
+
+    def spoken(self) -> list[str]:
+        return [f.text for f in self.down if isinstance(f, TTSSpeakFrame)]
 
     def audio_downstream(self) -> list[bytes]:
         return [f.audio for f in self.down if isinstance(f, InputAudioRawFrame)]
@@ -124,7 +142,9 @@ async def run_call(handler: object, frames: list[Frame]) -> Call:
 
 def assert_no_card_number(call: Call, caplog: pytest.LogCaptureFixture) -> None:
     seen = " ".join(str(f) for f in call.down) + " ".join(repr(e) for e in call.events)
-    assert TEST_PAN not in seen and TEST_PAN not in caplog.text
+    seen += caplog.text
+    assert TEST_PAN not in seen and f"{EXPIRY}{CVV}" not in seen
+    assert not re.search(rf"(?<!\d){CVV}(?!\d)", seen)
 
 
 async def test_pause_withholds_digits_and_voice_then_resumes(
@@ -142,32 +162,51 @@ async def test_pause_withholds_digits_and_voice_then_resumes(
             VOICE,  # the caller reads the number aloud: silenced
             *keys(TEST_PAN),
             *keys("#"),
+            VOICE,  # and the expiry and the code: silenced too
+            *keys(EXPIRY),
+            *keys(CVV + "#"),
             SleepFrame(sleep=0.05),
             VOICE,  # resumed: audio and keys flow again
             *keys("7"),
         ],
     )
-    assert handler.calls == [(TEST_PAN, "a1b2c3d4e5f60718")]
+    assert handler.cards == [(TEST_PAN, EXPIRY, CVV)]
+    assert handler.calls[0][1] == "a1b2c3d4e5f60718"
     assert call.done == [True]
-    assert call.digits_downstream() == "57"  # neither the card digits nor its '#'
-    assert call.audio_downstream() == [VOICE.audio, bytes(len(VOICE.audio)), VOICE.audio]
+    assert call.digits_downstream() == "57"  # no card digit, no '#'
+    silence = bytes(len(VOICE.audio))
+    assert call.audio_downstream() == [VOICE.audio, silence, silence, VOICE.audio]
+    assert call.spoken() == [PciPrompts().expiry, PciPrompts().cvv]
     assert call.pauses() == [(True, 0, ""), (False, 16, "accepted")]
     assert not call.gate.active
     assert_no_card_number(call, caplog)
 
 
-async def test_max_digits_end_the_pause_without_hash() -> None:
+async def test_a_cvv_keyed_after_the_card_number_stays_in_the_pause() -> None:
+    """The old pause ended at the PAN's ``#``: the code keyed next went on the record."""
     handler = RecordingHandler()
-    call = await run_call(handler, [BeginPause(digits_max=16), *keys(TEST_PAN + "#")])
-    assert [pan for pan, _ in handler.calls] == [TEST_PAN]
-    assert call.digits_downstream() == "#"  # the pause was already over
+    call = await run_call(handler, [BeginPause(), *keys(f"{TEST_PAN}#"), *keys(CVV + "#")])
+    # Still in the pause when the call ended ("737#" went into the expiry entry), so nothing
+    # passed on, and the half-typed card went nowhere.
+    assert call.digits_downstream() == ""
+    assert handler.calls == [] and call.done == [] and call.pauses() == [(True, 0, "")]
+    assert call.spoken() == [PciPrompts().expiry, PciPrompts().cvv]
+
+
+async def test_entries_that_end_by_their_count_need_no_hash() -> None:
+    handler = RecordingHandler()
+    call = await run_call(
+        handler, [BeginPause(digits_max=16), *keys(TEST_PAN + "#" + EXPIRY + "4321" + "#")]
+    )
+    assert handler.cards == [(TEST_PAN, EXPIRY, "4321")]  # the '#' after each count: ignored
+    assert call.digits_downstream() == "#"  # the pause was already over at the code's 4th
     assert call.done == [True]
 
 
-async def test_star_starts_the_entry_over() -> None:
+async def test_star_starts_the_current_entry_over() -> None:
     handler = RecordingHandler()
-    await run_call(handler, [BeginPause(), *keys("99*"), *keys(TEST_PAN + "#")])
-    assert [pan for pan, _ in handler.calls] == [TEST_PAN]
+    await run_call(handler, [BeginPause(), *keys("99*"), *keys(f"{TEST_PAN}#12*{EXPIRY}5*{CVV}#")])
+    assert handler.cards == [(TEST_PAN, EXPIRY, CVV)]
 
 
 async def test_timeout_hands_off_what_was_typed() -> None:
@@ -175,10 +214,28 @@ async def test_timeout_hands_off_what_was_typed() -> None:
     call = await run_call(
         handler, [BeginPause(timeout_s=0.3), *keys("4111"), SleepFrame(sleep=0.6), *keys("2")]
     )
-    assert [pan for pan, _ in handler.calls] == ["4111"]
+    assert handler.cards == [("4111", "", "")]
     assert call.pauses() == [(True, 0, ""), (False, 4, "bad_length")]
     assert call.done == [False]
     assert call.digits_downstream() == "2"
+
+
+async def test_each_entry_has_its_own_timeout() -> None:
+    handler = RecordingHandler(PaymentResult(False, "bad_cvv"))
+    call = await run_call(
+        handler,
+        [
+            BeginPause(timeout_s=0.3),
+            *keys(TEST_PAN + "#"),
+            SleepFrame(sleep=0.2),
+            *keys(EXPIRY),  # 0.2 s into the expiry entry: the PAN's time no longer counts
+            SleepFrame(sleep=0.2),
+            *keys("7"),
+            SleepFrame(sleep=0.5),  # the code's entry runs out
+        ],
+    )
+    assert handler.cards == [(TEST_PAN, EXPIRY, "7")]
+    assert call.pauses() == [(True, 0, ""), (False, 16, "bad_cvv")]
 
 
 async def test_timeout_without_digits_does_not_call_the_handler() -> None:
@@ -193,7 +250,7 @@ async def test_failing_handler_falls_back_without_logging_digits(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    call = await run_call(FailingHandler(), [BeginPause(), *keys(TEST_PAN + "#")])
+    call = await run_call(FailingHandler(), [BeginPause(), *keys(CARD_KEYS)])
     assert call.pauses() == [(True, 0, ""), (False, 16, "handler_error")]
     assert call.done == [False]
     assert "payment handler failed (ValueError)" in caplog.text
@@ -209,11 +266,11 @@ async def test_restarting_a_pause_cancels_the_old_timer() -> None:
             SleepFrame(sleep=0.1),
             BeginPause(timeout_s=5.0),
             SleepFrame(sleep=0.4),  # the first pause's timer would have fired by now
-            *keys(TEST_PAN + "#"),
+            *keys(CARD_KEYS),
         ],
     )
     assert call.pauses() == [(True, 0, ""), (True, 0, ""), (False, 16, "accepted")]
-    assert [pan for pan, _ in handler.calls] == [TEST_PAN]
+    assert handler.cards == [(TEST_PAN, EXPIRY, CVV)]
     assert call.digits_downstream() == ""
 
 
@@ -230,9 +287,11 @@ async def test_payment_post_carries_the_pauses_handoff_id() -> None:
     with PaymentTerminal(200) as terminal:
         call = await run_call(
             LuhnHandoff(terminal.url),
-            [BeginPause(handoff_id="5e1f0c2d9a8b7c6d"), *keys(TEST_PAN + "#")],
+            [BeginPause(handoff_id="5e1f0c2d9a8b7c6d"), *keys(CARD_KEYS)],
         )
-    assert terminal.bodies == [{"handoff_id": "5e1f0c2d9a8b7c6d", "pan": TEST_PAN}]
+    assert terminal.bodies == [
+        {"handoff_id": "5e1f0c2d9a8b7c6d", "pan": TEST_PAN, "expiry": EXPIRY, "cvv": CVV}
+    ]
     assert call.starter.handoff_ids == ["5e1f0c2d9a8b7c6d"]
     assert call.done == [True]
     # The audit record of the pause carries the same id: the two records can be linked.
@@ -253,10 +312,10 @@ async def test_a_pause_started_without_an_id_gets_a_fresh_one() -> None:
             LuhnHandoff(terminal.url),
             [
                 BeginPause(),
-                *keys(TEST_PAN + "#"),
+                *keys(CARD_KEYS),
                 SleepFrame(sleep=0.3),  # the next pause follows the first one's outcome
                 BeginPause(),
-                *keys(TEST_PAN + "#"),
+                *keys(CARD_KEYS),
             ],
         )
     ids = [body["handoff_id"] for body in terminal.bodies]

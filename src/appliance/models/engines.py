@@ -575,31 +575,47 @@ class EmbeddingEngine:
         self._lock = threading.Lock()
         self._cache: dict[str, np.ndarray] = {}
 
-    def encode(self, texts: list[str]) -> np.ndarray:
+    def encode(self, texts: list[str], *, remember: bool | None = None) -> np.ndarray:
         """Embed ``texts``: float32 array of shape ``(len(texts), 384)``, rows L2-normalised.
 
-        Results are memoised per text (workflow examples and KB entries are embedded once).
+        Only fixed texts are memoised (workflow examples and KB entries, embedded once per
+        load). A caller's words are embedded one at a time and are never kept: the memo is
+        shared by every call of the process and would otherwise hold what callers said long
+        after their calls ended.
+
+        Args:
+            texts: The texts to embed.
+            remember: Memoise these texts. ``None`` (the default): a batch of two or more
+                (an index being built) is memoised, a single text (a query, the caller's
+                words) is not. Memoised texts are reused either way.
         """
+        if remember is None:
+            remember = len(texts) > 1
+        if not texts:
+            return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
         missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        fresh: dict[str, np.ndarray] = {}
         if missing:
             with self._lock:
                 vectors = self._model.encode(
                     missing, normalize_embeddings=True, convert_to_numpy=True, batch_size=32
                 )
             for text, vec in zip(missing, vectors, strict=True):
-                if len(self._cache) < 20000:
-                    self._cache[text] = vec.astype(np.float32)
-        if not texts:
-            return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-        return np.stack(
-            [self._cache[t] if t in self._cache else self._encode_one(t) for t in texts]
-        )
+                fresh[text] = vec.astype(np.float32)
+                if remember and len(self._cache) < 20000:
+                    self._cache[text] = fresh[text]
+        out = np.stack([self._cache[t] if t in self._cache else fresh[t] for t in texts])
+        fresh.clear()
+        return out
 
-    def _encode_one(self, text: str) -> np.ndarray:
-        with self._lock:
-            vec = self._model.encode([text], normalize_embeddings=True, convert_to_numpy=True)
-        row: np.ndarray = vec[0]  # numpy types indexing an array of unknown shape as Any
-        return row.astype(np.float32)
+    @property
+    def memo_size(self) -> int:
+        """How many texts are memoised (fixed texts only; see :meth:`encode`)."""
+        return len(self._cache)
+
+    def remembers(self, text: str) -> bool:
+        """Whether ``text``'s embedding is memoised."""
+        return text in self._cache
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""PCI DTMF pause: card digits go to the payment handler and nowhere else.
+"""PCI DTMF pause: card data goes to the payment handler and nowhere else.
 
 A prompt-level instruction is not a control (PCI DSS v4.0 req. 3.3: sensitive authentication
 data must not be stored; SECURITY.md): this processor sits directly after the transport input,
@@ -8,10 +8,17 @@ before the STT, and while a pause is active
   keypad tones leaking into the audio) reaches the STT, the transcript or the LLM;
 * RFC 4733 / SIP INFO digits are swallowed here: no :class:`InputDTMFFrame` travels further,
   so no ``DtmfReceived`` event, log line or audit record ever holds them;
-* the digits are handed to a :class:`~appliance.pipeline.payments.PaymentHandler` (with the
-  pause's opaque hand-off id) when ``#`` is pressed, the maximum count is reached, or the
-  timeout expires; ``*`` starts the entry over. Only the count and a fixed outcome name are
-  emitted (:class:`~appliance.events.PciPause`).
+* the pause collects three entries in turn, each on the keypad: the card number (PAN), ended
+  by ``#`` or ``digits_max`` digits; the expiry date (``MMYY``), ended by ``#`` or its 4th
+  digit; the card security code (CVV/CVC, 3-4 digits), ended by ``#`` or its 4th digit. The
+  expiry and code entries are asked for with a spoken prompt (a :class:`TTSSpeakFrame`; a
+  ``#`` typed right after an entry that ended by its count is ignored, not taken as an empty
+  entry). ``*`` starts the current entry over. Each entry has ``timeout_s`` seconds; when it
+  runs out, the pause ends with what was typed;
+* the three are handed to a :class:`~appliance.pipeline.payments.PaymentHandler` together
+  (with the pause's opaque hand-off id) as one :class:`~appliance.pipeline.payments.CardEntry`.
+  Only the PAN's digit count and a fixed outcome name are emitted
+  (:class:`~appliance.events.PciPause`).
 
 The appliance does not record calls; were recording added, it must take its audio after this
 processor to stay muted too.
@@ -23,15 +30,32 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
-from pipecat.frames.frames import Frame, InputAudioRawFrame, InputDTMFFrame
+from pipecat.frames.frames import Frame, InputAudioRawFrame, InputDTMFFrame, TTSSpeakFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from appliance.events import Event, PciPause
-from appliance.pipeline.payments import PaymentHandler, PaymentResult
+from appliance.pipeline.payments import CardEntry, PaymentHandler, PaymentResult
 
 _LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PciPrompts:
+    """What the pause says before the expiry and the security-code entries."""
+
+    expiry: str = (
+        "Thank you. Now key in the expiry date as four digits, the month and then the year."
+    )
+    cvv: str = "And now the three or four digit security code from the card, then the pound key."
+
+
+#: Most digits of the expiry (``MMYY``) and security-code entries; the card number's is the
+#: pause's ``digits_max``.
+_EXPIRY_DIGITS = 4
+_CVV_DIGITS = 4
 
 
 class PciGate(FrameProcessor):
@@ -40,7 +64,8 @@ class PciGate(FrameProcessor):
     Args:
         call_id: Opaque call id for events.
         emit: Event sink (receives only :class:`PciPause`, never digits).
-        handler: Where the card number goes.
+        handler: Where the card number, expiry and security code go.
+        prompts: The spoken prompts for the expiry and security-code entries.
     """
 
     def __init__(
@@ -48,15 +73,20 @@ class PciGate(FrameProcessor):
         call_id: str,
         emit: Callable[[Event], None],
         handler: PaymentHandler,
+        prompts: PciPrompts | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self._call_id = call_id
         self._emit = emit
         self._handler = handler
+        self._prompts = prompts or PciPrompts()
         self._active = False
-        self._digits: list[str] = []
+        #: The entries typed so far: PAN, expiry, security code (the last one is current).
+        self._entries: list[list[str]] = []
+        self._skip_hash = False
         self._max = 19
+        self._timeout_s = 30.0
         self._handoff_id = ""
         self._on_done: Callable[[bool], Awaitable[None]] | None = None
         self._timer: asyncio.Task[None] | None = None
@@ -70,6 +100,13 @@ class PciGate(FrameProcessor):
     def handoff_id(self) -> str:
         """The hand-off id of the current (or last) pause; ``""`` before the first."""
         return self._handoff_id
+
+    @property
+    def stage(self) -> str:
+        """The entry being typed: ``"pan"``, ``"expiry"``, ``"cvv"``; ``""`` with no pause."""
+        if not self._active:
+            return ""
+        return ("pan", "expiry", "cvv")[len(self._entries) - 1]
 
     def start(
         self,
@@ -86,9 +123,10 @@ class PciGate(FrameProcessor):
 
         Args:
             on_done: Awaited with ``True`` when the payment handler accepted the card.
-            digits_max: The pause ends by itself after this many digits.
-            timeout_s: The pause ends by itself after this many seconds.
-            handoff_id: Opaque, non-PHI id sent to the payment handler with the card number;
+            digits_max: The card-number entry ends by itself after this many digits.
+            timeout_s: Each entry (card number, expiry, security code) ends the pause by
+                itself after this many seconds without being completed.
+            handoff_id: Opaque, non-PHI id sent to the payment handler with the card data;
                 ``""`` mints a fresh one (16 hex digits, like transfer hand-off ids).
 
         Returns:
@@ -97,36 +135,54 @@ class PciGate(FrameProcessor):
         if self._timer is not None:
             self._timer.cancel()
         self._active = True
-        self._digits = []
+        self._entries = [[]]
+        self._skip_hash = False
         self._max = digits_max
+        self._timeout_s = timeout_s
         self._handoff_id = handoff_id or uuid.uuid4().hex[:16]
         self._on_done = on_done
         self._emit(PciPause(self._call_id, active=True, handoff_id=self._handoff_id))
-        self._timer = asyncio.get_running_loop().create_task(self._timeout(timeout_s))
+        self._arm_timer()
         return self._handoff_id
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None and self._timer is not asyncio.current_task():
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().create_task(self._timeout(self._timeout_s))
 
     async def _timeout(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
         if self._active:
             await self._finish()
 
+    async def _next_entry(self) -> None:
+        """The current entry is complete: ask for the next one, or hand the card off."""
+        if len(self._entries) == 3:
+            await self._finish()
+            return
+        self._entries.append([])
+        self._arm_timer()
+        text = self._prompts.expiry if len(self._entries) == 2 else self._prompts.cvv
+        await self.push_frame(TTSSpeakFrame(text), FrameDirection.DOWNSTREAM)
+
     async def _finish(self) -> None:
         self._active = False
         if self._timer is not None and self._timer is not asyncio.current_task():
             self._timer.cancel()
         self._timer = None
-        pan = "".join(self._digits)
-        count = len(self._digits)
-        self._digits = []
+        entries = ["".join(e) for e in self._entries] + ["", "", ""]
+        card = CardEntry(pan=entries[0], expiry=entries[1], cvv=entries[2])
+        self._entries = []
+        count = len(card.pan)
         # This pause's id and callback: a new pause may start while the handler is awaited.
         handoff_id, on_done = self._handoff_id, self._on_done
         try:
-            result = await self._handler.handle(pan, handoff_id) if count else None
+            result = await self._handler.handle(card, handoff_id) if count else None
         except Exception as exc:  # noqa: BLE001 - a failing processor falls back to staff
             # The exception's type only: its message or traceback could quote the digits.
             _LOGGER.error("call %s: payment handler failed (%s)", self._call_id, type(exc).__name__)
             result = PaymentResult(False, "handler_error")
-        del pan
+        del card
         outcome = result.outcome if result else "no_digits"
         self._emit(PciPause(self._call_id, active=False, digits=count, outcome=outcome))
         _LOGGER.info("call %s: PCI pause %s ended (%s)", self._call_id, handoff_id, outcome)
@@ -140,22 +196,34 @@ class PciGate(FrameProcessor):
             self._timer.cancel()
             self._timer = None
         self._active = False
-        self._digits = []
+        self._entries = []
+
+    async def _key(self, digit: str) -> None:
+        """One key of the pause: into the current entry; ``#`` ends it, ``*`` clears it."""
+        current = self._entries[-1]
+        skip_hash, self._skip_hash = self._skip_hash, False
+        if digit == "#":
+            if current:
+                await self._next_entry()
+            elif len(self._entries) == 1:
+                await self._finish()  # no card number at all
+            elif not skip_hash:
+                await self._next_entry()  # an empty expiry or code: the handler decides
+        elif digit == "*":
+            current.clear()
+        elif digit.isdigit():
+            current.append(digit)
+            limit = (self._max, _EXPIRY_DIGITS, _CVV_DIGITS)[len(self._entries) - 1]
+            if len(current) >= limit:
+                self._skip_hash = True
+                await self._next_entry()
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         """Pass frames on, except caller audio (silenced) and digits (kept) during a pause."""
         await super().process_frame(frame, direction)
         if self._active and direction == FrameDirection.DOWNSTREAM:
             if isinstance(frame, InputDTMFFrame):
-                digit = str(frame.button.value)
-                if digit == "#":
-                    await self._finish()
-                elif digit == "*":
-                    self._digits = []
-                elif digit.isdigit():
-                    self._digits.append(digit)
-                    if len(self._digits) >= self._max:
-                        await self._finish()
+                await self._key(str(frame.button.value))
                 return
             if isinstance(frame, InputAudioRawFrame):
                 frame = InputAudioRawFrame(

@@ -54,6 +54,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from appliance.agent.dialog import DialogManager, Next, Reply
 from appliance.events import DtmfReceived, Event, TurnEnded
+from appliance.policy.redaction import redact_card
 from appliance.text import message_text
 
 _LOGGER = logging.getLogger(__name__)
@@ -139,6 +140,10 @@ class Receptionist(FrameProcessor):
         self._bot_speaking = False
         self._user_speaking = False
         self._ended = False
+        #: An earlier turn talked about a card (see :func:`redact_card`).
+        self._card_context = False
+        #: Keys pressed outside a digit slot (recorded as a count only).
+        self._keys_outside = 0
 
     @property
     def dialog(self) -> DialogManager:
@@ -195,7 +200,19 @@ class Receptionist(FrameProcessor):
             await self._caller_active()
             method = str(getattr(frame, "method", "unknown"))
             digit = str(frame.button.value)
-            self._emit(DtmfReceived(self._call_id, digit=digit, method=method))
+            if await self.ask(lambda: self._dialog.expects_dtmf):
+                self._emit(DtmfReceived(self._call_id, digit=digit, method=method))
+            else:  # not asked for: only a count goes on the record (it may be card digits)
+                self._keys_outside += 1
+                self._emit(
+                    DtmfReceived(
+                        self._call_id,
+                        digit="",
+                        method=method,
+                        in_slot=False,
+                        count=self._keys_outside,
+                    )
+                )
             reply = await self.ask(self._dialog.handle_dtmf, digit)
             await self.push_frame(frame, direction)
             self._arm_interdigit()
@@ -312,11 +329,21 @@ class Receptionist(FrameProcessor):
 
     async def _handle_turn(self, frame: LLMContextFrame) -> None:
         messages = list(frame.context.get_messages())
-        text = last_user_text(messages)
-        whole = self._turn_text()
-        if whole and whole != text:
-            text = whole
-            frame.context.set_messages(replace_last_user_text(messages, whole))
+        heard = last_user_text(messages)
+        text = self._turn_text() or heard
+        # Card data out before anything keeps or reads the turn: the audit record, the
+        # dialogue (slots, messages, tool arguments) and the LLM context.
+        card = redact_card(text, card_context=self._card_context)
+        self._card_context = card.card_context
+        text = card.text
+        if card.kinds:
+            _LOGGER.info(
+                "call %s: card data removed from a caller turn (%s)",
+                self._call_id,
+                ", ".join(sorted(card.kinds)),
+            )
+        if text != heard:
+            frame.context.set_messages(replace_last_user_text(messages, text))
         self._emit(TurnEnded(self._call_id, user_text=text))
         confidence = self._stt_confidence()
         language, probability = self._stt_language()
