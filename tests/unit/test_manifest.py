@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 
 from appliance.models.__main__ import main as cli_main
-from appliance.models.manifest import ManifestError, load_manifest
+from appliance.models.manifest import ManifestError, load_manifest, record_pin
+from appliance.models.schema import is_immutable_url
 from appliance.models.store import (
     STORE_MANIFEST,
     ChecksumError,
     FetchError,
     ModelStoreError,
+    MutableUrlError,
     SourceMissingError,
     UnpinnedError,
     assemble,
@@ -353,6 +355,90 @@ def test_fetch_reports_an_unreachable_url(tmp_path: Path) -> None:
     manifest = load_manifest(_url_manifest(tmp_path, missing, _sha(b"x"), 1))
     with pytest.raises(FetchError, match="nope.bin"):
         fetch(manifest, tmp_path / "store")
+
+
+# ---- revision-pinned URLs ---------------------------------------------------------------------
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.mark.parametrize(
+    ("url", "immutable"),
+    [
+        (f"https://huggingface.co/nvidia/canary-1b-flash/resolve/{COMMIT}/canary.nemo", True),
+        (f"https://huggingface.co/org/repo/resolve/{COMMIT}/sub/dir/model.gguf", True),
+        (f"https://raw.githubusercontent.com/org/repo/{COMMIT}/voices.bin", True),
+        (f"https://github.com/org/repo/raw/{COMMIT}/voices.bin", True),
+        ("file:///srv/mirror/model.gguf", True),
+        ("https://huggingface.co/nvidia/canary-1b-flash/resolve/main/canary.nemo", False),
+        ("https://huggingface.co/org/repo/resolve/v1.0/model.gguf", False),
+        (f"https://huggingface.co/org/repo/resolve/{COMMIT[:12]}/model.gguf", False),
+        (f"https://huggingface.co/org/repo/resolve/{COMMIT}/model.gguf?download=true", False),
+        ("https://github.com/o/r/releases/download/model-files-v1.0/kokoro-v1.0.onnx", False),
+        (f"https://huggingface.co/org/repo/resolve/{COMMIT.upper()}/model.gguf", False),
+    ],
+)
+def test_immutable_urls_name_a_commit(url: str, immutable: bool) -> None:
+    assert is_immutable_url(url) is immutable
+
+
+def test_fetch_refuses_to_pin_from_a_mutable_url(tmp_path: Path) -> None:
+    """A digest seen once at resolve/main proves nothing: refused even with --pin, no download."""
+    url = "https://huggingface.co/org/repo/resolve/main/big.gguf"
+    path = _url_manifest(tmp_path, url, "unpinned", None)
+    manifest = load_manifest(path)
+    for pin in (False, True):
+        with pytest.raises(MutableUrlError, match=r"big-llm: .*resolve/main.*resolve/<40-hex"):
+            fetch(manifest, tmp_path / "store", pin=pin)
+    assert not (tmp_path / "store").exists()
+    assert not path.with_name("manifest.lock.toml").exists()
+    with pytest.raises(ManifestError, match="will not pin a digest from .*which can change"):
+        record_pin(path.with_name("manifest.lock.toml"), "big-llm", ".", url, _sha(b"x"), 1)
+    assert not path.with_name("manifest.lock.toml").exists()
+
+
+def test_fetch_goes_ahead_for_a_commit_url_or_a_pinned_digest(tmp_path: Path) -> None:
+    """The policy lets these through to the download (here: a closed local port, no network)."""
+    pinned_commit = f"https://127.0.0.1:9/org/repo/resolve/{COMMIT}/big.gguf"
+    manifest = load_manifest(_url_manifest(tmp_path / "a", pinned_commit, "unpinned", None))
+    with pytest.raises(FetchError, match="127.0.0.1:9"):
+        fetch(manifest, tmp_path / "store-a", pin=True, timeout=5)
+    mutable_but_digest = "https://127.0.0.1:9/org/repo/resolve/main/big.gguf"
+    manifest = load_manifest(_url_manifest(tmp_path / "b", mutable_but_digest, _sha(b"x"), 1))
+    with pytest.raises(FetchError, match="127.0.0.1:9"):
+        fetch(manifest, tmp_path / "store-b", timeout=5)
+
+
+def test_the_real_production_profile_is_refused_until_pinned(tmp_path: Path) -> None:
+    """The shipped manifest names branches and tags: fetch says which, before any download."""
+    manifest = load_manifest(REAL_MANIFEST)
+    lock = REAL_MANIFEST.with_name("manifest.lock.toml")
+    had_lock = lock.exists()
+    with pytest.raises(MutableUrlError) as info:
+        fetch(manifest, tmp_path / "store", "production", pin=True)
+    for model in manifest.select("production"):
+        if not all(e.pinned for e in model.files):
+            assert f"{model.name}: " in str(info.value)
+    assert not (tmp_path / "store").exists()
+    assert lock.exists() == had_lock
+
+
+def test_verify_checks_the_lock_digest(tmp_path: Path) -> None:
+    """A verify of a pinned production file uses the lock's digest, also through the CLI."""
+    payload = b"weights" * 999
+    upstream = tmp_path / "up.gguf"
+    upstream.write_bytes(payload)
+    path = _url_manifest(tmp_path, upstream.as_uri(), "unpinned", None)
+    store = tmp_path / "store"
+    fetch(load_manifest(path), store, pin=True)
+    common = ["--manifest", str(path), "--store", str(store), "--profile", "production"]
+    assert cli_main(["verify", *common]) == 0
+    target = store / "llm" / "big.gguf"
+    target.write_bytes(payload[:-1] + b"X")  # same size, other bytes
+    problems = verify(load_manifest(path), store, "production")
+    assert [(p.kind, p.path) for p in problems] == [("sha256", target)]
+    assert _sha(payload) in problems[0].detail
+    assert cli_main(["verify", *common]) == 1
 
 
 # ---- CLI ------------------------------------------------------------------------------------

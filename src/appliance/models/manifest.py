@@ -36,6 +36,7 @@ from appliance.models.schema import (
     ManifestFile,
     Model,
     Source,
+    is_immutable_url,
 )
 
 
@@ -228,9 +229,15 @@ def record_pin(lock_path: Path, model: str, path: str, url: str, sha256: str, si
         size: Their size in bytes.
 
     Raises:
-        ManifestError: The existing lock file is invalid, or an argument is (bad digest or size).
+        ManifestError: The existing lock file is invalid, an argument is (bad digest or size),
+            or ``url`` does not name a fixed revision (a digest seen once at a URL that can be
+            re-pointed proves nothing; see :func:`appliance.models.schema.is_immutable_url`).
         OSError: The lock file cannot be written.
     """
+    if not is_immutable_url(url):
+        raise ManifestError(
+            f"{lock_path}: {model}: will not pin a digest from {url}, which can change"
+        )
     entries: list[LockEntry] = []
     if lock_path.exists():
         entries = list(_validate(LockFile, _read_toml(lock_path), lock_path).file)

@@ -36,6 +36,27 @@ SCHEMA_VERSION = 1
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _URL_SCHEMES = ("https://", "file://")
+_COMMIT = r"[0-9a-f]{40}"
+#: URL shapes that name an immutable revision: a Hugging Face (or mirror) ``resolve/<commit>``
+#: path, and GitHub raw files at a commit. Branches, tags and release downloads can be re-pointed.
+_IMMUTABLE_URLS = (
+    re.compile(rf"^https://[^/?#]+/[^/?#]+/[^/?#]+/resolve/{_COMMIT}/[^?#]+$"),
+    re.compile(rf"^https://raw\.githubusercontent\.com/[^/?#]+/[^/?#]+/{_COMMIT}/[^?#]+$"),
+    re.compile(rf"^https://github\.com/[^/?#]+/[^/?#]+/raw/{_COMMIT}/[^?#]+$"),
+)
+
+
+def is_immutable_url(url: str) -> bool:
+    """Whether ``url`` names one immutable revision (a commit hash), so its bytes cannot change.
+
+    ``https://huggingface.co/<org>/<repo>/resolve/<40-hex commit>/<file>`` and GitHub raw URLs at
+    a commit are; ``resolve/main``, tags and ``releases/download/<tag>`` are not (they can be
+    re-pointed). ``file://`` URLs (tests, a local mirror) count as immutable.
+    """
+    if url.startswith("file://"):
+        return True
+    return any(p.match(url) for p in _IMMUTABLE_URLS)
+
 
 SourceKind = Literal["locate", "resource", "parts", "url"]
 _SOURCE_KINDS: tuple[SourceKind, ...] = ("locate", "resource", "parts", "url")
@@ -353,4 +374,5 @@ __all__ = [
     "Model",
     "Source",
     "SourceKind",
+    "is_immutable_url",
 ]

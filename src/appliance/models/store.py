@@ -36,6 +36,7 @@ from appliance.models.manifest import (
     lock_path_for,
     record_pin,
 )
+from appliance.models.schema import is_immutable_url
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -65,6 +66,10 @@ class UnpinnedError(ModelStoreError):
 
 class FetchError(ModelStoreError):
     """A download failed."""
+
+
+class MutableUrlError(UnpinnedError):
+    """A file would be pinned from a URL that does not name a fixed revision."""
 
 
 @dataclass(frozen=True)
@@ -317,7 +322,10 @@ def fetch(
         store_dir: The model store directory; created if needed.
         profile: Which profile to fetch.
         pin: Also download unpinned files and record the digests seen in the lock file. Without
-            it, any unpinned file makes the whole fetch refuse before downloading anything.
+            it, any unpinned file makes the whole fetch refuse before downloading anything. Only
+            files whose URL names a fixed revision (:func:`appliance.models.schema.
+            is_immutable_url`, e.g. ``resolve/<commit>``) are pinned; a mutable URL (``main``, a
+            tag, a release download) needs its digest written in the manifest instead.
         timeout: Socket timeout in seconds for each connection.
 
     Returns:
@@ -326,6 +334,8 @@ def fetch(
     Raises:
         ManifestError: The profile has no URL-sourced models.
         UnpinnedError: A file is unpinned and ``pin`` is false.
+        MutableUrlError: A file is unpinned and its URL can change (even with ``pin``): a digest
+            seen once at a re-pointable URL proves nothing.
         FetchError: A download failed.
         ChecksumError: A download did not have the pinned digest.
     """
@@ -339,6 +349,20 @@ def fetch(
         for e in m.files
         if not e.pinned
     ]
+    mutable = [
+        f"{m.name}: {m.file_url(e)}"
+        for m in models
+        for e in m.files
+        if not e.pinned and not is_immutable_url(m.file_url(e))
+    ]
+    if mutable:
+        raise MutableUrlError(
+            "refusing to fetch unpinned files from URLs that can change "
+            f"({'; '.join(mutable)}); pin each URL to a commit, e.g. "
+            "https://huggingface.co/ORG/REPO/resolve/<40-hex commit>/FILE (git ls-remote "
+            "https://huggingface.co/ORG/REPO shows it), or write the publisher's sha256 and "
+            "size into models/manifest.toml"
+        )
     if unpinned and not pin:
         raise UnpinnedError(
             f"refusing to fetch files without a pinned sha256 ({', '.join(unpinned)}); "
@@ -457,6 +481,7 @@ __all__ = [
     "ChecksumError",
     "FetchError",
     "ModelStoreError",
+    "MutableUrlError",
     "Problem",
     "SourceMissingError",
     "UnpinnedError",
