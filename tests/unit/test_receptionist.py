@@ -308,3 +308,57 @@ async def test_silence_mid_workflow_repeats_the_question_and_ends_the_workflow(
     assert [r.next for r in after] == [Next.HANGUP]
     [outcome] = [e for e in events if isinstance(e, WorkflowOutcome)]
     assert (outcome.workflow, outcome.outcome) == ("appointments", "caller_silent")
+
+
+@pytest.mark.asyncio
+async def test_card_data_is_out_of_the_record_the_dialogue_and_the_llm_context(
+    agent: AgentRuntime,
+) -> None:
+    """A card number said aloud: the audit record, the dialogue and the LLM get ``[PAN]``."""
+    events: list[Event] = []
+    proc = make(agent, events, [])
+    heard: list[str] = []
+    handle_turn = proc.dialog.handle_turn
+
+    def spy(text: str, *args: object, **kwargs: object) -> Reply:
+        heard.append(text)
+        return handle_turn(text, *args, **kwargs)  # type: ignore[arg-type]
+
+    proc.dialog.handle_turn = spy  # type: ignore[method-assign]
+    first = ctx("I want to pay my bill, my card is 4111, 1111, 1111, 1111.")
+    # A later turn in the same call: the card context carries over, so a number whose Luhn
+    # check broke in recognition and a spoken code are redacted too.
+    second = ctx("Sorry, four one one one one one one one one one one one one one one two")
+    third = ctx("It expires twelve twenty-eight and the CVV is 7 3 7.")
+    for frame in (first, second, third):
+        await run_test(proc, frames_to_send=[frame])
+    turns = [e.user_text for e in events if isinstance(e, TurnEnded)]
+    assert turns == [
+        "I want to pay my bill, my card is [PAN].",
+        "Sorry, [PAN]",
+        "It expires [EXPIRY] and the CVV is [SAD].",
+    ]
+    assert heard == turns
+    for frame, turn in zip((first, second, third), turns, strict=True):
+        last = [m for m in frame.context.get_messages() if m["role"] == "user"][-1]
+        assert last["content"] == turn
+
+
+@pytest.mark.asyncio
+async def test_keys_outside_a_digit_slot_are_recorded_as_a_count_only(
+    agent: AgentRuntime,
+) -> None:
+    events: list[Event] = []
+    proc = make(agent, events, [])
+    assert not proc.dialog.expects_dtmf
+    keys = [SipDTMFFrame(button=KeypadEntry(d), method="sip-info") for d in "4111#"]
+    await run_test(proc, frames_to_send=keys)
+    got = [(e.digit, e.in_slot, e.count) for e in events if isinstance(e, DtmfReceived)]
+    assert got == [("", False, 1), ("", False, 2), ("", False, 3), ("", False, 4), ("", False, 5)]
+    # In a digit slot the key stays on the record (the date of birth it fills).
+    for turn in ("I need to reschedule my appointment.", "My name is Maria Lopez."):
+        await run_test(proc, frames_to_send=[ctx(turn)])
+    assert proc.dialog.expects_dtmf
+    await run_test(proc, frames_to_send=[SipDTMFFrame(button=KeypadEntry("0"), method="rfc4733")])
+    last = [e for e in events if isinstance(e, DtmfReceived)][-1]
+    assert (last.digit, last.in_slot, last.count) == ("0", True, 0)
