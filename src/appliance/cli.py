@@ -94,9 +94,30 @@ def _audit(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config).audit
     if args.audit_command == "verify":
-        report = verify_from_settings(settings, args.public_key, args.witness)
+        from appliance.audit.alarm import clear_alarm, raise_alarm
+
+        report = verify_from_settings(settings, args.public_key, args.witness, now=args.as_of)
+        key = args.public_key or "the box's own copy (pass --public-key for a pinned one)"
         print(report.summary())
+        print(f"public key: {key}")
+        if args.alarm_file is not None:
+            if report.ok:
+                clear_alarm(args.alarm_file)
+            else:
+                raise_alarm(args.alarm_file, report.summary(), "appliance audit verify")
         return 0 if report.ok else 1
+    if args.audit_command == "alarm":
+        from appliance.audit.alarm import raise_alarm
+
+        raise_alarm(
+            args.alarm_file,
+            f"{args.unit} failed (see journalctl -u {args.unit})",
+            "appliance-audit-alarm.service",
+            keep_existing=True,
+        )
+        # <2>: journald priority "crit" (sd-daemon(3) prefix on stderr).
+        print(f"<2>audit log verification failed: {args.unit}", file=sys.stderr)
+        return 0
     if args.audit_command == "retention":
         from appliance.audit.service import open_audit, retention_sweep
 
@@ -224,13 +245,33 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--config", type=Path, default=None, help="TOML settings file")
     asub = audit.add_subparsers(dest="audit_command", required=True)
     ver = asub.add_parser("verify", help="check the Merkle tree and signed checkpoints (no key)")
-    ver.add_argument("--public-key", type=Path, default=None, help="hex Ed25519 public key")
+    ver.add_argument(
+        "--public-key",
+        type=Path,
+        default=None,
+        help="hex Ed25519 public key pinned at enrolment (a witness's copy); default: the box's",
+    )
     ver.add_argument(
         "--witness",
         type=Path,
         default=None,
-        help="checkpoint file collected off the box, checked as well",
+        help="checkpoint file collected off the box, checked as well (skipped when absent)",
     )
+    ver.add_argument(
+        "--as-of",
+        type=float,
+        default=None,
+        help="reference time (s since the epoch) for the coverage check of an archived copy",
+    )
+    ver.add_argument(
+        "--alarm-file",
+        type=Path,
+        default=None,
+        help="write this alarm marker when verification fails, remove it when it passes",
+    )
+    alarm = asub.add_parser("alarm", help="raise the verification alarm (the timer's OnFailure=)")
+    alarm.add_argument("--alarm-file", type=Path, required=True, help="alarm marker to write")
+    alarm.add_argument("--unit", default="appliance-audit-verify.service", help="failed unit")
     exp = asub.add_parser("export", help="decrypt one call (recorded in the log)")
     exp.add_argument("--call", required=True, help="call id")
     exp.add_argument(

@@ -44,7 +44,8 @@ def test_units_verify_clean(tmp_path: Path) -> None:
         pytest.skip("no system unit directory to verify against")
     root = install_root(tmp_path)
     units = sorted(str(p) for p in (root / "etc/systemd/system").iterdir())
-    assert len(units) == 5  # agent, admin page, audit-verify service + timer, first boot
+    # agent, admin page, audit-verify service + timer and its alarm, first boot
+    assert len(units) == 6
     out = subprocess.run(
         ["systemd-analyze", "verify", f"--root={root}", *units],
         capture_output=True,
@@ -60,6 +61,7 @@ def test_units_verify_clean(tmp_path: Path) -> None:
         ("appliance-agent.service", 2.5),
         ("appliance-admin.service", 2.5),
         ("appliance-audit-verify.service", 2.0),
+        ("appliance-audit-alarm.service", 2.0),
     ],
 )
 def test_security_exposure(unit: str, limit: float) -> None:
@@ -160,3 +162,23 @@ def test_supervisor_programs_are_owner_only_without_cores() -> None:
         assert command.startswith('/bin/sh -c \'ulimit -c 0 && exec "$0" '), program
         env = conf.get(program, "environment")
         assert 'HF_HUB_OFFLINE="1"' in env and 'TRANSFORMERS_OFFLINE="1"' in env, program
+
+
+def test_verify_timer_runs_with_the_witness_and_raises_the_alarm_on_failure() -> None:
+    """Issue 14: the timer's verify uses the witness copy and an alarm the admin page shows."""
+    from appliance.audit.alarm import ALARM_RELPATH
+
+    marker = f"/var/lib/appliance/{ALARM_RELPATH}"  # [store] metadata_db's directory on the box
+    verify = (UNITS / "appliance-audit-verify.service").read_text()
+    assert "\nOnFailure=appliance-audit-alarm.service\n" in verify
+    exec_start = next(line for line in verify.splitlines() if line.startswith("ExecStart="))
+    assert " verify --witness /opt/appliance/artefacts/witness-checkpoints.log " in exec_start
+    assert exec_start.endswith(f" --alarm-file {marker}")
+    alarm = (UNITS / "appliance-audit-alarm.service").read_text()
+    exec_start = next(line for line in alarm.splitlines() if line.startswith("ExecStart="))
+    assert f" alarm --alarm-file {marker} " in exec_start
+    for text in (verify, alarm):
+        assert "\nStateDirectory=appliance/alarms\nStateDirectoryMode=0750\n" in text
+    assert "[Install]" not in alarm  # started by OnFailure= only
+    image_copy = IMAGE / "usr/lib/systemd/system/appliance-audit-alarm.service"
+    assert image_copy.resolve() == (UNITS / "appliance-audit-alarm.service").resolve()

@@ -21,6 +21,11 @@ transfer_failures    alert    failed transfers > 5% of the last 24 h's transfer 
 wer                  alert    word error rate of the last 7 days' reviewed calls > 8%
                               (:func:`appliance.admin.quality.wer_summary`)
 audit_verification   alert    the agent's status reports ``audit.failed``
+audit_verify_failed  alert    the audit verify timer failed: its alarm marker
+                              (:func:`appliance.audit.alarm.alarm_path` under the
+                              directory of ``metadata_db``) exists; cleared when a
+                              later verification passes and removes it (no data while
+                              the ``alarms`` directory is missing: no timer here)
 model_stage          alert    the agent's status reports a stage ``failed``
 ==================== ======== =============================================================
 
@@ -45,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.admin import queries
+from appliance.audit.alarm import alarm_path, read_alarm
 from appliance.control import ControlError
 from appliance.migrations import apply_migrations
 
@@ -75,6 +81,7 @@ RULES: tuple[Rule, ...] = (
     Rule("transfer_failures", "Transfer failure rate (24 h) above 5%", "alert", 0.05, "fraction"),
     Rule("wer", "Word error rate (7 days) above 8%", "alert", 0.08, "fraction"),
     Rule("audit_verification", "Audit log verification failing", "alert", 0.0, "flag"),
+    Rule("audit_verify_failed", "Audit log verify timer failed", "alert", 0.0, "flag"),
     Rule("model_stage", "A model stage is failing", "alert", 0.0, "flag"),
 )
 RULES_BY_KEY = {rule.key: rule for rule in RULES}
@@ -164,6 +171,14 @@ def evaluate(
     values["wer"] = wer
     values["audit_verification"] = (None, "agent unreachable")
     values["model_stage"] = (None, "agent unreachable")
+    marker_path = alarm_path(metrics_db.parent)
+    marker = read_alarm(marker_path)
+    if marker is not None:
+        values["audit_verify_failed"] = (1.0, str(marker.get("problem", ""))[:300])
+    elif marker_path.parent.is_dir():  # made by the verify unit: the timer has run
+        values["audit_verify_failed"] = (0.0, "")
+    else:
+        values["audit_verify_failed"] = (None, "the verify timer has not run here")
     if isinstance(status, dict):
         audit = status.get("audit")
         if isinstance(audit, dict) and "failed" in audit:

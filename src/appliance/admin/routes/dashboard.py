@@ -33,6 +33,7 @@ RuleKey = Literal[
     "transfer_failures",
     "wer",
     "audit_verification",
+    "audit_verify_failed",
     "model_stage",
 ]
 
