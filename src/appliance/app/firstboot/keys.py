@@ -45,7 +45,9 @@ def ensure_signing_key(path: Path, owner: Owner | None, report: FirstbootReport)
         raise FirstbootError(str(exc)) from exc
     ensure_mode(path, 0o600, owner)
     pub = path.with_suffix(".pub")
-    if not pub.exists():
+    # Pinned once, with the key it belongs to; never re-derived from a key found later (a
+    # swapped key would re-pin itself). A start without it beside a log is refused (open_audit).
+    if not existed and not pub.exists():
         write_private(pub, (public_key_bytes(key).hex() + "\n").encode(), 0o644, owner)
     if not existed:
         report.created.append("audit signing key")
