@@ -268,7 +268,9 @@ def test_a_second_process_follows_the_new_epoch(tmp_path: Path) -> None:
 
 
 def _backdate(log: AuditLog, days: float) -> None:
+    """Age every data key by ``days`` (the log's cache would otherwise keep the young times)."""
     log._db.execute("UPDATE deks SET created = ?", [time.time() - days * 86400])
+    log._deks.clear()
 
 
 def test_consent_survives_the_transcript_sweep_and_has_its_own_retention(
@@ -407,3 +409,19 @@ def test_a_backup_copy_taken_with_files_is_also_dead(tmp_path: Path) -> None:
     copied = _wrapped(copy / "audit.sqlite")["c1"]
     with pytest.raises(envelope.EnvelopeError):
         envelope.unwrap(envelope.load_kek(tmp_path / "keys" / "kek"), copied)
+
+
+def test_the_key_outside_calls_is_renewed_so_retention_keeps_recent_records(
+    tmp_path: Path,
+) -> None:
+    log = _log(tmp_path)
+    log.append([Entry("AdminLogin", meta={"user": "it"}, content={"from": "10.0.0.5"})])
+    _backdate(log, 40)  # that system key is now 40 days old
+    log.append([Entry("AdminLogin", meta={"user": "it"}, content={"from": "10.0.0.6"})])
+    assert log._db.execute("SELECT COUNT(*) FROM deks WHERE scope = 'system'").fetchone()[0] == 2
+    assert retention_sweep(log, 30, consent_retention_days=35) == 1
+    records = log.call_records("", decrypt=True, allow_shredded=True)
+    logins = [r for r in records if r["kind"] == "AdminLogin"]
+    assert logins[0].get("shredded") is True
+    assert logins[1]["content"] == {"from": "10.0.0.6"}
+    log.close()

@@ -105,6 +105,12 @@ CONSENT_KINDS = frozenset({"ConsentRecorded", "ConsentRevoked"})
 SYSTEM_KINDS = frozenset({"AuditExport", "RetentionSweep", "KekEpoch", "KeyRotation"})
 
 
+DEK_MAX_AGE_S = 86400.0
+"""A data key seals new content for at most a day. Retention shreds keys by their creation
+time, so a long-lived scope (the ``system`` key outside calls, consent outside calls) must not
+keep one key for years: its newest content would go with its oldest."""
+
+
 def key_scope(kind: str, call_id: str) -> str:
     """The data-key scope of a record: ``consent``, ``system`` or ``call``.
 
@@ -208,7 +214,7 @@ class AuditLog:
         self.checkpoint_file = checkpoint_file
         self._signing_key = signing_key
         self._lock = threading.Lock()
-        self._deks: dict[tuple[str, str], tuple[str, bytes]] = {}
+        self._deks: dict[tuple[str, str], tuple[str, bytes, float]] = {}
         self._replace_lost_kek = replace_lost_kek
         try:
             self._db = connect(path, synchronous)
@@ -314,25 +320,28 @@ class AuditLog:
         return self._tree.size
 
     def _dek(self, call_id: str, scope: str) -> tuple[str, bytes]:
-        if (call_id, scope) in self._deks:
-            return self._deks[(call_id, scope)]
+        """The live data key of ``(call_id, scope)`` younger than a day, or a new one."""
+        now = time.time()
+        cached = self._deks.get((call_id, scope))
+        if cached is not None and now - cached[2] < DEK_MAX_AGE_S:
+            return cached[0], cached[1]
         row = self._db.execute(
-            "SELECT dek_id, wrapped FROM deks WHERE call_id = ? AND scope = ? AND shredded IS NULL"
-            " ORDER BY created DESC LIMIT 1",
-            [call_id, scope],
+            "SELECT dek_id, wrapped, created FROM deks WHERE call_id = ? AND scope = ?"
+            " AND shredded IS NULL AND created > ? ORDER BY created DESC LIMIT 1",
+            [call_id, scope, now - DEK_MAX_AGE_S],
         ).fetchone()
         if row is not None:
             dek = envelope.unwrap(self.kek, row[1])
-            self._deks[(call_id, scope)] = (row[0], dek)
+            self._deks[(call_id, scope)] = (row[0], dek, float(row[2]))
             return row[0], dek
         dek = envelope.new_dek()
-        dek_id = f"{call_id or 'system'}-{scope}-{int(time.time() * 1000)}-{secrets.token_hex(4)}"
+        dek_id = f"{call_id or 'system'}-{scope}-{int(now * 1000)}-{secrets.token_hex(4)}"
         self._db.execute(
             "INSERT INTO deks (dek_id, call_id, kek_id, wrapped, created, scope)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            [dek_id, call_id, self.kek.kek_id, envelope.wrap(self.kek, dek), time.time(), scope],
+            [dek_id, call_id, self.kek.kek_id, envelope.wrap(self.kek, dek), now, scope],
         )
-        self._deks[(call_id, scope)] = (dek_id, dek)
+        self._deks[(call_id, scope)] = (dek_id, dek, now)
         return dek_id, dek
 
     def append(self, entries: Sequence[Entry]) -> list[int]:
