@@ -138,8 +138,12 @@ def load_signing_key(path: Path | None) -> Any:
         raise SystemExit(str(e)) from e
 
 
-def _ensure_signed(path: Path, key: Any) -> None:
-    """Sign an artefact that is already in the repository if its signature is not valid."""
+def _signed_by(path: Path, key: Any) -> bool:
+    """Whether an artefact already in the repository carries a valid signature by ``key``.
+
+    One that does not (unsigned, or changed since it was signed) is built again, never signed
+    as it is: the repository's bytes are not trusted.
+    """
     pub = signing.PublicKey(
         signing._key_id(key.public_key()),  # noqa: SLF001 - same project, one key-id rule
         key.public_key(),
@@ -147,7 +151,8 @@ def _ensure_signed(path: Path, key: Any) -> None:
     try:
         signing.verify_file(path, pub)
     except signing.SignatureError:
-        signing.sign_file(path, key)
+        return False
+    return path.with_name(path.name + ".sha256").exists()
 
 
 def _write_repo_sums(repo: Path) -> None:
@@ -172,9 +177,8 @@ def build_runtime(repo: Path, key: Any) -> Path:
     site = _site_packages()
     rid, reqs = runtime_id(site)
     dest = repo / "runtimes" / f"runtime-{rid}.tar"
-    if dest.exists() and dest.with_name(dest.name + ".sha256").exists():
+    if dest.exists() and _signed_by(dest, key):
         print(f"runtime {rid} already in {repo}", file=sys.stderr)
-        _ensure_signed(dest, key)
         return dest
     excluded = _excluded_runtime_entries(site)
     with tempfile.TemporaryDirectory(dir=repo) as tmp:
@@ -337,9 +341,8 @@ def build_models(repo: Path, store: Path, key: Any) -> Path:
         raise SystemExit(f"{store} does not match its manifest: {problems}")
     mid = models_id(manifest_path)
     dest = repo / "models" / f"models-{mid}.tar"
-    if dest.exists() and dest.with_name(dest.name + ".sha256").exists():
+    if dest.exists() and _signed_by(dest, key):
         print(f"models {mid} already in {repo}", file=sys.stderr)
-        _ensure_signed(dest, key)
         return dest
     sums = []
     for model in manifest.select("default"):
