@@ -275,3 +275,21 @@ def test_cli_verify_uses_the_pinned_key_given(
     stranger.write_text(public_key_bytes(Ed25519PrivateKey.generate()).hex() + "\n")
     assert main(["audit", "--config", str(config), "verify", "--public-key", str(stranger)]) == 1
     assert "FAILED" in capsys.readouterr().out
+
+
+def test_an_unsigned_tail_dated_in_the_future_fails(settings: AuditSettings) -> None:
+    """A forger cannot dodge the coverage rule by dating rewritten records far ahead."""
+    log = open_audit(settings)
+    _call(log, "c1", time.time())
+    covered = log.checkpoint().size
+    _call(log, "c2", time.time() + 30 * 86400)
+    log.close()
+    report = verify_from_settings(settings)
+    assert not report.ok
+    assert report.first_bad_index == covered and "in the future" in (report.problem or "")
+    # A tail a little ahead (clock skew within the limit) is still fine while it is fresh.
+    log = open_audit(settings)
+    log.checkpoint()
+    _call(log, "c3", time.time() + 60)
+    log.close()
+    assert verify_from_settings(settings).ok

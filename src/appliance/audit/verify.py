@@ -13,9 +13,11 @@ forgery detectable is the Ed25519 signature over (origin, size, root) in the che
 verification also demands **coverage**: every record whose time is more than ``max_age_s``
 before ``now`` must lie under a signed checkpoint (index < the largest signed size). A log with
 old records and no checkpoint at all, a log whose checkpoints were deleted and whose roots were
-recomputed, and an old unsigned tail all fail. The public key must come from a trust anchor
-off the box (pinned at enrolment, see :func:`appliance.audit.service.verify_from_settings`);
-checkpoints kept off the box (the witness copy) catch a log rewritten with fresh timestamps.
+recomputed, and an old unsigned tail all fail, and so does an unsigned record dated more than
+``max_age_s`` in the future (it would never come of age). The public key must come from a trust
+anchor off the box (pinned at enrolment, see
+:func:`appliance.audit.service.verify_from_settings`); checkpoints kept off the box (the witness
+copy) catch a log rewritten with fresh timestamps.
 """
 
 from __future__ import annotations
@@ -142,7 +144,13 @@ def verify(
                     idx,
                     f"records up to {idx} do not match the signed checkpoint at size {signed.size}",
                 )
-            if idx >= covered and record.t < deadline and first_uncovered_old is None:
+            # An unsigned record dated beyond now + max_age_s would never come of age: a forger
+            # could date a rewritten tail in the future to dodge the coverage rule.
+            if (
+                idx >= covered
+                and first_uncovered_old is None
+                and not (deadline <= record.t <= deadline + 2 * max_age_s)
+            ):
                 first_uncovered_old = (idx, record.t)
             expected += 1
         report.size = tree.size
@@ -156,6 +164,15 @@ def verify(
             )
         if 0 in checkpoints and checkpoints[0].root != TreeBuilder().root():
             return _fail(report, None, "checkpoint at size 0 has a wrong root")
+        if first_uncovered_old is not None and first_uncovered_old[1] > deadline:
+            idx, t = first_uncovered_old
+            return _fail(
+                report,
+                idx,
+                f"record {idx} is dated {(t - deadline - max_age_s) / 3600:.1f} h in the future "
+                "and not covered by a signed checkpoint: unsigned records cannot be told from a "
+                "forgery",
+            )
         if first_uncovered_old is not None:
             idx, t = first_uncovered_old
             what = (
