@@ -425,3 +425,63 @@ def test_the_key_outside_calls_is_renewed_so_retention_keeps_recent_records(
     assert logins[0].get("shredded") is True
     assert logins[1]["content"] == {"from": "10.0.0.6"}
     log.close()
+
+
+def test_a_reader_follows_the_new_epoch_too(tmp_path: Path) -> None:
+    agent = _log(tmp_path)
+    _call(agent, "c1")
+    _call(agent, "c2")
+    other = _log(tmp_path, envelope.load_kek(tmp_path / "keys" / "kek"))
+    assert other.shred(call_id="c1") == 1
+    other.close()
+    # e.g. the admin page's transcript view, served by the agent after a CLI retention run
+    assert agent.call_records("c2", decrypt=True)[1]["content"]["user_text"].endswith("(c2)")
+    agent.close()
+
+
+def test_a_torn_staged_file_does_not_stop_the_log_from_opening(tmp_path: Path) -> None:
+    log = _log(tmp_path)
+    _call(log, "c1")
+    log.close()
+    (tmp_path / "keys" / "kek.next").write_bytes(b"\x00" * 7)  # a crash while staging
+    again = _log(tmp_path, envelope.load_kek(tmp_path / "keys" / "kek"))
+    assert not (tmp_path / "keys" / "kek.next").exists()
+    assert again.export_call("c1")[1]["content"]["user_text"].endswith("(c1)")
+    assert again.shred(call_id="c1") == 1
+    again.close()
+
+
+def _shred_worker(root: str, name: str, rounds: int) -> None:
+    log = _log(Path(root), envelope.load_kek(Path(root) / "keys" / "kek"))
+    for i in range(rounds):
+        _call(log, f"{name}-gone-{i}")
+        _call(log, f"{name}-kept-{i}")
+        assert log.shred(call_id=f"{name}-gone-{i}") == 1
+    log.close()
+
+
+def test_two_processes_shredding_at_once_lose_no_live_content(tmp_path: Path) -> None:
+    import multiprocessing
+
+    _log(tmp_path).close()
+    ctx = multiprocessing.get_context("fork")
+    workers = [
+        ctx.Process(target=_shred_worker, args=(str(tmp_path), name, 8)) for name in ("a", "b")
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+        assert w.exitcode == 0
+    log = _log(tmp_path, envelope.load_kek(tmp_path / "keys" / "kek"))
+    for name in ("a", "b"):
+        for i in range(8):
+            kept = log.export_call(f"{name}-kept-{i}")
+            assert kept[1]["content"]["user_text"].endswith(f"({name}-kept-{i})")
+            with pytest.raises(ContentShredded):
+                log.export_call(f"{name}-gone-{i}")
+    epochs = log._db.execute("SELECT COUNT(*) FROM kek_epochs").fetchone()[0]
+    assert epochs == 1 + 16
+    assert not (tmp_path / "keys" / "kek.next").exists()
+    log.close()
+    assert _check(tmp_path).ok

@@ -16,10 +16,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import secrets
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -317,6 +320,29 @@ class KekStore:
             _overwrite_and_unlink(self.pending_file)
         except OSError:
             pass
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the store's lock (``flock`` on ``<current file>.lock``) across processes.
+
+        A shred holds it from staging to promotion, and a process following another's epoch
+        holds it while it looks at (and may promote) the staged file, so no process renames a
+        KEK another is still staging. Not re-entrant.
+
+        Raises:
+            EnvelopeError: The lock file cannot be opened.
+        """
+        path = self.current_file.with_name(self.current_file.name + ".lock")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise EnvelopeError(f"{path}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
 
 
 def load_kek(key_file: Path, *, create: bool = False) -> Kek:

@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -236,7 +237,11 @@ class AuditLog:
         if self.kek.store is not None and self.kek.source == "systemd-credential":
             # The credential cannot be destroyed, so it never wraps a DEK itself: move to an
             # epoch KEK (wrapped under it) that a later shred can destroy.
-            self.shred_where({}, epoch_reason="credential-root")
+            try:
+                self.shred_where({}, epoch_reason="credential-root")
+            except AuditError:
+                self._db.conn.close()
+                raise
 
     def _current_epoch(self) -> tuple[int, str] | None:
         row = self._db.execute(
@@ -265,8 +270,9 @@ class AuditLog:
             return
         self._sync_kek_locked(current[1])
         store = self.kek.store
-        if store is not None and store.pending() is not None:
-            store.abort()  # staged by a shred whose transaction never committed
+        if store is not None and store.pending_file.exists():
+            with store.locked():  # the write lock is ours: no shred is staging right now
+                store.abort()  # staged by a shred whose transaction never committed
 
     def _adopt_new_kek_locked(self, lost_kek_id: str) -> None:
         """The log's KEK is gone: its keys are unreadable, so record them as shredded."""
@@ -301,17 +307,18 @@ class AuditLog:
             return
         store = self.kek.store
         if store is not None:
-            current = store.load()
-            if current.kek_id == kek_id:
-                self.kek = current
-                self._deks.clear()
-                return
-            pending = store.pending()
-            if pending is not None and pending.kek_id == kek_id:
-                store.promote()  # the database committed this epoch: finish it
-                self.kek = pending
-                self._deks.clear()
-                return
+            with store.locked():  # not while another process renames the staged KEK
+                current = store.load()
+                if current.kek_id == kek_id:
+                    self.kek = current
+                    self._deks.clear()
+                    return
+                pending = store.pending()
+                if pending is not None and pending.kek_id == kek_id:
+                    store.promote()  # the database committed this epoch: finish it
+                    self.kek = pending
+                    self._deks.clear()
+                    return
         raise envelope.EnvelopeError(self._kek_mismatch(kek_id))
 
     @property
@@ -587,62 +594,63 @@ class AuditLog:
             raise AuditError(f"unknown key scope(s): {sorted(unknown)}")
         staged: envelope.Kek | None = None
         with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._sync_locked()
-                ids: list[str] = []
-                for scope, (where, args) in conditions.items():
-                    ids += [
-                        r[0]
-                        for r in self._db.execute(
-                            f"SELECT dek_id FROM deks WHERE scope = ? AND ({where})"
-                            " AND shredded IS NULL",
-                            [scope, *args],
-                        )
-                    ]
-                now = time.time()
-                self._db.conn.executemany(
-                    "UPDATE deks SET wrapped = NULL, shredded = ? WHERE dek_id = ?",
-                    [(now, dek_id) for dek_id in ids],
-                )
-                hashes: list[bytes] = []
-                store = self.kek.store
-                if (ids or epoch_reason) and store is not None:
-                    staged = store.stage()
-                    rewrapped = self._rewrap_locked(staged)
-                    epoch = self._new_epoch_locked(staged, epoch_reason or "shred")
-                    meta = {
-                        "epoch": epoch,
-                        "from_kek": self.kek.kek_id,
-                        "to_kek": staged.kek_id,
-                        "rewrapped": rewrapped,
-                        "shredded_keys": len(ids),
-                        "scopes": sorted(conditions),
-                        "reason": epoch_reason or "shred",
-                    }
-                    _, hashes = self._write_locked([Entry(kind="KekEpoch", meta=meta)])
-                self._db.execute("COMMIT")
-            except (sqlite3.Error, OSError, envelope.EnvelopeError) as exc:
+            with contextlib.ExitStack() as held:
                 try:
-                    self._db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-                if staged is not None and self.kek.store is not None:
-                    self.kek.store.abort()
+                    self._db.execute("BEGIN IMMEDIATE")
+                    self._sync_locked()
+                    ids: list[str] = []
+                    for scope, (where, args) in conditions.items():
+                        ids += [
+                            r[0]
+                            for r in self._db.execute(
+                                f"SELECT dek_id FROM deks WHERE scope = ? AND ({where})"
+                                " AND shredded IS NULL",
+                                [scope, *args],
+                            )
+                        ]
+                    now = time.time()
+                    self._db.conn.executemany(
+                        "UPDATE deks SET wrapped = NULL, shredded = ? WHERE dek_id = ?",
+                        [(now, dek_id) for dek_id in ids],
+                    )
+                    hashes: list[bytes] = []
+                    store = self.kek.store
+                    if (ids or epoch_reason) and store is not None:
+                        held.enter_context(store.locked())  # until the staged KEK is promoted
+                        staged = store.stage()
+                        rewrapped = self._rewrap_locked(staged)
+                        epoch = self._new_epoch_locked(staged, epoch_reason or "shred")
+                        meta = {
+                            "epoch": epoch,
+                            "from_kek": self.kek.kek_id,
+                            "to_kek": staged.kek_id,
+                            "rewrapped": rewrapped,
+                            "shredded_keys": len(ids),
+                            "scopes": sorted(conditions),
+                            "reason": epoch_reason or "shred",
+                        }
+                        _, hashes = self._write_locked([Entry(kind="KekEpoch", meta=meta)])
+                    self._db.execute("COMMIT")
+                except (sqlite3.Error, OSError, envelope.EnvelopeError) as exc:
+                    try:
+                        self._db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                    if staged is not None and staged.store is not None:
+                        staged.store.abort()
+                    self._deks.clear()
+                    raise AuditError(f"shred failed, nothing destroyed: {exc}") from exc
+                for h in hashes:
+                    self._tree.append(h)
                 self._deks.clear()
-                raise AuditError(f"shred failed, nothing destroyed: {exc}") from exc
-            for h in hashes:
-                self._tree.append(h)
-            self._deks.clear()
-            if staged is not None:
-                try:
-                    staged_store = staged.store
-                    assert staged_store is not None
-                    staged_store.promote()
-                except envelope.EnvelopeError:
-                    # Committed: the next open or append promotes the staged KEK.
-                    _LOGGER.exception("KEK epoch committed but the old KEK file was not replaced")
-                self.kek = staged
+                if staged is not None:
+                    try:
+                        assert staged.store is not None
+                        staged.store.promote()
+                    except envelope.EnvelopeError:
+                        # Committed: the next open or append promotes the staged KEK.
+                        _LOGGER.exception("KEK epoch committed; the old KEK file stays for now")
+                    self.kek = staged
         if ids:
             self.truncate_wal()
         return len(ids)
@@ -674,10 +682,14 @@ class AuditLog:
         Raises:
             ContentShredded: ``decrypt``, not ``allow_shredded``, and a data key of the call
                 was shredded.
+            appliance.audit.envelope.EnvelopeError: ``decrypt`` and the KEK is not the log's.
         """
         with self._lock:
             keys: dict[str, bytes | None] = {}
             if decrypt:
+                epoch = self._current_epoch()
+                if epoch is not None:  # another process may have started a new KEK epoch
+                    self._sync_kek_locked(epoch[1])
                 for dek_id, wrapped in self._db.execute(
                     "SELECT dek_id, wrapped FROM deks WHERE call_id = ?", [call_id]
                 ):
