@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -393,3 +395,76 @@ def test_pending_records_reach_the_audit_bus_once(tmp_path: Path) -> None:
     assert not pending.exists()
     ApplianceServer._record_firstboot(server)  # type: ignore[arg-type]
     assert len(seen) == 3
+
+
+# --- the data partition's recovery key: shown once if it opens the partition, never kept
+
+
+@pytest.fixture
+def luks(tmp_path: Path) -> tuple[Path, Path]:
+    """A real LUKS2 header in a file, with one passphrase slot holding ``key`` (fast PBKDF2)."""
+    if shutil.which("cryptsetup") is None or os.geteuid() != 0:
+        pytest.skip("needs cryptsetup and root")
+    device = tmp_path / "data.img"
+    with device.open("wb") as f:
+        f.truncate(32 * 1024 * 1024)
+    key = tmp_path / "run/appliance-recovery/key"
+    key.parent.mkdir(parents=True)
+    key.write_text("099e22ca-df669031-93f9800b-a1817d95-18eee845-1d9a981c-988e9e3f-585c8476")
+    subprocess.run(
+        [
+            "cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2",
+            "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000",
+            "--key-file", str(key), str(device),
+        ],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return device, key
+
+
+def test_recovery_key_that_opens_the_partition_is_shown_once_and_deleted(
+    luks: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from appliance.app.firstboot import FirstbootReport
+    from appliance.app.firstboot.recovery import show_recovery_key
+
+    device, key = luks
+    text = key.read_text()
+    console = tmp_path / "console.txt"
+    report = FirstbootReport()
+    show_recovery_key(key, device, console, report)
+    assert text in console.read_text() and "RECOVERY KEY" in console.read_text()
+    assert not key.exists()  # the box keeps no copy
+    assert report.created == ["recovery key (shown on the console)"]
+    assert text not in report.summary()
+
+
+def test_recovery_key_nothing_enrolled_is_never_shown(
+    luks: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from appliance.app.firstboot import FirstbootReport
+    from appliance.app.firstboot.recovery import show_recovery_key
+
+    device, key = luks
+    key.write_text("00000000-11111111-22222222-33333333-44444444-55555555-66666666-77777777")
+    console = tmp_path / "console.txt"
+    report = FirstbootReport()
+    show_recovery_key(key, device, console, report)
+    assert not console.exists()
+    assert not key.exists()
+    assert report.created == []
+
+
+def test_image_makes_a_71_character_recovery_key(tmp_path: Path) -> None:
+    """The image's key maker (run against a temporary /run) gives what the prompt takes."""
+    script = REPO / "image/mkosi.extra/usr/lib/appliance/make-recovery-key"
+    local = tmp_path / "make-recovery-key"
+    local.write_text(script.read_text().replace("/run/appliance-recovery", str(tmp_path / "rk")))
+    subprocess.run(["sh", str(local)], check=True, timeout=30)
+    key = (tmp_path / "rk/key").read_text()
+    assert len(key) == 71 and not key.endswith("\n")
+    groups = key.split("-")
+    assert len(groups) == 8 and all(len(g) == 8 and int(g, 16) >= 0 for g in groups)
+    assert stat.S_IMODE((tmp_path / "rk/key").stat().st_mode) == 0o600
+    subprocess.run(["sh", str(local)], check=True, timeout=30)
+    assert (tmp_path / "rk/key").read_text() != key

@@ -29,6 +29,10 @@ from appliance.audit.checkpoint import KeyFileError, load_or_create_signing_key,
 
 CREDENTIAL_NAME = "audit-kek"
 """The systemd credential's name (``LoadCredentialEncrypted=audit-kek:...``)."""
+TPM2_PCRS = "4+7+9+12"
+"""PCRs a TPM2-bound KEK credential is sealed to, as the image's data partition: the boot loader
+and kernel (4), Secure Boot policy (7), initrd (9) and kernel command line with the dm-verity
+root hash (12). See docs/decisions/0015-box-integrity.md."""
 
 
 def ensure_signing_key(path: Path, owner: Owner | None, report: FirstbootReport) -> None:
@@ -104,6 +108,7 @@ def ensure_kek(
                 creds_tool,
                 f"--name={CREDENTIAL_NAME}",
                 f"--with-key={kind}",
+                *([f"--tpm2-pcrs={TPM2_PCRS}"] if kind == "tpm2" else []),
                 "encrypt",
                 "-",
                 str(tmp),

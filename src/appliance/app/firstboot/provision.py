@@ -18,6 +18,7 @@ from appliance.app.firstboot.common import (
 from appliance.app.firstboot.enrolment import ensure_enrolment
 from appliance.app.firstboot.keys import CREDENTIAL_NAME, ensure_kek, ensure_signing_key
 from appliance.app.firstboot.records import PENDING_NAME, append_pending
+from appliance.app.firstboot.recovery import DATA_PARTITION, RECOVERY_KEY, show_recovery_key
 from appliance.app.firstboot.settings import (
     CONFIG,
     RELEASE_KEY,
@@ -40,6 +41,8 @@ def run_firstboot(
     template: Path = TEMPLATE,
     trunk_files: Iterable[Path] = TRUNK_FILES,
     release_key: Path = RELEASE_KEY,
+    recovery_key: Path = RECOVERY_KEY,
+    data_partition: Path = DATA_PARTITION,
 ) -> FirstbootReport:
     """Provision the box; safe to run on every boot.
 
@@ -56,6 +59,10 @@ def run_firstboot(
             a trunk file on the EFI partition changes the settings after the first boot only
             with a valid signature by it (:func:`.settings.judge_trunk`). The decision is left
             for the audit log in the pending file :data:`.records.PENDING_NAME`.
+        recovery_key: Where the image left the data partition's recovery key (tmpfs); it is
+            shown on ``console`` once if it opens ``data_partition``, then deleted
+            (:func:`.recovery.show_recovery_key`).
+        data_partition: The LUKS2 data partition, absolute as on the box.
 
     Returns:
         What was created (nothing on a second run).
@@ -100,6 +107,7 @@ def run_firstboot(
     ensure_enrolment(
         etc / "enrolment.argon2", etc / "firstboot" / "enrolment-code.txt", console, report
     )
+    show_recovery_key(in_root(root, recovery_key), in_root(root, data_partition), console, report)
     lock_default_credentials(root, report)
     if not marker.exists():
         stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
