@@ -22,7 +22,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from appliance.errors import ConfigError
 
@@ -341,6 +348,17 @@ class AuditSettings(_Section):
         if value and not value.startswith(("https://", "http://")):
             raise ValueError("witness_url must be an http:// or https:// URL")
         return value
+
+    @model_validator(mode="after")
+    def _coverage_after_interval(self) -> AuditSettings:
+        # verify fails on records older than the limit without a checkpoint; the agent signs one
+        # every interval, so the limit must leave room for at least two of them.
+        if self.checkpoint_max_age_s < 2 * self.checkpoint_interval_s:
+            raise ValueError(
+                "checkpoint_max_age_s must be at least twice checkpoint_interval_s "
+                f"({self.checkpoint_max_age_s} < 2 x {self.checkpoint_interval_s})"
+            )
+        return self
 
 
 class AdminSettings(_Section):
