@@ -485,3 +485,17 @@ def test_two_processes_shredding_at_once_lose_no_live_content(tmp_path: Path) ->
     assert not (tmp_path / "keys" / "kek.next").exists()
     log.close()
     assert _check(tmp_path).ok
+
+
+def test_a_read_only_key_file_is_still_replaced(tmp_path: Path) -> None:
+    log = _log(tmp_path)
+    _call(log, "c1")
+    _call(log, "c2")
+    (tmp_path / "keys" / "kek").chmod(0o400)
+    old = (tmp_path / "keys" / "kek").read_bytes()
+    assert log.shred(call_id="c1") == 1
+    assert (tmp_path / "keys" / "kek").read_bytes() != old
+    log.close()
+    again = _log(tmp_path, envelope.load_kek(tmp_path / "keys" / "kek"))
+    assert again.export_call("c2")[1]["content"]["user_text"].endswith("(c2)")
+    again.close()

@@ -285,7 +285,8 @@ class KekStore:
         """Make the staged KEK current and destroy the old one (after the database commit).
 
         The old file is opened first, the staged file renamed over it, and the old inode's
-        bytes overwritten with zeros and fsynced through the open descriptor.
+        bytes overwritten with zeros and fsynced through the open descriptor (skipped when the
+        old file is not writable; the rename needs only the directory, as staging did).
 
         Raises:
             EnvelopeError: Nothing is staged, or the rename failed.
@@ -293,10 +294,8 @@ class KekStore:
         current, pending = self.current_file, self.pending_file
         try:
             old_fd: int | None = os.open(current, os.O_WRONLY)
-        except FileNotFoundError:
+        except OSError:  # absent (epoch 0 of the credential) or read-only: the rename still goes
             old_fd = None
-        except OSError as exc:
-            raise EnvelopeError(f"{current}: {exc.strerror or exc}") from exc
         try:
             try:
                 os.replace(pending, current)
