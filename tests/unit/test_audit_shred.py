@@ -499,3 +499,66 @@ def test_a_read_only_key_file_is_still_replaced(tmp_path: Path) -> None:
     again = _log(tmp_path, envelope.load_kek(tmp_path / "keys" / "kek"))
     assert again.export_call("c2")[1]["content"]["user_text"].endswith("(c2)")
     again.close()
+
+
+def _seed_expired(settings: AuditSettings, days: float) -> None:
+    log = open_audit(settings)
+    _call(log, "c1")
+    log.append([Entry("ConsentRecorded", "c1", meta={"scope": "x"}, content={"evidence": "yes"})])
+    _backdate(log, days)
+    log.close()
+
+
+def test_cli_retention_takes_transcripts_and_keeps_consent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from appliance.cli import main
+
+    settings = _settings(tmp_path)
+    _seed_expired(settings, 40)
+    config = str(tmp_path / "appliance.toml")
+    assert main(["audit", "--config", config, "retention"]) == 0
+    assert capsys.readouterr().out.strip() == "1 data key(s) destroyed"
+    log = open_audit(settings)
+    records = log.call_records("c1", decrypt=True, allow_shredded=True)
+    assert [r["content"] for r in records if r["kind"] == "ConsentRecorded"] == [
+        {"evidence": "yes"}
+    ]
+    assert any(r.get("shredded") for r in records if r["kind"] == "TurnEnded")
+    log.close()
+
+
+async def test_the_agents_retention_timer_uses_both_periods(tmp_path: Path) -> None:
+    import asyncio
+
+    from appliance.app.server import ApplianceServer
+    from appliance.config.settings import ApplianceSettings
+
+    settings = ApplianceSettings.model_validate(
+        {
+            "audit": {
+                "db": str(tmp_path / "audit" / "audit.sqlite"),
+                "kek_file": str(tmp_path / "keys" / "kek"),
+                "signing_key_file": str(tmp_path / "keys" / "signing.key"),
+                "checkpoint_file": str(tmp_path / "audit" / "checkpoints.log"),
+                "transcript_retention_days": 30,
+                "consent_retention_days": 35,
+            },
+            "store": {"metadata_db": str(tmp_path / "calls.sqlite")},
+        }
+    )
+    _seed_expired(settings.audit, 40)  # past both periods
+    srv = ApplianceServer(settings)
+    srv.audit = AuditObserver(open_audit(settings.audit), checkpoint_on_call_end=False)
+    task = asyncio.create_task(srv._retention_loop())
+    try:
+        for _ in range(200):
+            sweeps = [r for r in srv.audit.log.call_records("") if r["kind"] == "RetentionSweep"]
+            if sweeps:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+    assert sweeps and sweeps[0]["meta"]["shredded_keys"] == 2
+    assert "consent_cutoff" in sweeps[0]["meta"]
+    srv.audit.log.close()
