@@ -318,6 +318,13 @@ def installed(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _install(repo, tmp_path_factory.mktemp("box") / "opt" / "appliance")
 
 
+def _copy_of(installed: Path, tmp_path: Path) -> Path:
+    """A private copy of the installed release (links kept), under ``tmp_path``'s prefix."""
+    rdir = tmp_path / "opt" / "appliance" / "releases" / VERSION
+    shutil.copytree(installed, rdir, symlinks=True)
+    return rdir
+
+
 def _tree(rdir: Path, pub: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     python = str(BOX_PYTHON if BOX_PYTHON.exists() else sys.executable)
     key = pub.read_text().splitlines()[1]
@@ -370,9 +377,9 @@ def _changes(rdir: Path) -> dict[str, tuple[Path, bytes | None]]:
     ],
 )
 def test_rollback_target_changed_after_install_is_refused(
-    repo: Path, keys: dict[str, tuple[Path, Path]], tmp_path: Path, change: str
+    installed: Path, keys: dict[str, tuple[Path, Path]], tmp_path: Path, change: str
 ) -> None:
-    rdir = _install(repo, tmp_path / "opt" / "appliance")
+    rdir = _copy_of(installed, tmp_path)
     assert _tree(rdir, keys["release"][1]).returncode == 0
     path, data = _changes(rdir)[change]
     if data is None:
@@ -386,10 +393,10 @@ def test_rollback_target_changed_after_install_is_refused(
 
 
 def test_rollback_target_relinked_or_with_a_swapped_list_is_refused(
-    repo: Path, keys: dict[str, tuple[Path, Path]], tmp_path: Path
+    installed: Path, keys: dict[str, tuple[Path, Path]], tmp_path: Path
 ) -> None:
     pinned = release.PublicKey.load(keys["release"][1])
-    rdir = _install(repo, tmp_path / "opt" / "appliance")
+    rdir = _copy_of(installed, tmp_path)
     store = rdir / "models" / "store"
     store.unlink()
     store.symlink_to("../../../models/ffffffffffffffff")
@@ -419,11 +426,11 @@ def test_planted_bytecode_is_purged_before_a_switch(
 
 
 def test_model_store_is_checked_against_the_release_manifest(
-    repo: Path, keys: dict[str, tuple[Path, Path]], tmp_path: Path
+    installed: Path, keys: dict[str, tuple[Path, Path]], tmp_path: Path
 ) -> None:
     """A rollback also re-hashes the model store the release links to."""
     pinned = release.PublicKey.load(keys["release"][1])
-    rdir = _install(repo, tmp_path / "opt" / "appliance")
+    rdir = _copy_of(installed, tmp_path)
     small = _small_store(tmp_path / "small")
     manifest = small / "manifest.toml"
     assert release.check_model_store(manifest, small) == []
