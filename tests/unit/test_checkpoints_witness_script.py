@@ -140,3 +140,66 @@ def test_a_swapped_box_key_is_refused(tmp_path: Path, box: Box) -> None:
     rc, report = collect(host, box, pub=fake_pub)
     assert rc == 1 and "pinned at enrolment" in report["error"]
     assert (host / "audit-signing.pub").read_text().strip() == public_key_bytes(box.signing).hex()
+
+
+SERVER = SCRIPT.with_name("witness_server.py")
+
+
+@pytest.fixture()
+def witness_server(tmp_path: Path):  # noqa: ANN201
+    root = tmp_path / "witness-srv"
+    root.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, str(SERVER), str(root), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline().rsplit(":", 1)[1])
+        yield root, f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_box_without_ssh_pushes_to_the_witness_server(witness_server, tmp_path: Path) -> None:  # noqa: ANN001
+    from appliance.app.witness import WitnessPush
+    from appliance.audit.verify import verify
+
+    root, base = witness_server
+    b = Box(tmp_path / "box2")
+    b.grow()
+    # Not enrolled yet: refused, nothing recorded as received.
+    assert WitnessPush(f"{base}/box2", b.checkpoints).push_new() == 0
+    (root / "box2").mkdir()
+    (root / "box2" / "audit-signing.pub").write_text(b.pub.read_text())  # enrolment, off the box
+    push = WitnessPush(f"{base}/box2", b.checkpoints)
+    assert push.push_new() == 1
+    b.grow()
+    assert push.push_new() == 1
+    copy = root / "box2" / "checkpoints.log"
+    assert copy.read_bytes() == b.checkpoints.read_bytes()
+    notes = [json.loads(line)["note"] for line in copy.read_text().splitlines()]
+    report = verify(
+        b.log.path,
+        b.signing.public_key(),
+        origin="test/audit",
+        extra_notes=notes,
+        key_name=KEY_NAME,
+    )
+    assert report.ok, report.summary()
+    # A note signed by another key, and a tree that shrank, are refused (409), copy unchanged.
+    stranger = Ed25519PrivateKey.generate()
+    forged = Checkpoint("test/audit", b.log.size + 1, b"\x33" * 32)
+    lines = [
+        json.dumps({"size": forged.size, "note": sign_note(forged.body(), stranger, KEY_NAME)})
+    ]
+    small = Checkpoint("test/audit", 1, b"\x44" * 32)
+    lines.append(json.dumps({"size": 1, "note": sign_note(small.body(), b.signing, KEY_NAME)}))
+    for line in lines:
+        bad = tmp_path / "bad.log"
+        bad.write_text(line + "\n")
+        assert WitnessPush(f"{base}/box2", bad).push_new() == 0
+    assert copy.read_bytes() == b.checkpoints.read_bytes()
