@@ -27,7 +27,7 @@ repository root lists them all. Every artefact, the release metadata ``appliance
 the release's file list ``appliance-<v>.files`` (every file of the release tarball and of the
 installed wheel, which boxes check before a switch or rollback) is also signed with the release
 key: ``<file>.minisig``, Ed25519 in minisign's format (``appliance.release``,
-docs/decisions/0016-signed-releases.md). The hashes catch corruption; only the signatures are
+docs/decisions/0017-signed-releases.md). The hashes catch corruption; only the signatures are
 trusted. The secret key comes from ``--signing-key`` or ``$APPLIANCE_RELEASE_SIGNING_KEY`` and
 never lives in the repository; a test or development key pair is made with::
 

@@ -7,7 +7,7 @@ release key by ``ansible/scripts/build_release.py``. Boxes and the Ansible roles
 against a public key pinned off the artefact repository (the role's ``appliance_release_pubkey``
 and ``/usr/share/appliance/release-signing.pub`` in the image), before anything is unpacked; a
 ``.sha256`` file recomputed next to a changed artefact does not help, because the signature is
-checked, not the hash file. See docs/decisions/0016-signed-releases.md.
+checked, not the hash file. See docs/decisions/0017-signed-releases.md.
 
 Formats (compatible with minisign 0.11, https://jedisct1.github.io/minisign/, so an operator can
 check an artefact with ``minisign -Vm FILE -p release-signing.pub``):
