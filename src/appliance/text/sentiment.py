@@ -85,8 +85,14 @@ def _normalise(text: str) -> str:
     return " ".join(text.lower().replace("\u2019", "'").replace("\u2018", "'").split())
 
 
+#: Redaction labels (``[PAN]``, ``[SAD]`` ...: :mod:`appliance.policy.redaction`) stand for
+#: removed card data, not for the caller's mood ("sad" is a negative word to VADER).
+_REDACTION_LABEL = re.compile(r"\[[A-Z]{2,}\]")
+
+
 def sentiment(text: str) -> float:
     """Return the sentiment of ``text`` in [-1, 1] (VADER compound; 0.0 for empty text)."""
+    text = _REDACTION_LABEL.sub(" ", text)
     if not text or not text.strip():
         return 0.0
     compound = float(_analyzer().polarity_scores(text)["compound"])
