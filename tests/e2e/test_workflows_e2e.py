@@ -38,6 +38,8 @@ pytestmark = [
 
 #: A test card number (Visa test PAN, Luhn-valid); it must appear nowhere on disk.
 TEST_PAN = "4111111111111111"
+TEST_EXPIRY = "1299"  # December 2099
+TEST_CVV = "737"
 #: The opening: disclosure and greeting, about 8 s of speech.
 OPENING_MS = 10500
 
@@ -294,6 +296,10 @@ def test_pci_pause_keeps_card_digits_off_disk_logs_and_prompts(
         Pause(OPENING_MS),
         *say("I want to pay my bill by card.", tmp_path, 8000),
         *keys(TEST_PAN + "#", tmp_path),
+        Pause(5000),  # "Now key in the expiry date ..."
+        *keys(TEST_EXPIRY, tmp_path),  # ends by its 4th digit
+        Pause(5000),  # "And now the ... security code ..."
+        *keys(TEST_CVV + "#", tmp_path),
         Pause(7000),
         *say("No.", tmp_path, 500),
         WaitBye(15000),
@@ -305,7 +311,8 @@ def test_pci_pause_keeps_card_digits_off_disk_logs_and_prompts(
              if e["kind"] in ("TurnEnded", "TurnLatency", "BargeIn")]  # fmt: skip
     assert result.returncode == 0, f"{spoke}\nheard: {heard}\n{result.messages[-1500:]}"
     payments.wait(seen + 1, timeout=5)
-    assert payments.json_bodies()[seen]["pan"] == TEST_PAN  # only the payment handler
+    body = payments.json_bodies()[seen]  # only the payment handler gets the card
+    assert (body["pan"], body["expiry"], body["cvv"]) == (TEST_PAN, TEST_EXPIRY, TEST_CVV)
     pauses = [e for e in events if e["kind"] == "PciPause"]
     assert [p["active"] for p in pauses] == [True, False]
     assert pauses[-1]["digits"] == 16 and pauses[-1]["outcome"] == "accepted"
@@ -315,6 +322,7 @@ def test_pci_pause_keeps_card_digits_off_disk_logs_and_prompts(
         blob = path.read_bytes()
         assert TEST_PAN.encode() not in blob, f"card number in {path.name}"
         assert " ".join(TEST_PAN).encode() not in blob, f"spaced card number in {path.name}"
+        assert f"{TEST_EXPIRY}{TEST_CVV}".encode() not in blob, f"expiry and code in {path.name}"
 
 
 CONSULT_UAS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
