@@ -236,3 +236,19 @@ def test_the_leak_check_finds_card_data() -> None:
     for text in [*TURNS[:3], "digits 4111 1111 1111 1111", "code 737", "exp 12/99"]:
         assert card_data_in(text), text
     assert not card_data_in("my card is [PAN], expiry [EXPIRY], CVV [SAD]; born 03/04/1982")
+
+
+def test_the_embedding_memo_holds_fixed_texts_only(embedder: Any) -> None:
+    """A caller's words are embedded on their own and never memoised; an index batch is."""
+    words = "my card number is 4111 1111 1111 1111, can you keep it on file for me"
+    before = embedder.memo_size
+    single = embedder.encode([words])
+    assert single.shape == (1, 384) and not embedder.remembers(words)
+    assert embedder.memo_size == before
+    fixed = ["How do I pay my copay by card?", "Where is the pharmacy counter?"]
+    embedder.encode(fixed)  # an index of fixed texts (workflow examples, KB questions)
+    assert all(embedder.remembers(t) for t in fixed)
+    batch = embedder.encode([words, fixed[0]], remember=False)  # told: not an index
+    assert not embedder.remembers(words)
+    # The vectors are the same either way (same model, same normalisation).
+    assert abs(float(batch[0] @ single[0]) - 1.0) < 1e-5

@@ -7,6 +7,14 @@ caller turn (an :class:`LLMContextFrame`) it emits :class:`~appliance.events.Tur
 response (so the TTS and the assistant aggregator treat it like generated text). Only when the
 dialogue hands an off-script turn to the LLM (``llm_off_script``) does the context go on to it.
 
+Card data never gets past this point (PCI DSS v4.0 req. 3.3): each caller turn passes through
+:func:`~appliance.policy.redaction.redact_card` before anything keeps or reads it, so the
+``TurnEnded`` record, the dialogue (and with it slots, messages and tool arguments) and the
+LLM context (its last user message is replaced) hold ``[PAN]``, ``[SAD]`` and ``[EXPIRY]``
+instead; once a turn talked about a card, later turns are read in that card context. A key
+pressed while the dialogue asks for digits (a digit slot) is recorded with its digit; any
+other key only as a count (``DtmfReceived(digit="", in_slot=False, count=n)``).
+
 Follow-up actions (transfer, hang up) run once the reply has been played in full; a PCI pause
 starts at once, so digits typed during the prompt are already kept from the pipeline.
 
