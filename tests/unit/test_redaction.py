@@ -176,3 +176,18 @@ def test_redacted_export_uses_the_names_the_call_captured() -> None:
     assert "maria" not in str(out).lower() and "lopez" not in str(out).lower()
     assert out[0]["content"]["user_text"] == "it's [NAME]"
     assert out[1]["meta"] == {"slot": "patient_name", "workflow": "reschedule"}
+
+
+def test_two_phone_numbers_in_one_breath_are_not_a_card() -> None:
+    said = "call me on 555 123 4567, 555 765 4321"
+    assert redact_card(said).text == said
+    assert redact(said) == "call me on [PHONE], [PHONE]"
+
+
+def test_redaction_labels_do_not_read_as_the_callers_mood() -> None:
+    """``[SAD]`` stands for a security code: a turn holding one is no sad or frustrated caller."""
+    from appliance.text.sentiment import is_frustrated, sentiment
+
+    turn = redact_card("The card is 4111 1111 1111 1111 and the CVV is 737.").text
+    assert "[SAD]" in turn and sentiment(turn) == 0.0 and not is_frustrated(turn)
+    assert sentiment("I am so sad and angry") < 0  # the words themselves still count

@@ -16,7 +16,8 @@ Card data (in :func:`redact_card` and :func:`redact`):
   spelled-out digits (``four one one one ...``, ``oh`` for zero, ``double four``). In a *card
   context* (the text, or an earlier turn of the call, talks about a card, a CVV or an expiry)
   any run of 13 or more digits is taken as a PAN, Luhn or not: speech recognition breaks the
-  check digit easily, and a broken PAN is still a PAN.
+  check digit easily, and a broken PAN is still a PAN (so is a PAN read on into its expiry and
+  code). Without a card context a run must be 13-19 digits and pass the check.
 * ``[SAD]``: a code of 3-8 digits (digits or words) after "security code", "CVV", "CVC",
   "card verification ...", "verification code", "three/four digit code" or "code on the back"
   (sensitive authentication data, PCI DSS v4.0 req. 3.3.1.2).
@@ -184,7 +185,7 @@ class _Run:
     start: int
     end: int
     digits: str
-    #: Per token: (start, end, digits), to try sub-runs.
+    #: Per token: (start, end, digits).
     parts: tuple[tuple[int, int, str], ...]
 
 
@@ -229,19 +230,6 @@ def _make_run(parts: list[tuple[int, int, str]]) -> _Run:
     return _Run(parts[0][0], parts[-1][1], "".join(p[2] for p in parts), tuple(parts))
 
 
-def _luhn_subrun(run: _Run) -> bool:
-    """Whether whole tokens of ``run`` form a 13-19 digit number that passes the Luhn check."""
-    for i in range(len(run.parts)):
-        digits = ""
-        for part in run.parts[i:]:
-            digits += part[2]
-            if len(digits) > 19:
-                break
-            if len(digits) >= 13 and luhn_valid(digits):
-                return True
-    return False
-
-
 def is_card_context(text: str) -> bool:
     """Whether ``text`` talks about a payment card (card, credit, Visa, CVV, ...)."""
     return bool(_CARD_WORDS.search(text))
@@ -263,9 +251,9 @@ def find_card_data(text: str, *, card_context: bool = False) -> list[Span]:
     spans: list[Span] = []
     for run in runs:
         n = len(run.digits)
+        # Longer runs without a card word stay: two phone numbers read in one breath would
+        # hold a Luhn-valid 13-19 digit stretch one time in ten.
         if (13 <= n <= 19 and luhn_valid(run.digits)) or (n >= 13 and context):
-            spans.append(Span(run.start, run.end, "PAN"))
-        elif n > 19 and _luhn_subrun(run):
             spans.append(Span(run.start, run.end, "PAN"))
     for key in _SAD_KEY.finditer(text):
         after = [r for r in runs if key.end() <= r.start <= key.end() + 25]
