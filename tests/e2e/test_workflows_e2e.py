@@ -300,7 +300,7 @@ def test_pci_pause_keeps_card_digits_off_disk_logs_and_prompts(
         *keys(TEST_EXPIRY, tmp_path),  # ends by its 4th digit
         Pause(5000),  # "And now the ... security code ..."
         *keys(TEST_CVV + "#", tmp_path),
-        Pause(7000),
+        Pause(9000),  # the code prompt's end, then "Thank you ..." and "anything else?"
         *say("No.", tmp_path, 500),
         WaitBye(15000),
     ]
