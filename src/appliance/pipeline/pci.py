@@ -101,13 +101,6 @@ class PciGate(FrameProcessor):
         """The hand-off id of the current (or last) pause; ``""`` before the first."""
         return self._handoff_id
 
-    @property
-    def stage(self) -> str:
-        """The entry being typed: ``"pan"``, ``"expiry"``, ``"cvv"``; ``""`` with no pause."""
-        if not self._active:
-            return ""
-        return ("pan", "expiry", "cvv")[len(self._entries) - 1]
-
     def start(
         self,
         on_done: Callable[[bool], Awaitable[None]],
