@@ -5,7 +5,7 @@ Usage::
     with PaymentTerminal(status=200) as terminal:
         handler = LuhnHandoff(terminal.url)
         ...
-        assert terminal.bodies == [{"handoff_id": "...", "pan": "..."}]
+        assert terminal.bodies == [{"handoff_id": "...", "pan": "...", "expiry": "...", ...}]
 """
 
 from __future__ import annotations

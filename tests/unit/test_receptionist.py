@@ -362,3 +362,19 @@ async def test_keys_outside_a_digit_slot_are_recorded_as_a_count_only(
     await run_test(proc, frames_to_send=[SipDTMFFrame(button=KeypadEntry("0"), method="rfc4733")])
     last = [e for e in events if isinstance(e, DtmfReceived)][-1]
     assert (last.digit, last.in_slot, last.count) == ("0", True, 0)
+
+
+@pytest.mark.asyncio
+async def test_a_message_left_for_staff_holds_no_card_data(agent: AgentRuntime) -> None:
+    """The message the staff get (and its audit record) comes from the redacted turn."""
+    events: list[Event] = []
+    proc = make(agent, events, [])
+    said = "Call me at 555 123 4567 about my card 4111 1111 1111 1111, security code 737."
+    for text in ("Can someone call me back?", said):
+        await run_test(proc, frames_to_send=[ctx(text)])
+    messages = [e for e in events if type(e).__name__ == "MessageTaken"]
+    assert messages, [type(e).__name__ for e in events]
+    recorded = " ".join(str(v) for e in events for v in vars(e).values() if isinstance(v, str))
+    assert "555 123 4567" in recorded  # the callback number stays: the staff need it
+    assert "4111" not in recorded and "737" not in recorded
+    assert "[PAN]" in recorded and "[SAD]" in recorded
