@@ -1,4 +1,4 @@
-"""Command line: ``appliance serve | call | audit verify | audit export``.
+"""Command line: ``appliance serve | call | audit verify | audit export | release verify``.
 
 Exit codes: 0 success; 2 bad configuration; 3 model files missing or broken; 4 SIP/media
 start failure; 5 audit log unusable; 1 anything else (``audit verify``: 1 = verification
