@@ -32,7 +32,19 @@ ROLE_SCRIPTS = [
     REPO / "ansible" / "roles" / "models" / "files" / "verify_release.py",
 ]
 IMAGE_PUB = REPO / "image" / "mkosi.extra" / "usr" / "share" / "appliance" / "release-signing.pub"
-BOX_PYTHON = Path("/usr/bin/python3")
+
+
+def _box_python() -> str:
+    """The box's system Python when it has ``cryptography`` (as on Debian boxes), else ours."""
+    system = Path("/usr/bin/python3")
+    if system.exists():
+        probe = subprocess.run([str(system), "-c", "import cryptography"], check=False)
+        if probe.returncode == 0:
+            return str(system)
+    return sys.executable
+
+
+BOX_PYTHON = _box_python()
 VERSION = "0.9.1"
 
 
@@ -69,7 +81,7 @@ def _verifiers(path: Path, pub: Path) -> dict[str, int]:
     codes = {
         "role script (box python)": _run(
             [
-                str(BOX_PYTHON if BOX_PYTHON.exists() else sys.executable),
+                BOX_PYTHON,
                 str(ROLE_SCRIPTS[0]),
                 "verify",
                 "--pubkey-text",
@@ -326,7 +338,7 @@ def _copy_of(installed: Path, tmp_path: Path) -> Path:
 
 
 def _tree(rdir: Path, pub: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    python = str(BOX_PYTHON if BOX_PYTHON.exists() else sys.executable)
+    python = BOX_PYTHON
     key = pub.read_text().splitlines()[1]
     return _run([python, str(ROLE_SCRIPTS[0]), "verify-tree", "--no-models", str(rdir),
                  "--pubkey-text", key, *extra])  # fmt: skip
