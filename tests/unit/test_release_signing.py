@@ -334,6 +334,10 @@ def _copy_of(installed: Path, tmp_path: Path) -> Path:
     """A private copy of the installed release (links kept), under ``tmp_path``'s prefix."""
     rdir = tmp_path / "opt" / "appliance" / "releases" / VERSION
     shutil.copytree(installed, rdir, symlinks=True)
+    # pip writes the release's own path into its console script; re-point it as an install
+    # at this path would have written it.
+    script = rdir / ".venv" / "bin" / "appliance"
+    script.write_text(script.read_text().replace(str(installed), str(rdir), 1))
     return rdir
 
 
@@ -358,9 +362,19 @@ def test_installed_release_verifies_and_runs(
     assert _tree(installed, keys["other"][1]).returncode == 1
 
 
-def _changes(rdir: Path) -> dict[str, tuple[Path, bytes | None]]:
+def _changes(rdir: Path) -> dict[str, tuple[Path, bytes | str | None]]:
+    """What an attacker with the disk changes: bytes to write, a link target (str), or delete."""
     site = next((rdir / ".venv" / "lib").glob("python*/site-packages"))
+    script = rdir / ".venv" / "bin" / "appliance"
+    cfg = rdir / ".venv" / "pyvenv.cfg"
     return {
+        "changed console script": (script, script.read_bytes() + b"import os; os.system('id')\n"),
+        "planted bin script": (rdir / ".venv" / "bin" / "appliance-helper", b"#!/bin/sh\nid\n"),
+        "system site-packages": (
+            cfg,
+            cfg.read_bytes().replace(b"site-packages = false", b"site-packages = true"),
+        ),
+        "interpreter re-pointed": (rdir / ".venv" / "bin" / "python3", "/tmp/evil/bin/python3"),
         "changed module": (site / "appliance" / "cli.py", b"import os; os.system('id')\n"),
         "changed unit file": (rdir / "systemd" / "appliance-agent.service", b"[Service]\n"),
         "changed model manifest": (rdir / "models" / "manifest.toml", b"schema = 1\n"),
@@ -378,6 +392,10 @@ def _changes(rdir: Path) -> dict[str, tuple[Path, bytes | None]]:
 @pytest.mark.parametrize(
     "change",
     [
+        "changed console script",
+        "planted bin script",
+        "system site-packages",
+        "interpreter re-pointed",
         "changed module",
         "changed unit file",
         "changed model manifest",
@@ -396,6 +414,9 @@ def test_rollback_target_changed_after_install_is_refused(
     path, data = _changes(rdir)[change]
     if data is None:
         path.unlink()
+    elif isinstance(data, str):
+        path.unlink()
+        path.symlink_to(data)
     else:
         path.write_bytes(data)
     out = _tree(rdir, keys["release"][1])

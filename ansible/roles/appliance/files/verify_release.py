@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import configparser
 import hashlib
 import json
 import os
@@ -328,10 +329,10 @@ def _allowed_unlisted(rel: str, version: str) -> bool:
     parts = PurePosixPath(rel).parts
     if rel in (file_list_name(version), file_list_name(version) + SIG_SUFFIX, ".installed"):
         return True
-    if rel in (".venv/pyvenv.cfg", ".venv/lib64", "models/store"):
-        return True
-    if len(parts) == 3 and parts[:2] == (".venv", "bin"):
-        return True  # the interpreter links and the entry-point scripts pip writes
+    if rel in (".venv/lib64", "models/store"):
+        return True  # links that venv and the role make (models/store: _check_links)
+    if (len(parts) == 3 and parts[:2] == (".venv", "bin")) or rel == ".venv/pyvenv.cfg":
+        return True  # written on the box: _check_venv
     dist_info = f"appliance-{version}.dist-info"
     return (
         len(parts) == 6
@@ -340,6 +341,94 @@ def _allowed_unlisted(rel: str, version: str) -> bool:
         and parts[4] == dist_info
         and parts[5] in ("RECORD", "INSTALLER", "REQUESTED", "direct_url.json")
     )
+
+
+_ACTIVATE = frozenset({"activate", "activate.csh", "activate.fish", "Activate.ps1"})
+_PYVENV_KEYS = frozenset(
+    {"home", "include-system-site-packages", "version", "executable", "command"}
+)
+_INTERPRETER = re.compile(r"python(3(\.\d+)?)?")
+
+
+def _console_scripts(python: str, module: str, func: str) -> tuple[str, str]:
+    """The texts pip (distlib's ScriptMaker) writes for a console script: short, long shebang."""
+    body = (
+        "# -*- coding: utf-8 -*-\n"
+        "import re\n"
+        "import sys\n"
+        f"from {module} import {func}\n"
+        "if __name__ == '__main__':\n"
+        "    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])\n"
+        f"    sys.exit({func}())\n"
+    )
+    quotes = "'" * 3
+    long_shebang = f'#!/bin/sh\n{quotes}exec\' "{python}" "$0" "$@"\n\' {quotes}\n'
+    return f"#!{python}\n{body}", long_shebang + body
+
+
+def _entry_points(path: Path) -> dict[str, tuple[str, str]]:
+    """``{script name: (module, function)}`` of a wheel's ``entry_points.txt``."""
+    parser = configparser.ConfigParser(delimiters=("=",), interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string(path.read_text(encoding="utf-8"))
+    if not parser.has_section("console_scripts"):
+        return {}
+    out = {}
+    for name, target in parser.items("console_scripts"):
+        module, _, func = target.strip().partition(":")
+        out[name] = (module.strip(), func.strip())
+    return out
+
+
+def _check_venv(root: Path, entry_points: Path) -> list[str]:
+    """Check the parts of ``.venv`` that are written on the box, so not in the signed list.
+
+    ``pyvenv.cfg`` may only name the base interpreter (no system site-packages); ``bin/`` may hold
+    the interpreter links (to ``home`` or to each other), venv's activate scripts (sourced by a
+    person, never run by a service), and pip's console scripts for the signed wheel's entry
+    points, byte for byte as pip writes them (the services run ``.venv/bin/appliance``).
+    """
+    venv = root / ".venv"
+    problems: list[str] = []
+    cfg: dict[str, str] = {}
+    try:
+        lines = (venv / "pyvenv.cfg").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return [".venv/pyvenv.cfg: missing"]
+    for line in lines:
+        key, sep, value = line.partition("=")
+        if sep:
+            cfg[key.strip()] = value.strip()
+        elif line.strip():
+            problems.append(".venv/pyvenv.cfg: an unexpected line")
+    if set(cfg) - _PYVENV_KEYS or cfg.get("include-system-site-packages", "false") != "false":
+        problems.append(".venv/pyvenv.cfg: more than the base interpreter")
+    home = cfg.get("home", "")
+    try:
+        scripts = _entry_points(entry_points)
+    except (OSError, configparser.Error):
+        scripts = {}
+        problems.append("the wheel's entry_points.txt is unreadable")
+    # The shebang names the release as the installer spelt its path (absolute, maybe via links).
+    pythons = {f"{base}/.venv/bin/python" for base in (root.absolute(), root.resolve())}
+    bin_dir = venv / "bin"
+    for entry in sorted(bin_dir.iterdir()) if bin_dir.is_dir() else []:
+        rel = f".venv/bin/{entry.name}"
+        plain = entry.is_file() and not entry.is_symlink()
+        if _INTERPRETER.fullmatch(entry.name):
+            target = os.readlink(entry) if entry.is_symlink() else ""
+            sibling = bool(_INTERPRETER.fullmatch(target))
+            if not (sibling or (home and os.path.dirname(target) == home)):
+                problems.append(f"{rel}: not a link to the base interpreter in {home!r}")
+        elif entry.name in _ACTIVATE and plain:
+            continue
+        elif entry.name in scripts and plain:
+            text = entry.read_text(encoding="utf-8", errors="replace")
+            if not any(text in _console_scripts(py, *scripts[entry.name]) for py in pythons):
+                problems.append(f"{rel}: not the console script pip writes for the release")
+        else:
+            problems.append(f"{rel}: not part of the signed release")
+    return problems
 
 
 def _runtime_pth_ok(path: Path, runtime_id: str) -> bool:
@@ -404,6 +493,13 @@ def verify_tree(
                 problems.append(f"{rel}: does not layer the release on its runtime")
                 continue
             problems.append(f"{rel}: not part of the signed release")
+    suffix = f"appliance-{version}.dist-info/entry_points.txt"
+    entry_points = [rel for rel in wanted if rel.endswith(suffix)]
+    if (root / ".venv").exists():
+        if entry_points:
+            problems += _check_venv(root, root / entry_points[0])
+        else:
+            problems.append(f".venv: the signed list has no {suffix}")
     if info is not None:
         problems += _check_links(root, info)
         if check_models and (root / "models" / "store").exists():
