@@ -8,6 +8,7 @@ pauses leave room for the longest reply the workflow gives at that step.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import shutil
 import sqlite3
 from collections.abc import Iterator
@@ -79,14 +80,22 @@ def say(text: str, work: Path, after_ms: int) -> list[object]:
     return [Play(str(caller_pcap(text, work))), Pause(after_ms)]
 
 
+_KEYED = itertools.count()
+
+
 def keys(digits: str, work: Path) -> list[object]:
     """The caller keys ``digits`` on the keypad.
 
     RFC 4733 events with distinct timestamps and sequence numbers: sipp's bundled per-digit
     pcaps repeat them, so a repeated digit would be dropped as a duplicate packet.
     """
-    path = work / f"dtmf-{digits.replace('#', 'H').replace('*', 'S')}.pcap"
-    dtmf_rtp_pcap(digits, path)
+    n = next(_KEYED)
+    path = work / f"dtmf-{n}-{digits.replace('#', 'H').replace('*', 'S')}.pcap"
+    # Each keying starts its RTP sequence numbers past the one before: a second pcap starting at
+    # 0 again was dropped as reordered packets (the CVV after the expiry was lost). The
+    # timestamps stay near the speech pcaps' own: jumping them by minutes made pjmedia lose the
+    # caller's next spoken answer.
+    dtmf_rtp_pcap(digits, path, first_sequence=n * 2000)
     return [Play(str(path))]
 
 

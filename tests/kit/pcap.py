@@ -177,6 +177,7 @@ def dtmf_rtp_pcap(
     src: Address = ("127.0.0.1", 16000),
     dst: Address = ("127.0.0.1", 6000),
     first_timestamp: int = 1000,
+    first_sequence: int = 0,
 ) -> float:
     """Write DTMF digits as RFC 4733 telephone-event packets in a pcap (for sipp to play).
 
@@ -184,6 +185,11 @@ def dtmf_rtp_pcap(
     the first), then the end packet sent three times (RFC 4733 §2.5.1.4), all with the event's
     own RTP timestamp; events are ``gap_ms`` apart. Unlike sipp's bundled ``dtmf_2833_*.pcap``,
     every event has a distinct timestamp, so repeated digits are not taken for retransmissions.
+
+    Several pcaps played one after another in one call must continue each other's RTP sequence
+    numbers (``first_sequence``): a pcap that starts again at 0 looks like old, reordered
+    packets to the receiver (RFC 3550 A.1: a backward jump within the misorder window is
+    dropped), and its digits are lost.
 
     Returns:
         The duration in seconds.
@@ -193,7 +199,7 @@ def dtmf_rtp_pcap(
     """
     step = 160  # 20 ms at the 8 kHz telephone-event clock
     src_ip, dst_ip = socket.inet_aton(src[0]), socket.inet_aton(dst[0])
-    seq = 0
+    seq = first_sequence
     t = 0.0
     ts = first_timestamp
     with open(pcap_path, "wb") as fh:

@@ -40,7 +40,7 @@ from appliance.models.engines import ModelSet
 from appliance.pipeline.endpointing import SlotAwareTurnStopStrategy
 from appliance.pipeline.health import StageHealthObserver
 from appliance.pipeline.payments import LuhnHandoff, PaymentHandler
-from appliance.pipeline.pci import PciGate
+from appliance.pipeline.pci import PciGate, PciPrompts
 from appliance.pipeline.phrase_cache import PhraseCache
 from appliance.pipeline.played import PlayedTextTracker
 from appliance.pipeline.receptionist import Receptionist
@@ -271,8 +271,13 @@ def build_call_pipeline(
 
 
 def fixed_phrases(settings: ApplianceSettings, extra: list[str] | None = None) -> list[str]:
-    """The fixed utterances of a call: disclosure and greeting first, then ``extra``."""
+    """The fixed utterances of a call: disclosure, greeting, PCI prompts, then ``extra``.
+
+    The PCI pause's entry prompts are spoken mid-pause, where a slow synthesis would leave the
+    caller keying into silence, so they are pre-rendered too.
+    """
     phrases = [disclosure_text(settings.agent.disclosure, settings.clinic.name)]
     if settings.agent.greeting:
         phrases.append(settings.agent.greeting)
-    return phrases + list(extra or [])
+    prompts = PciPrompts()
+    return [*phrases, prompts.expiry, prompts.cvv, *(extra or [])]
