@@ -235,19 +235,13 @@ cmd_image() {
   log "image built in $((SECONDS - started)) s: $out/appliance.raw ($(du -h --apparent-size "$out/appliance.raw" | cut -f1) apparent, $(du -h "$out/appliance.raw" | cut -f1) on disk)"
 }
 
-# 2. The disk, without mounting anything: the ESP as a FAT32 file filled with mtools, the root as
-# ext4 made from the tree (mkfs.ext4 -d), and systemd-repart lays them out per image/mkosi.repart/.
+# 2. The disk, without mounting anything: the root as ext4 made from the tree (mkfs.ext4 -d) with
+# its dm-verity hash tree (veritysetup format), the ESP as a FAT32 file filled with mtools (the
+# loader entry gets the root hash), and systemd-repart lays them out per image/mkosi.repart/.
 image_assemble() {
-  local out="$1" tree="$1/tree" parts="$1/parts" kver kib inodes
+  local out="$1" tree="$1/tree" parts="$1/parts" kver kib inodes roothash
   mkdir -p "$parts"
   kver="$(basename "$(find "$tree/lib/modules" -mindepth 1 -maxdepth 1 -type d | sort -V | tail -n 1)")"
-  mkfs.fat -F 32 -n ESP -C "$parts/esp.img" $((256 * 1024)) >/dev/null
-  mmd -i "$parts/esp.img" ::/EFI ::/EFI/BOOT ::/EFI/systemd ::/appliance
-  mcopy -i "$parts/esp.img" "$tree/usr/lib/systemd/boot/efi/systemd-bootx64.efi" ::/EFI/BOOT/BOOTX64.EFI
-  mcopy -i "$parts/esp.img" "$tree/usr/lib/systemd/boot/efi/systemd-bootx64.efi" ::/EFI/systemd/
-  mcopy -s -i "$parts/esp.img" image/esp/loader ::/
-  mcopy -i "$parts/esp.img" "$tree/boot/vmlinuz-$kver" ::/appliance/vmlinuz
-  mcopy -i "$parts/esp.img" "$tree/boot/initrd.img-$kver" ::/appliance/initrd.img
   # The root: its contents plus 20% and 128 MiB of slack (it is mounted read-only), and inodes
   # for its files plus 20% (mke2fs's default ratio runs short for a tree of many small Python
   # files such as torch's and transformers').
@@ -256,6 +250,26 @@ image_assemble() {
   inodes="$(find "$tree" -xdev | wc -l)"
   inodes=$((inodes * 12 / 10 + 16384))
   mkfs.ext4 -q -F -L appliance-root -N "$inodes" -d "$tree" "$parts/root.ext4" "${kib}k"
+  # dm-verity (veritysetup(8), SHA-256 hash tree): the kernel checks every block of the root it
+  # reads against the tree, and the tree against the root hash on the kernel command line, which
+  # systemd-boot measures into PCR 12 (the data partition's TPM2 policy; ADR 0015). Nothing
+  # writes the root after this point.
+  veritysetup format --hash=sha256 --root-hash-file="$parts/root.roothash" \
+    "$parts/root.ext4" "$parts/root.verity" >/dev/null
+  roothash="$(<"$parts/root.roothash")"
+  [[ $roothash =~ ^[0-9a-f]{64}$ ]] || die "image: veritysetup gave no root hash"
+  cp -r image/esp/loader "$parts/loader"
+  sed -i "s/@ROOTHASH@/$roothash/" "$parts/loader/entries/appliance.conf"
+  grep -q "roothash=$roothash " "$parts/loader/entries/appliance.conf" ||
+    die "image: the loader entry has no roothash=@ROOTHASH@ to fill in"
+  mkfs.fat -F 32 -n ESP -C "$parts/esp.img" $((256 * 1024)) >/dev/null
+  mmd -i "$parts/esp.img" ::/EFI ::/EFI/BOOT ::/EFI/systemd ::/appliance
+  mcopy -i "$parts/esp.img" "$tree/usr/lib/systemd/boot/efi/systemd-bootx64.efi" ::/EFI/BOOT/BOOTX64.EFI
+  mcopy -i "$parts/esp.img" "$tree/usr/lib/systemd/boot/efi/systemd-bootx64.efi" ::/EFI/systemd/
+  mcopy -s -i "$parts/esp.img" "$parts/loader" ::/
+  mcopy -i "$parts/esp.img" "$tree/boot/vmlinuz-$kver" ::/appliance/vmlinuz
+  mcopy -i "$parts/esp.img" "$tree/boot/initrd.img-$kver" ::/appliance/initrd.img
+  printf '%s\n' "$roothash" >"$out/appliance.roothash"
   systemd-repart --empty=create --size=auto --dry-run=no --no-pager \
     --root="$parts" --definitions="$ROOT/image/mkosi.repart" "$out/appliance.raw" >/dev/null
   # repart copies every block; give the unused ones back (the image file stays sparse).

@@ -9,6 +9,14 @@ under slirp). A TEST-ONLY unit, injected into the copy (never into the built ima
 the serial console what first boot left behind once the agent is active (Type=notify: it sent
 READY=1); then sipp sends a SIP OPTIONS from the host and must get 200.
 
+The root is dm-verity protected, so the test re-seals its copy after adding the report unit (a
+new hash tree and root hash, as the builder does). After the SIP and HTTPS checks, the host asks
+the guest (second serial port) to SIGSEGV the agent and find no core file. Then the box's own
+integrity, with the same disk and TPM state: the console shows the recovery key, which opens the
+data partition's LUKS2 header; a root block changed offline fails verity at boot; a root changed
+AND re-sealed with a new root hash on the ESP boots, but the TPM2 no longer unseals /var (the
+kernel command line, measured into PCR 12, changed).
+
 Measured, printed and written to benchmarks/results/image-<timestamp>.json: image size, the
 first (cold when build/image did not exist) and the warm build time, boot-to-ready time (QEMU
 start to the agent active, seen on the console).
@@ -23,6 +31,7 @@ import contextlib
 import datetime
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -198,12 +207,133 @@ def _mounted_partition(disk: Path, part: dict[str, int], mnt: Path) -> Iterator[
         subprocess.run(["losetup", "--detach", loop], check=False)
 
 
+@contextlib.contextmanager
+def _loop(disk: Path, part: dict[str, int], *, read_only: bool = False) -> Iterator[str]:
+    """Attach one partition of ``disk`` to a loop device; always detach it."""
+    loop = subprocess.run(
+        [
+            "losetup", "--find", "--show", *(["--read-only"] if read_only else []),
+            "--offset", str(part["offset"]), "--sizelimit", str(part["size"]), str(disk),
+        ],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    try:
+        yield loop
+    finally:
+        subprocess.run(["losetup", "--detach", loop], check=False)
+
+
+def _reseal(disk: Path) -> str:
+    """A new dm-verity hash tree for the copy's root and its root hash in the ESP's loader entry.
+
+    What `./build.sh image` does for the built image; the test needs it for its own additions to
+    the root (and, below, to play an attacker who can write the whole disk).
+    """
+    parts = _partitions(disk)
+    work = disk.parent
+    roothash_file = work / "roothash"
+    roothash_file.unlink(missing_ok=True)
+    with (
+        _loop(disk, parts["appliance-root"]) as data,
+        _loop(disk, parts["appliance-root-verity"]) as hashes,
+    ):
+        subprocess.run(
+            ["veritysetup", "format", "--hash=sha256", f"--root-hash-file={roothash_file}",
+             data, hashes],
+            check=True, capture_output=True,
+        )  # fmt: skip
+    roothash = roothash_file.read_text().strip()
+    esp = f"{disk}@@{parts['ESP']['offset']}"
+    entry = work / "appliance.conf"
+    entry.write_text(
+        subprocess.run(
+            ["mtype", "-i", esp, "::/loader/entries/appliance.conf"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    )  # fmt: skip
+    text, n = re.subn(r"roothash=[0-9a-f]{64}", f"roothash={roothash}", entry.read_text())
+    assert n == 1, "the loader entry has no roothash="
+    entry.write_text(text)
+    subprocess.run(
+        ["mcopy", "-o", "-i", esp, str(entry), "::/loader/entries/appliance.conf"], check=True
+    )
+    return roothash
+
+
+def _file_block(disk: Path, path: str) -> int:
+    """Byte offset in ``disk`` of the first data block of ``path`` on the root file system."""
+    part = _partitions(disk)["appliance-root"]
+    with _loop(disk, part, read_only=True) as dev:
+        block = subprocess.run(
+            ["debugfs", "-R", f"bmap {path} 0", dev], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        header = subprocess.run(
+            ["dumpe2fs", "-h", dev], capture_output=True, text=True, check=True
+        ).stdout
+    size = re.search(r"^Block size:\s+(\d+)", header, re.MULTILINE)
+    assert size and block.isdigit() and int(block) > 0, f"{path}: no block ({block!r})"
+    return part["offset"] + int(block) * int(size.group(1))
+
+
+def _flip_byte(disk: Path, offset: int) -> bytes:
+    """Change one byte of ``disk`` at ``offset`` (an offline attacker); returns the old byte."""
+    with disk.open("r+b") as f:
+        f.seek(offset)
+        old = f.read(1)
+        f.seek(offset)
+        f.write(bytes([old[0] ^ 0x01]))
+    return old
+
+
+def _put_byte(disk: Path, offset: int, byte: bytes) -> None:
+    with disk.open("r+b") as f:
+        f.seek(offset)
+        f.write(byte)
+
+
+@contextlib.contextmanager
+def _boot(
+    disk: Path, tpm_dir: Path, console: Path, accel: list[str], extra: list[str]
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start swtpm (state in ``tpm_dir``, kept between boots) and QEMU on ``disk``; stop both."""
+    with contextlib.ExitStack() as stack:
+        sock = tpm_dir / "sock"
+        sock.unlink(missing_ok=True)
+        swtpm = subprocess.Popen(
+            [
+                "swtpm", "socket", "--tpm2", "--tpmstate", f"dir={tpm_dir}",
+                "--ctrl", f"type=unixio,path={sock}", "--flags", "startup-clear",
+            ]
+        )  # fmt: skip
+        stack.callback(_stop, swtpm, 10)
+        for _ in range(100):
+            if sock.exists():
+                break
+            time.sleep(0.1)
+        assert sock.exists(), "swtpm did not start"
+        qemu = subprocess.Popen(
+            [
+                "qemu-system-x86_64", "-machine", "q35", *accel, "-smp", "2",
+                "-m", str(GUEST_MEMORY_MIB), "-nodefaults", "-display", "none",
+                "-bios", str(OVMF),
+                "-drive", f"file={disk},format=raw,if=virtio",
+                "-chardev", f"socket,id=chrtpm,path={sock}",
+                "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0",
+                "-serial", f"file:{console}",
+                *extra,
+            ],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        stack.callback(_stop, qemu, 30)
+        yield qemu
+
+
 def _prepare_disk(disk: Path, sip_peer: str, slow_guest: bool) -> None:
     """A sparse copy of the image, grown for the data partition, with test-only additions."""
     work = disk.parent
     subprocess.run(["cp", "--sparse=always", str(IMAGE), str(disk)], check=True)
     parts = _partitions(disk)
-    assert set(parts) == {"ESP", "appliance-root"}, parts
+    assert set(parts) == {"ESP", "appliance-root", "appliance-root-verity"}, parts
     esp = f"{disk}@@{parts['ESP']['offset']}"
     trunk = work / "trunk.toml"
     trunk.write_text(f'[sip]\nbind = "0.0.0.0:5060"\nallowed_peers = ["{sip_peer}"]\n')
@@ -238,6 +368,7 @@ def _prepare_disk(disk: Path, sip_peer: str, slow_guest: bool) -> None:
                 "# TEST ONLY: the guest CPU is emulated (no KVM)\n"
                 '[Service]\nEnvironment="NPY_DISABLE_CPU_FEATURES=X86_V3 X86_V4"\n'
             )
+    _reseal(disk)  # the root changed: a new hash tree and root hash, as the builder makes them
     os.truncate(disk, disk.stat().st_size + 4 * 1024**3)  # room for the data partition
 
 
@@ -267,6 +398,24 @@ def _report(text: str) -> dict[str, str]:
     return report
 
 
+def _wait_for_pattern(
+    path: Path, good: str, bad: tuple[str, ...], deadline: float, proc: subprocess.Popen[bytes]
+) -> str:
+    """Console text once the regex ``good`` matches; fail if a ``bad`` needle shows first."""
+    while time.monotonic() < deadline:
+        text = path.read_text(errors="replace") if path.exists() else ""
+        if re.search(good, text):
+            return text
+        for needle in bad:
+            if needle in text:
+                pytest.fail(f"{needle!r} on the console before {good!r}:\n{text[-8000:]}")
+        if proc.poll() is not None:
+            pytest.fail(f"qemu exited ({proc.returncode}) before {good!r}:\n{text[-6000:]}")
+        time.sleep(0.5)
+    text = path.read_text(errors="replace") if path.exists() else ""
+    pytest.fail(f"{good!r} not on the console in time:\n{text[-8000:]}")
+
+
 def test_image_boots_and_answers_sip_options(tmp_path: Path) -> None:
     reason = _skip_reason()
     if reason:
@@ -283,7 +432,8 @@ def test_image_boots_and_answers_sip_options(tmp_path: Path) -> None:
     print(
         f"\nimage: {apparent_mib:.0f} MiB apparent, {allocated_mib:.0f} MiB allocated "
         f"(ESP {parts['ESP']['size'] / 2**20:.0f} MiB, root "
-        f"{parts['appliance-root']['size'] / 2**20:.0f} MiB); "
+        f"{parts['appliance-root']['size'] / 2**20:.0f} MiB, verity "
+        f"{parts['appliance-root-verity']['size'] / 2**20:.0f} MiB); "
         f"{'cold' if cold else 'first'} build {first_s:.0f} s, warm build {warm_s:.1f} s"
     )
     assert "image is up to date" in warm_log, warm_log[-3000:]
@@ -302,67 +452,62 @@ def test_image_boots_and_answers_sip_options(tmp_path: Path) -> None:
     port = _free_udp_port()
     https_port = _free_tcp_port()
     console = tmp_path / "console.log"
+    control = tmp_path / "control.sock"
     accel = ["-accel", "kvm", "-cpu", "host"] if kvm else ["-accel", "tcg", "-cpu", "max"]
-    with contextlib.ExitStack() as stack:
-        stack.callback(disk.unlink, missing_ok=True)  # ~3 GB; useless without the swtpm state
-        swtpm = subprocess.Popen(
-            [
-                "swtpm", "socket", "--tpm2", "--tpmstate", f"dir={tpm_dir}",
-                "--ctrl", f"type=unixio,path={tpm_dir}/sock", "--flags", "startup-clear",
-            ]
-        )  # fmt: skip
-        stack.callback(_stop, swtpm, 10)
-        for _ in range(100):
-            if (tpm_dir / "sock").exists():
-                break
-            time.sleep(0.1)
-        assert (tpm_dir / "sock").exists(), "swtpm did not start"
+    with contextlib.ExitStack() as outer:
+        outer.callback(disk.unlink, missing_ok=True)  # ~3 GB; useless without the swtpm state
         booted = time.monotonic()
-        qemu = subprocess.Popen(
+        with _boot(
+            disk,
+            tpm_dir,
+            console,
+            accel,
             [
-                "qemu-system-x86_64", "-machine", "q35", *accel, "-smp", "2",
-                "-m", str(GUEST_MEMORY_MIB), "-nodefaults", "-display", "none",
-                "-bios", str(OVMF),
-                "-drive", f"file={disk},format=raw,if=virtio",
                 "-netdev",
                 f"user,id=n0,hostfwd=udp:127.0.0.1:{port}-:5060,"
                 f"hostfwd=tcp:127.0.0.1:{https_port}-:8443",
                 "-device", "virtio-net-pci,netdev=n0",
-                "-chardev", f"socket,id=chrtpm,path={tpm_dir}/sock",
-                "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0",
-                "-serial", f"file:{console}",
+                # ttyS1: the host's word to the self-test (the SIGSEGV step).
+                "-serial", f"unix:{control},server=on,wait=off",
             ],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        stack.callback(_stop, qemu, 30)
-        deadline = booted + BOOT_TIMEOUT_S
-        _wait_for(console, ("SELFTEST agent=", "SELFTEST failed="), deadline, qemu)
-        ready_s = time.monotonic() - booted
-        text = _wait_for(console, ("SELFTEST done=yes",), deadline, qemu)
-        report = _report(text)
-        accel_name = "KVM" if kvm else "TCG"
-        print(f"boot to ready (QEMU start to agent active, {accel_name}): {ready_s:.0f} s")
-        print("self-test:", json.dumps(report, indent=1))
-        assert "failed" not in report, f"a unit failed in the guest:\n{text[-10000:]}"
-        assert report["agent"] == "active", text[-10000:]
-        assert report["firstboot"] == "active"
+        ) as qemu:  # fmt: skip
+            deadline = booted + BOOT_TIMEOUT_S
+            _wait_for(console, ("SELFTEST agent=", "SELFTEST failed="), deadline, qemu)
+            ready_s = time.monotonic() - booted
+            text = _wait_for(console, ("SELFTEST done=yes",), deadline, qemu)
+            report = _report(text)
+            accel_name = "KVM" if kvm else "TCG"
+            print(f"boot to ready (QEMU start to agent active, {accel_name}): {ready_s:.0f} s")
+            print("self-test:", json.dumps(report, indent=1))
+            assert "failed" not in report, f"a unit failed in the guest:\n{text[-10000:]}"
+            assert report["agent"] == "active", text[-10000:]
+            assert report["firstboot"] == "active"
 
-        sipp = subprocess.run(
-            [
-                "sipp", f"127.0.0.1:{port}", "-sf", str(HERE / "sip_options.xml"),
-                "-m", "1", "-i", "127.0.0.1", "-p", str(_free_udp_port()),
-                "-timeout", "60s", "-timeout_error", "-nostdin", "-trace_err",
-            ],
-            cwd=tmp_path, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert sipp.returncode == 0, f"no 200 to OPTIONS:\n{sipp.stdout[-3000:]}{sipp.stderr}"
+            sipp = subprocess.run(
+                [
+                    "sipp", f"127.0.0.1:{port}", "-sf", str(HERE / "sip_options.xml"),
+                    "-m", "1", "-i", "127.0.0.1", "-p", str(_free_udp_port()),
+                    "-timeout", "60s", "-timeout_error", "-nostdin", "-trace_err",
+                ],
+                cwd=tmp_path, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert sipp.returncode == 0, f"no 200 to OPTIONS:\n{sipp.stdout[-3000:]}{sipp.stderr}"
 
-        # The admin page answers over HTTPS with first boot's certificate; with no account yet,
-        # the sign-in page sends the first visitor to the one-time enrolment page.
-        assert report["admin"] == "active", text[-10000:]
-        assert report["admin_user"] == "appliance-admin"
-        page = _fetch_https(f"https://127.0.0.1:{https_port}/login", deadline)
-        assert "Create the first administrator" in page, page[:2000]
+            # The admin page answers over HTTPS with first boot's certificate; with no account
+            # yet, the sign-in page sends the first visitor to the one-time enrolment page.
+            assert report["admin"] == "active", text[-10000:]
+            assert report["admin_user"] == "appliance-admin"
+            page = _fetch_https(f"https://127.0.0.1:{https_port}/login", deadline)
+            assert "Create the first administrator" in page, page[:2000]
+
+            # Crash artefacts: SIGSEGV to the agent leaves no core file anywhere writable.
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.connect(str(control))
+                s.sendall(b"segv\n")
+                text = _wait_for(console, ("SELFTEST segv_done=yes",), deadline, qemu)
+            report = _report(text)
+            print("after SIGSEGV:", {k: v for k, v in report.items() if "segv" in k or "core" in k})
+            assert report["core_files"] == "none", text[-6000:]
 
         # Keys made on first boot: the KEK as a TPM2-bound credential, root-only; the signing
         # key owned by the agent's user; the TLS CA key root-only; only a hash of the code.
@@ -387,7 +532,74 @@ def test_image_boots_and_answers_sip_options(tmp_path: Path) -> None:
         assert report["etc_appliance"] == "ext4"
         assert report["efi_mount"] == "vfat"
         assert report["release"].startswith("releases/")
+        assert report["trunk_decision"] == "applied"  # the ESP's trunk file, on first boot
+        assert report["firstboot_records"] == "missing"  # on the audit log since the agent's start
         assert report["failed_units"] == "none", text[-10000:]
+        # The box's own integrity: dm-verity root for the root hash on the command line, the
+        # data partition sealed to the boot chain, a recovery key slot, shown once, not kept.
+        assert report["root_source"] == "/dev/mapper/root"
+        assert report["root_verity"] == "verified"
+        assert re.fullmatch(r"[0-9a-f]{64}", report["roothash_cmdline"])
+        assert report["roothash_active"] == report["roothash_cmdline"]
+        assert report["var_tpm2_pcrs"] == "4+7+9+12"
+        assert report["var_keyslots"] == "2"
+        assert report["pcr12"] != "0" * 16, "systemd-boot did not measure the command line"
+        assert report["recovery_key_file"] == "missing"
+        # No core dumps, owner-only PHI files, models never fetched.
+        assert report["core_pattern"] == "|/bin/false"
+        assert report["suid_dumpable"] == "0"
+        assert report["agent_core_limit"] == "0:0"
+        assert report["agent_umask"] == "0077"
+        assert report["agent_hf_offline"] == "1"
+        assert report["audit_db"].startswith("600:appliance:")
+        assert report["calls_db"].startswith("640:appliance:")
+
+        # The recovery key on the console opens the data partition's LUKS2 header.
+        found = re.search(r"RECOVERY KEY.*\n\s+([0-9a-f]{8}(?:-[0-9a-f]{8}){7})\s*\n", text)
+        assert found, "no recovery key on the console"
+        key_file = tmp_path / "recovery.key"
+        key_file.write_text(found.group(1))
+        key_file.chmod(0o600)
+        with _loop(disk, _partitions(disk)["appliance-data"], read_only=True) as data:
+            opened = subprocess.run(
+                ["cryptsetup", "open", "--test-passphrase", "--key-file", str(key_file), data],
+                capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+        assert opened.returncode == 0, f"the recovery key does not open /var: {opened.stderr}"
+
+        # Offline change 1: one byte of /usr/lib/systemd/systemd on the root partition. The
+        # kernel refuses the block (dm-verity) when the initrd hands over to it.
+        verity_started = time.monotonic()
+        offset = _file_block(disk, "/usr/lib/systemd/systemd")
+        old_byte = _flip_byte(disk, offset)
+        tampered = tmp_path / "console-tampered.log"
+        with _boot(disk, tpm_dir, tampered, accel, []) as qemu:
+            _wait_for_pattern(
+                tampered, r"verity.*is corrupted", ("SELFTEST ",), time.monotonic() + 900, qemu
+            )
+        verity_s = time.monotonic() - verity_started
+        _put_byte(disk, offset, old_byte)
+        print(f"offline change to the root: dm-verity refused it ({verity_s:.0f} s)")
+
+        # Offline change 2: a (harmless) byte of a file on the root, and the root re-sealed with
+        # its new root hash in the ESP's loader entry: the OS boots, but the kernel command line
+        # (PCR 12) changed, so the TPM2 does not unseal /var.
+        sealed_started = time.monotonic()
+        offset = _file_block(disk, "/usr/share/appliance/appliance.toml")
+        _flip_byte(disk, offset + 10)
+        _reseal(disk)
+        resealed = tmp_path / "console-resealed.log"
+        with _boot(disk, tpm_dir, resealed, accel, []) as qemu:
+            _wait_for_pattern(
+                resealed,
+                # systemd-cryptsetup@appliance-data (the console may shorten the unit's name).
+                r"FAILED.*(appliance-data|appliance\\x2ddata)",
+                ("SELFTEST agent=",),
+                time.monotonic() + 900,
+                qemu,
+            )
+        sealed_s = time.monotonic() - sealed_started
+        print(f"re-sealed root and boot entry: the TPM2 refused /var ({sealed_s:.0f} s)")
 
     wall_s = time.monotonic() - test_started
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -400,6 +612,7 @@ def test_image_boots_and_answers_sip_options(tmp_path: Path) -> None:
             "allocated_mib": round(allocated_mib),
             "esp_mib": round(parts["ESP"]["size"] / 2**20),
             "root_mib": round(parts["appliance-root"]["size"] / 2**20),
+            "verity_mib": round(parts["appliance-root-verity"]["size"] / 2**20),
         },
         "build": {
             "first_s": round(first_s, 1),
@@ -415,6 +628,10 @@ def test_image_boots_and_answers_sip_options(tmp_path: Path) -> None:
             "guest_firstboot_done_s": float(report.get("firstboot_done_s", "nan")),
         },
         "sip_options": "200",
+        "tamper": {
+            "root_block_changed_boot_to_verity_error_s": round(verity_s, 1),
+            "root_resealed_boot_to_tpm2_refusal_s": round(sealed_s, 1),
+        },
         "test_wall_s": round(wall_s, 1),
         "host_cpus": os.cpu_count(),
     }

@@ -54,11 +54,58 @@ say var_tpm2_token "$(cryptsetup luksDump /dev/disk/by-partlabel/appliance-data 
 say etc_appliance "$(findmnt -no FSTYPE /etc/appliance)"
 say efi_mount "$(findmnt -no FSTYPE /efi)"
 say tpm "$(test -e /dev/tpmrm0 && echo yes || echo no)"
-say kek_source "$(journalctl -b -u appliance-firstboot.service -o cat | sed -n 's/.*audit KEK from //p' | tail -n 1)"
+say kek_source "$(journalctl -b -u appliance-firstboot.service -o cat | sed -n 's/.*audit KEK from \([^;]*\).*/\1/p' | tail -n 1)"
 say release "$(readlink /opt/appliance/current)"
+# The ESP's trunk file applied on this first boot; the agent put that on the audit log at its
+# start and removed first boot's pending record file.
+say trunk_decision "$(journalctl -b -u appliance-firstboot.service -o cat |
+  sed -n 's/.*; trunk file .* \(applied\|REFUSED\)[:,].*/\1/p' | tail -n 1)"
+say firstboot_records "$(st /var/lib/appliance/audit/firstboot-records.jsonl)"
+# The box's own integrity: the root is the dm-verity device for the root hash on the kernel
+# command line; the data partition's TPM2 policy covers the boot chain; a recovery key slot.
+say root_source "$(findmnt -no SOURCE /)"
+say root_verity "$(veritysetup status root 2>/dev/null | sed -n 's/^ *status: *//p' | head -n 1)"
+say roothash_active "$(veritysetup status root 2>/dev/null | sed -n 's/^ *root hash: *//p')"
+say roothash_cmdline "$(tr ' ' '\n' </proc/cmdline | sed -n 's/^roothash=//p')"
+luks_json="$(cryptsetup luksDump --dump-json-metadata /dev/disk/by-partlabel/appliance-data 2>/dev/null)"
+say var_tpm2_pcrs "$(printf '%s' "$luks_json" | python3 -c 'import json, sys
+t = [v for v in json.load(sys.stdin)["tokens"].values() if v["type"] == "systemd-tpm2"]
+print("+".join(str(p) for p in t[0]["tpm2-pcrs"]) if t else "none")' 2>/dev/null)"
+say var_keyslots "$(printf '%s' "$luks_json" | python3 -c 'import json, sys
+print(len(json.load(sys.stdin)["keyslots"]))' 2>/dev/null)"
+for pcr in 4 7 9 12; do
+  say "pcr$pcr" "$(cut -c1-16 "/sys/class/tpm/tpm0/pcr-sha256/$pcr" 2>/dev/null || echo unreadable)"
+done
+say recovery_key_file "$(st /run/appliance-recovery/key)"
+# Crash artefacts and file modes (issue 14): no core from any process, owner-only PHI files.
+say core_pattern "$(cat /proc/sys/kernel/core_pattern)"
+say suid_dumpable "$(cat /proc/sys/fs/suid_dumpable)"
+agent_pid="$(systemctl show -P MainPID appliance-agent.service)"
+say agent_core_limit "$(awk '/^Max core file size/ {print $5 ":" $6}' "/proc/$agent_pid/limits")"
+say agent_umask "$(awk '/^Umask:/ {print $2}' "/proc/$agent_pid/status")"
+say agent_hf_offline "$(tr '\0' '\n' <"/proc/$agent_pid/environ" | sed -n 's/^HF_HUB_OFFLINE=//p')"
+say audit_db "$(st /var/lib/appliance/audit/audit.sqlite)"
+say calls_db "$(st /var/lib/appliance/calls.sqlite)"
 failed="$(systemctl list-units --failed --plain --no-legend | awk '{printf "%s,", $1}')"
 say failed_units "${failed:-none}"
 [ -z "$failed" ] || systemctl --no-pager status $(echo "$failed" | tr ',' ' ') 2>&1 | tail -n 60
 # The agent's own start-up log (model loading, warm-up, fixed phrases: where boot time goes).
 journalctl -b --no-pager -o short-monotonic -u appliance-agent.service | tail -n 40
 say done yes
+
+# On the host's word on the second serial port (after its SIP and HTTPS checks): SIGSEGV to the
+# agent, then look for a core file anywhere the box can write (the root is read-only).
+stty -F /dev/ttyS1 clocal -echo 2>/dev/null || true
+read -r word </dev/ttyS1 || word=""
+[ "$word" = segv ] || { say segv "not asked ($word)"; exit 0; }
+: >/run/selftest-segv-stamp
+pid="$(systemctl show -P MainPID appliance-agent.service)"
+kill -SEGV "$pid"
+while kill -0 "$pid" 2>/dev/null; do sleep 0.5; done
+sleep 3
+say agent_segv_result "$(systemctl show -P Result appliance-agent.service)"
+say agent_segv_dumped "$(journalctl -b -u appliance-agent.service -o cat | grep -c 'code=dumped')"
+cores="$(find /var /tmp /run /etc/appliance -xdev -type f -newer /run/selftest-segv-stamp \
+  \( -name 'core' -o -name 'core.*' -o -path '*/coredump/*' \) 2>/dev/null | tr '\n' ',')"
+say core_files "${cores:-none}"
+say segv_done yes
