@@ -316,6 +316,8 @@ SCRIPTS: list[Script] = [
         [
             say("I got a bill in the mail and I'd like to pay it now."),
             key("4111111111111111#"),
+            key("1230"),
+            key("123#"),
             no(),
         ],  # fmt: skip
         "resolved",
@@ -326,6 +328,8 @@ SCRIPTS: list[Script] = [
         [
             say("Can I settle my balance with a credit card?"),
             key("5555555555554444#"),
+            key("1230"),
+            key("123#"),
             no("No, that's it."),
         ],  # fmt: skip
         "resolved",
@@ -333,7 +337,13 @@ SCRIPTS: list[Script] = [
     Script(
         "pay-visit",
         "billing",
-        [say("How do I pay for my last visit?"), key("4012888888881881#"), no()],
+        [
+            say("How do I pay for my last visit?"),
+            key("4012888888881881#"),
+            key("1230"),
+            key("123#"),
+            no(),
+        ],
         "resolved",
     ),
     # --- clinical: refills and results (verify, then a person)
