@@ -46,8 +46,9 @@ IMAGE_APT_PACKAGES=(
 IMAGE_DIR="$ROOT/build/image"
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1
-# llama-cpp-python compiles llama.cpp on first install (~15 min on 2 cores); use every core.
-# pip caches the built wheel, so later installs take seconds: do not disable pip's cache.
+# llama-cpp-python compiles llama.cpp on first install (~10 min on 2 cores); use every core. The
+# wheel is kept outside the checkout (llama_wheel), and pip's cache spares later installs the
+# downloads: do not disable pip's cache.
 CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}"
 export CMAKE_BUILD_PARALLEL_LEVEL
 
@@ -101,9 +102,11 @@ setup_venv() {
   digest="$(sha256sum pyproject.toml | cut -c1-64)"
   stamp="$VENV/.stamp-$digest"
   [[ -e $stamp ]] && return 0
-  log "installing Python dependencies (first run compiles llama-cpp-python: ~15 min)"
-  "$PY" -m pip install --progress-bar off -e '.[test]'
-  "$PY" -m pip install --progress-bar off --no-deps "${NO_DEPS_PIP[@]}"
+  log "installing Python dependencies (first run compiles llama-cpp-python: ~10 min)"
+  local llama
+  llama="$(llama_wheel)"
+  "$PY" -m pip install --progress-bar off --quiet -e '.[test]' "$llama"
+  "$PY" -m pip install --progress-bar off --quiet --no-deps "${NO_DEPS_PIP[@]}"
   rm -f "$VENV"/.stamp-*
   touch "$stamp"
 }
@@ -131,28 +134,38 @@ setup() {
 
 # llama.cpp compiles for the build host's own CPU by default (-march=native: AVX-512 on the CI
 # hosts), and pip's wheel cache hands that build to every later install: the image would die with
-# SIGILL on any box without those instructions. The image gets its own build for x86-64-v3 (AVX2,
-# FMA, F16C; any x86 CPU since 2015), compiled once per version and cached outside the checkout.
-IMAGE_LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF"
+# SIGILL on any box without those instructions. So llama-cpp-python is compiled once per version,
+# for x86-64-v3 (AVX2, FMA, F16C; any x86 CPU since 2015), into a cache outside the checkout, and
+# that one wheel serves both the venv (setup) and the image: one ~10-minute compile on 2 cores,
+# not two.
+LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF"
 IMAGE_CACHE="${APPLIANCE_IMAGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/appliance-image}"
 
-image_llama_wheel() {
-  local wheels="$1" pin version cache
+# Prints the path of the portable llama-cpp-python wheel for the version pyproject.toml pins,
+# compiling it first when the cache has none.
+llama_wheel() {
+  local pin version cache
   pin="$(grep -o '"llama-cpp-python==[^"]*"' pyproject.toml | tr -d '"')"
-  [[ -n $pin ]] || die "image: pyproject.toml does not pin llama-cpp-python==VERSION"
+  [[ -n $pin ]] || die "pyproject.toml does not pin llama-cpp-python==VERSION"
   version="${pin#*==}"
   cache="$IMAGE_CACHE/llama_cpp_python-$version-x86-64-v3"
   if ! compgen -G "$cache/llama_cpp_python-*.whl" >/dev/null; then
-    log "compiling $pin for the image (x86-64-v3, not this host's CPU; once per version: ~8 min on 2 cores)"
+    log "compiling $pin for x86-64-v3, not this host's CPU (once per version: ~10 min on 2 cores)"
     rm -rf "$cache.tmp"
     mkdir -p "$cache.tmp"
-    CMAKE_ARGS="$IMAGE_LLAMA_CMAKE_ARGS" "$PY" -m pip wheel --progress-bar off --quiet \
-      --no-cache-dir --no-deps --no-binary llama-cpp-python -w "$cache.tmp" "$pin"
+    CMAKE_ARGS="$LLAMA_CMAKE_ARGS" "$PY" -m pip wheel --progress-bar off --quiet \
+      --no-cache-dir --no-deps --no-binary llama-cpp-python -w "$cache.tmp" "$pin" >&2
     rm -rf "$cache"
     mv "$cache.tmp" "$cache"
   fi
+  compgen -G "$cache/llama_cpp_python-*.whl" | head -n 1
+}
+
+image_llama_wheel() {
+  local wheels="$1" wheel
+  wheel="$(llama_wheel)"
   rm -f "$wheels"/llama_cpp_python-*.whl
-  cp -p "$cache"/llama_cpp_python-*.whl "$wheels/" # -p: same mtime, same inputs digest
+  cp -p "$wheel" "$wheels/" # -p: same mtime, same inputs digest
 }
 
 # The offline wheelhouse for the image: every dependency as a wheel (pip's cache on this host spares
@@ -269,6 +282,9 @@ image_assemble() {
   mcopy -s -i "$parts/esp.img" "$parts/loader" ::/
   mcopy -i "$parts/esp.img" "$tree/boot/vmlinuz-$kver" ::/appliance/vmlinuz
   mcopy -i "$parts/esp.img" "$tree/boot/initrd.img-$kver" ::/appliance/initrd.img
+  # The tree is inside root.ext4 now: give its gigabytes back before repart writes the disk (the
+  # peak is then the root filesystem plus the disk, not the tree as well).
+  rm -rf "$tree"
   printf '%s\n' "$roothash" >"$out/appliance.roothash"
   systemd-repart --empty=create --size=auto --dry-run=no --no-pager \
     --root="$parts" --definitions="$ROOT/image/mkosi.repart" "$out/appliance.raw" >/dev/null
@@ -297,7 +313,9 @@ cmd_test() {
   setup_apt "${IMAGE_APT_PACKAGES[@]}"
   cmd_lint || die "static checks failed (ruff, import-linter or mypy): see above"
   local rc=0
-  "$PY" -m pytest -ra tests "$@" || rc=$?
+  # --instafail: a failure's traceback is printed when it happens, not only at the end of a long
+  # run; --durations: where the time went.
+  "$PY" -m pytest -ra --instafail --durations=25 tests "$@" || rc=$?
   if ((rc == 5)); then
     log "error: pytest collected no tests (exit 5); a test run that runs nothing is a failure"
   fi

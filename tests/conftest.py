@@ -24,6 +24,23 @@ except ImportError:  # pragma: no cover
 STORE = Path(os.environ.get("APPLIANCE_MODEL_STORE", REPO / "models" / "store"))
 
 
+#: The order the layers run in: the fast ones first, the disk image (tens of minutes, and it fills
+#: gigabytes of disk while it builds) last, so a failure there neither hides nor starves the rest.
+LAYER_ORDER = ("unit", "admin", "pipeline", "e2e", "fleet", "image")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the test layers in :data:`LAYER_ORDER` (stable within a layer)."""
+
+    def rank(item: pytest.Item) -> int:
+        parts = Path(str(item.path)).parts
+        at = len(parts) - 1 - parts[::-1].index("tests") if "tests" in parts else len(parts)
+        layer = parts[at + 1] if at + 2 < len(parts) else ""
+        return LAYER_ORDER.index(layer) if layer in LAYER_ORDER else len(LAYER_ORDER)
+
+    items.sort(key=rank)
+
+
 def speech_dir() -> Path:
     """The shared telephone-speech directory, or skip the test with a clear reason."""
     if not (SPEECH / "manifest.tsv").exists():

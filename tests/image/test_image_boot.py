@@ -36,6 +36,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +53,10 @@ BOOT_TIMEOUT_S = float(os.environ.get("APPLIANCE_IMAGE_BOOT_TIMEOUT_S", "1200"))
 #: A build with nothing changed hashes the inputs and returns; it must not rebuild anything.
 WARM_BUILD_LIMIT_S = 60.0
 GUEST_MEMORY_MIB = 4096
+#: Free disk the test needs (GiB): with no built image (build peak, then the boot copy), and with
+#: one (the boot copy and the data partition the guest fills).
+COLD_DISK_GIB = 12
+WARM_DISK_GIB = 6
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -64,6 +69,19 @@ def _skip_reason() -> str | None:
             return f"{tool} is not installed (./build.sh test installs it)"
     if not OVMF.exists():
         return f"{OVMF} missing (package ovmf)"
+    # A cold build holds the root filesystem and the disk at once (~8 GiB with the wheelhouse),
+    # and the boot needs a copy of the disk beside the built one (~4 GiB each): a host without the
+    # room gets a clear reason instead of a build that dies half-way and fills the disk for every
+    # test after it.
+    need_gib = WARM_DISK_GIB if IMAGE.exists() else COLD_DISK_GIB
+    free_gib = shutil.disk_usage(REPO).free / 2**30
+    tmp_free_gib = shutil.disk_usage(tempfile.gettempdir()).free / 2**30
+    if min(free_gib, tmp_free_gib) < need_gib:
+        return (
+            f"not enough free disk for the image test: {free_gib:.1f} GiB free beside the "
+            f"checkout, {tmp_free_gib:.1f} GiB in {tempfile.gettempdir()}; it needs {need_gib} GiB "
+            f"({'a built image is there' if IMAGE.exists() else 'a cold build'})"
+        )
     return None
 
 
