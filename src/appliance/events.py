@@ -149,8 +149,12 @@ class CallEnded(Event):
 class ConsentRecorded(Event):
     """A TCPA consent (or its revocation) for a phone number (content: number and evidence).
 
-    ``call_id`` is the call it was given in, or ``""``. ``scope`` e.g. ``"appointment-reminders"``;
-    ``method`` e.g. ``"verbal-on-call"``, ``"dtmf"``, ``"written"``; ``revoked`` marks a revocation.
+    ``call_id`` is the call it was given in, or ``""``. ``scope`` e.g. ``"reminders"`` (``"all"``
+    for a revocation of every scope, an opt-out); ``method`` e.g. ``"verbal-on-call"``,
+    ``"dtmf"``, ``"written"``; ``revoked`` marks a revocation. ``source`` is where the record
+    came from (``"import"``, ``"admin"``, ``"inbound-call"``; ``""`` in records written before
+    it existed) and ``given_t`` when the callee gave (or revoked) it, epoch seconds (``0.0``:
+    at ``t``, the time it was recorded).
     """
 
     phone_number: str
@@ -158,6 +162,23 @@ class ConsentRecorded(Event):
     method: str
     evidence: str = ""
     revoked: bool = False
+    source: str = ""
+    given_t: float = 0.0
+
+
+@dataclass(frozen=True)
+class DialRefused(Event):
+    """An outbound dial was refused by a TCPA gate (content: the number).
+
+    ``reason`` is the gate's fixed reason (``"no-consent"``, ``"consent-revoked"``,
+    ``"consent-out-of-scope"``, ``"dnc"``, ``"outside-window"``, ``"holiday"``,
+    ``"unknown-timezone"``, ``"invalid-number"``); ``scope`` the consent scope of the call
+    (``"reminders"``...). ``call_id`` is the planned call's id, or ``""``.
+    """
+
+    phone_number: str
+    scope: str
+    reason: str
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ AUDITED = {
     "TurnLatency",
     "CallEnded",
     "ConsentRecorded",
+    "DialRefused",
     "ConfigChanged",
     "IntentRecognized",
     "SlotFilled",

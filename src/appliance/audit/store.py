@@ -100,8 +100,9 @@ SCOPE_SYSTEM = "system"
 """Data keys of records outside calls and of admin records: consent retention."""
 SCOPES = (SCOPE_CALL, SCOPE_CONSENT, SCOPE_SYSTEM)
 
-#: Record kinds whose content is consent evidence, kept for the consent retention period.
-CONSENT_KINDS = frozenset({"ConsentRecorded", "ConsentRevoked"})
+#: Record kinds whose content is consent evidence, kept for the consent retention period
+#: (``DialRefused``: a dial the TCPA gates refused, the proof that the gates held).
+CONSENT_KINDS = frozenset({"ConsentRecorded", "ConsentRevoked", "DialRefused"})
 #: Record kinds made by administration, not by a call, even when they name a call id.
 SYSTEM_KINDS = frozenset({"AuditExport", "RetentionSweep", "KekEpoch", "KeyRotation"})
 
