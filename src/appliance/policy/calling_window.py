@@ -9,11 +9,12 @@ The callee's zone comes from the patient's address when known (an IANA zone name
 of :func:`callee_zones` derives from it), else from the number's prefix through
 ``phonenumbers.timezone.time_zones_for_number`` (libphonenumber's geocoding data). A prefix
 can map to several zones (Idaho's +1 208: Boise and Los Angeles; a toll-free +1 800: every
-North American zone): then an instant counts only when it is inside the window in EVERY
-candidate zone (their overlap; none for toll-free numbers, which are always refused). An
-unknown zone is refused. Local times come from :mod:`zoneinfo` (the IANA tz database), so
-daylight-saving time is handled per zone and per date; the window's bounds are local wall
-times (start inclusive, end exclusive: a call at 21:00:00 is refused).
+North American zone, Guam to St John's): then an instant counts only when it is inside the
+window in EVERY candidate zone (their overlap: for a toll-free number, 08:00 in Guam to 21:00
+in St John's, 90 minutes a day in July). An unknown zone is refused. Local times come from
+:mod:`zoneinfo` (the IANA tz database), so daylight-saving time is handled per zone and per
+date; the window's bounds are local wall times (start inclusive, end exclusive: a call at
+21:00:00 is refused).
 """
 
 from __future__ import annotations
