@@ -169,7 +169,7 @@ def main() -> int:
         "reference": {
             "bare_indexed_sqlite_lookups": stats(bare_us),
             "phonenumbers_normalise": stats(parse_us),
-            "zone_and_window": stats(window_us),
+            "parse_zone_lookup_and_window": stats(window_us),
         },
     }
     print(f"\nDevice: {result['device']}")

@@ -170,7 +170,20 @@ def test_bad_capture_input_is_refused_and_stores_nothing(gates: Gates) -> None:
         gates.consent.capture(
             NY, "reminders", method="written", source="admin", at=datetime(2026, 1, 1, 9)
         )
+    with pytest.raises(ConsentError, match="future"):
+        gates.consent.capture(NY, "reminders", method="written", source="admin", at=utc(2099, 1, 1))
     assert gates.consent.count() == 0 and gates.events == []
+
+
+def test_an_opt_out_is_recorded_even_when_the_dnc_write_fails(gates: Gates) -> None:
+    gates.grant(NY)
+    gates.dnc.close()  # the DNC file is gone from under the store
+    with pytest.raises(sqlite3.ProgrammingError):
+        gates.consent.revoke(NY, ALL, method="dtmf", source="inbound-call")
+    record = gates.consent.get(NY, "reminders")
+    assert record is not None and not record.granted
+    last = gates.events[-1]
+    assert isinstance(last, ConsentRecorded) and last.revoked and last.scope == ALL
 
 
 def test_a_capture_the_audit_sink_refuses_is_not_stored_but_a_revocation_is(

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from phonenumbers import PhoneNumber
 from phonenumbers import timezone as pn_timezone
 
 from appliance.policy.phone import DEFAULT_REGION, parse_number
@@ -63,12 +64,13 @@ def _zone(name: str) -> ZoneInfo | None:
 
 
 def callee_zones(
-    number: str, address_tz: str | None = None, region: str = DEFAULT_REGION
+    number: str | PhoneNumber, address_tz: str | None = None, region: str = DEFAULT_REGION
 ) -> tuple[str, ...]:
     """The candidate IANA zones of a callee; empty when unknown.
 
     Args:
-        number: The callee's number (E.164 or any format ``phonenumbers`` parses).
+        number: The callee's number (E.164 or any format ``phonenumbers`` parses, or already
+            parsed by :func:`~appliance.policy.phone.parse_number`).
         address_tz: The IANA zone of the patient's address when known (wins over the number);
             an unknown zone name gives ``()`` (refused), never a fallback to the number.
         region: Region assumed for numbers without a ``+`` country code.
@@ -79,7 +81,8 @@ def callee_zones(
     """
     if address_tz is not None:
         return (address_tz,) if _zone(address_tz) is not None else ()
-    zones = pn_timezone.time_zones_for_number(parse_number(number, region))
+    parsed = number if isinstance(number, PhoneNumber) else parse_number(number, region)
+    zones = pn_timezone.time_zones_for_number(parsed)
     return tuple(z for z in zones if _zone(z) is not None)
 
 

@@ -46,6 +46,9 @@ ALL = "all"
 SOURCES = ("import", "admin", "inbound-call")
 """Where a consent record came from: the roster CSV, the admin page, the inbound agent."""
 
+FUTURE_SLACK_S = 300.0
+"""How far ahead of this box's clock a consent time may be (clock skew of the source), s."""
+
 CSV_COLUMNS = ("number", "scope", "method", "timestamp", "evidence")
 """Columns of the roster CSV (header row required; ``evidence`` may be empty)."""
 
@@ -138,15 +141,20 @@ def epoch_of(at: datetime | float | None) -> float:
     """Epoch seconds of an aware datetime or a float (``None``: now).
 
     Raises:
-        ConsentError: A naive datetime (its instant is unknown).
+        ConsentError: A naive datetime (its instant is unknown), or a time more than
+            :data:`FUTURE_SLACK_S` ahead of the clock.
     """
     if at is None:
         return time.time()
     if isinstance(at, datetime):
         if at.tzinfo is None or at.utcoffset() is None:
             raise ConsentError("a time needs its UTC offset (an aware datetime)")
-        return at.timestamp()
-    return float(at)
+        t = at.timestamp()
+    else:
+        t = float(at)
+    if t > time.time() + FUTURE_SLACK_S:
+        raise ConsentError("a consent or revocation cannot be given in the future")
+    return t
 
 
 def _check(scope: str, source: str, method: str, *, revoke: bool = False) -> None:
@@ -350,9 +358,11 @@ class ConsentStore:
                         " VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?)",
                         (e164, s, given, now, method, source, evidence, call_id),
                     )
-        if scope == ALL and self._dnc is not None:
-            self._dnc.add_opt_out(e164, method=method, source=source, emit=False)
-        self._sink(event)
+        try:
+            if scope == ALL and self._dnc is not None:
+                self._dnc.add_opt_out(e164, method=method, source=source, emit=False)
+        finally:  # the revocation is on file: its record goes out even if the DNC write failed
+            self._sink(event)
         return [
             ConsentRecord(e164, s, False, given, now, method, source, evidence, call_id)
             for s in scopes
@@ -459,7 +469,7 @@ class ConsentStore:
             if at.tzinfo is None or at.utcoffset() is None:
                 errors.append((line, f"timestamp {stamp!r} has no UTC offset"))
                 continue
-            if at.timestamp() > time.time() + 300:
+            if at.timestamp() > time.time() + FUTURE_SLACK_S:
                 errors.append((line, f"timestamp {stamp!r} is in the future"))
                 continue
             if (e164, scope) in seen:

@@ -24,11 +24,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+import phonenumbers
+
 from appliance.events import DialRefused
 from appliance.policy.calling_window import CallingWindow, callee_zones
 from appliance.policy.consent import SCOPES, ConsentError, ConsentStore, Sink
 from appliance.policy.dnc import DncList
-from appliance.policy.phone import DEFAULT_REGION, InvalidNumber, normalize_number
+from appliance.policy.phone import DEFAULT_REGION, InvalidNumber, parse_number
 
 REASONS = (
     "invalid-number",
@@ -124,9 +126,10 @@ class OutboundGate:
         if now.tzinfo is None or now.utcoffset() is None:
             raise ValueError("the dial time must be an aware datetime")
         try:
-            e164 = normalize_number(number, self._region)
+            parsed = parse_number(number, self._region)
         except InvalidNumber:
             return self._refuse(GateDecision(False, "invalid-number", "", scope), number, call_id)
+        e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
         if self.dnc.contains(e164):
             return self._refuse(GateDecision(False, "dnc", e164, scope), e164, call_id)
         record = self.consent.lookup(e164, scope)
@@ -138,7 +141,7 @@ class OutboundGate:
             else:
                 reason = "no-consent"
             return self._refuse(GateDecision(False, reason, e164, scope), e164, call_id)
-        zones = callee_zones(e164, address_tz, self._region)
+        zones = callee_zones(parsed, address_tz, self._region)
         window = self.window.check(now, zones)
         decision = GateDecision(
             window.allowed, window.reason, e164, scope, window.zones, window.local_times
