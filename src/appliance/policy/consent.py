@@ -177,7 +177,9 @@ class ConsentStore:
         dnc: The do-not-call list a revocation of scope :data:`ALL` adds the number to.
         region: Region assumed for numbers without a ``+`` country code.
 
-    Thread-safe (one connection, one lock); lookups are one primary-key read.
+    Thread-safe (one connection, one lock); lookups are one primary-key read. The sink is
+    called with the store's lock held and must not call back into the store (the
+    ``AuditObserver`` and ``EventBus.emit`` only enqueue or fan out).
     """
 
     def __init__(
