@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from appliance.config.outbound import OutboundSettings, check_room_for_inbound
 from appliance.errors import ConfigError
 
 #: Calls one pjsua2 process can hold: the PyPI wheel compiles ``PJSUA_MAX_CALLS=4``. With
@@ -425,6 +426,12 @@ class ApplianceSettings(_Section):
     payments: PaymentSettings = Field(default_factory=PaymentSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    outbound: OutboundSettings = Field(default_factory=OutboundSettings)
+
+    @model_validator(mode="after")
+    def _check_outbound(self) -> ApplianceSettings:
+        check_room_for_inbound(self.outbound, self.sip.max_calls)
+        return self
 
 
 #: Directory of drop-ins next to a settings file ``F``: ``F.d/`` (``appliance.toml.d/``).
