@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from appliance.config.edge import EdgeSettings
 from appliance.config.outbound import OutboundSettings, check_room_for_inbound
 from appliance.errors import ConfigError
 
@@ -426,6 +427,7 @@ class ApplianceSettings(_Section):
     payments: PaymentSettings = Field(default_factory=PaymentSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    edge: EdgeSettings = Field(default_factory=EdgeSettings)
     outbound: OutboundSettings = Field(default_factory=OutboundSettings)
 
     @model_validator(mode="after")
