@@ -1,4 +1,4 @@
-"""Command line: ``appliance serve | call | audit verify | audit export | release verify``.
+"""Command line: ``appliance serve | call | audit verify | audit export | release verify | edge``.
 
 Exit codes: 0 success; 2 bad configuration; 3 model files missing or broken; 4 SIP/media
 start failure; 5 audit log unusable; 1 anything else (``audit verify``: 1 = verification
@@ -13,10 +13,14 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from appliance.audit.envelope import EnvelopeError
 from appliance.audit.store import AuditError
 from appliance.errors import ApplianceError, ConfigError, MediaError, ModelError
+
+if TYPE_CHECKING:
+    from appliance.config import ApplianceSettings
 
 _LOGGER = logging.getLogger("appliance")
 
@@ -27,13 +31,20 @@ def _serve(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level)
     overrides = {"sip__bind": args.sip_bind} if args.sip_bind else {}
-    settings = load_settings(args.config, **overrides)
+
+    def load() -> ApplianceSettings:
+        settings = load_settings(args.config, **overrides)
+        if args.worker is None:
+            return settings
+        from appliance.app.edge import worker_settings  # behind the edge (ADR 0020)
+
+        return worker_settings(settings, args.worker)
+
+    settings = load()
     from appliance.app.server import ApplianceServer
 
     server = ApplianceServer(
-        settings,
-        test_events=args.test_events,
-        reload=lambda: load_settings(args.config, **overrides),
+        settings, test_events=args.test_events, reload=load, worker=args.worker
     )
     code = asyncio.run(server.run())
     # Every store is closed and every call ended by now. Skip CPython's finaliser: its final GC
@@ -92,7 +103,12 @@ def _audit(args: argparse.Namespace) -> int:
     from appliance.audit.service import export_call, verify_from_settings
     from appliance.config import load_settings
 
-    settings = load_settings(args.config).audit
+    loaded = load_settings(args.config)
+    if args.worker is not None:
+        from appliance.app.edge import worker_settings
+
+        loaded = worker_settings(loaded, args.worker)  # audit-N.sqlite (ADR 0020)
+    settings = loaded.audit
     if args.audit_command == "verify":
         from appliance.audit.alarm import clear_alarm, raise_alarm
 
@@ -156,6 +172,27 @@ def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _edge(args: argparse.Namespace) -> int:
+    from appliance.app.edge import check_config, render_edge
+    from appliance.config import load_settings
+
+    settings = load_settings(args.config)
+    if args.edge_command == "workers":
+        print(settings.edge.worker_count())
+        return 0
+    written = render_edge(settings, args.out, source=str(args.config or "<defaults>"))
+    for path in (written.config, written.address_list, written.dispatcher_list):
+        print(path)
+    if written.tls_config is not None:
+        print(written.tls_config)
+    if args.check:
+        ok, output = check_config(written.config)
+        if not ok:
+            print(output, file=sys.stderr)
+            raise ConfigError("config_invalid", f"{written.config}: kamailio -c refused it")
+    return 0
+
+
 def _installed_version() -> str:
     """The installed distribution's version (what the fleet reports), or ``unknown``."""
     from importlib.metadata import PackageNotFoundError, version
@@ -201,6 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, default=None, help="TOML settings file")
     serve.add_argument("--sip-bind", default=None, help="HOST:PORT, overrides [sip] bind")
     serve.add_argument(
+        "--worker",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run as agent worker N behind the SIP edge ([edge]): loopback SIP port "
+        "worker_base_port + N, its own audit log audit-N.sqlite (ADR 0020)",
+    )
+    serve.add_argument(
         "--test-events",
         type=Path,
         default=None,
@@ -243,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="verify or export the encrypted audit log")
     audit.add_argument("--config", type=Path, default=None, help="TOML settings file")
+    audit.add_argument(
+        "--worker", type=int, default=None, metavar="N", help="agent worker N's log (ADR 0020)"
+    )
     asub = audit.add_subparsers(dest="audit_command", required=True)
     ver = asub.add_parser("verify", help="check the Merkle tree and signed checkpoints (no key)")
     ver.add_argument(
@@ -287,6 +335,17 @@ def build_parser() -> argparse.ArgumentParser:
     rot.add_argument("--new-kek", type=Path, required=True, help="new KEK file (mode 0600)")
     rot.add_argument("--create", action="store_true", help="generate the new KEK file")
     audit.set_defaults(func=_audit)
+
+    edge = sub.add_parser("edge", help="the Kamailio SIP front door ([edge], ADR 0020)")
+    edge.add_argument("--config", type=Path, default=None, help="TOML settings file")
+    esub = edge.add_subparsers(dest="edge_command", required=True)
+    render = esub.add_parser(
+        "render", help="write kamailio.cfg, address.list and dispatcher.list from the TOML"
+    )
+    render.add_argument("--out", type=Path, required=True, help="output directory")
+    render.add_argument("--check", action="store_true", help="then run `kamailio -c` on the result")
+    esub.add_parser("workers", help="print the number of agent workers")
+    edge.set_defaults(func=_edge)
 
     rel = sub.add_parser(
         "release",

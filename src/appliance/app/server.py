@@ -76,6 +76,7 @@ class ApplianceServer:
             For tests only; never in production.
         models: Pre-loaded engines (tests share them); loaded from settings when ``None``.
         reload: Re-reads the settings on SIGHUP; a bad file is refused and serving goes on.
+        worker: The worker number behind the SIP edge (its own run marker), or ``None``.
     """
 
     def __init__(
@@ -85,6 +86,7 @@ class ApplianceServer:
         test_events: Path | None = None,
         models: ModelSet | None = None,
         reload: Callable[[], ApplianceSettings] | None = None,
+        worker: int | None = None,
     ) -> None:
         self.settings = settings
         self._reload = reload
@@ -104,7 +106,8 @@ class ApplianceServer:
         self._call_events: dict[str, list[Event]] = {}
         self.liveness: Liveness | None = None
         self.transfers: Transfers | None = None
-        self._marker = RunMarker(Path(settings.store.metadata_db).with_name("agent.running"))
+        marker = "agent.running" if worker is None else f"agent-{worker}.running"  # ADR 0020
+        self._marker = RunMarker(Path(settings.store.metadata_db).with_name(marker))
 
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT, then drain. Returns the process exit code.

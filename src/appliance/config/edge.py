@@ -68,6 +68,12 @@ class EdgeSettings(BaseModel):
         le=65000,
         description="SIP UDP port of worker 0; worker N binds worker_base_port + N.",
     )
+    internal_port: int = Field(
+        5069,
+        ge=1024,
+        le=65535,
+        description="Loopback UDP port (on worker_host) Kamailio talks to the workers from.",
+    )
     rtp_port_stride: int = Field(
         100,
         ge=16,
@@ -142,6 +148,12 @@ class EdgeSettings(BaseModel):
                 raise ValueError(f"TLS paths must be absolute, got {path}")
         if self.worker_base_port + self.worker_count() > 65535:
             raise ValueError("worker_base_port + workers exceeds 65535")
+        if (
+            self.worker_base_port
+            <= self.internal_port
+            < self.worker_base_port + self.worker_count()
+        ):
+            raise ValueError("internal_port falls among the worker ports")
         return self
 
     def worker_count(self) -> int:
