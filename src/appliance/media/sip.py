@@ -212,6 +212,8 @@ class SipUserAgent:
                     fn()
                 except Exception:  # noqa: BLE001
                     _LOGGER.exception("pjsua2 command failed")
+                # A command may hold a SipCall; one kept alive past libDestroy() aborts.
+                del fn
             if self._dead or self._parents:
                 self._reap()
         if self._destroy_on_stop:
@@ -245,6 +247,19 @@ class SipUserAgent:
         return beat is not None and time.monotonic() - beat > self.settings.liveness_timeout_s / 2
 
     def _on_incoming(self, acc: SipAccount, prm: pj.OnIncomingCallParam) -> None:
+        """Decide an INVITE now; send the answer after ``onIncomingCall`` has returned.
+
+        pjsua2's ``Endpoint::on_incoming_call`` frees the INVITE's cloned ``rdata``
+        (``pjsip_rx_data_free_cloned(call->incoming_data)``) after ``onIncomingCall``
+        returns, without checking it. A final non-2xx answer given inside the callback to an
+        INVITE with no SDP offer (no media channel to tear down first) disconnects the call
+        at once, and pjsua's ``reset_call`` frees that clone and clears the pointer: pjsua2
+        then asserts in ``sip_transport.c`` (``Assertion 'rdata' failed``) and the process
+        aborts. One body-less INVITE from anyone did it, as did an oversized one (pjsip keeps
+        the first ``PJSIP_MAX_PKT_LEN``, 4,000 bytes, of a datagram, so the body is lost).
+        So the decision is taken here, where the counts are right, and the answer goes out
+        from the command queue, one turn of ``libHandleEvents`` later (about 10 ms).
+        """
         peer = _source_ip(prm.rdata.srcAddress)
         handle = CallHandle(
             call_id=uuid.uuid4().hex[:12],
@@ -266,20 +281,43 @@ class SipUserAgent:
         )
         if decision.status == 403:
             _LOGGER.warning("call %s refused: source %s is not a trunk peer", handle.call_id, peer)
-            self._reject(call, 403, "Forbidden")
+            self.submit(lambda: self._refuse(call, 403, "Forbidden"))
         elif not decision.answered:
             _LOGGER.warning("call %s refused with 503: %s", handle.call_id, decision.reason)
-            self._reject(
-                call, 503, "Service Unavailable", {"Retry-After": str(self.settings.retry_after_s)}
-            )
+            retry = {"Retry-After": str(self.settings.retry_after_s)}
+            self.submit(lambda: self._refuse(call, 503, "Service Unavailable", retry))
         if not decision.answered:
             self._notify_rejected(peer, decision.status, decision.reason)
             return
+        # Counted as a caller from now on, so the next INVITE in this turn sees it.
         call.accepted = call.inbound = True
+        self.submit(lambda: self._accept(call))
+
+    def _refuse(
+        self, call: SipCall, status: int, reason: str, headers: dict[str, str] | None = None
+    ) -> None:
+        """Send a deferred final non-2xx answer (skipped if the caller already cancelled)."""
+        if call.ended:
+            return
+        try:
+            self._reject(call, status, reason, headers)
+        except pj.Error as exc:
+            _LOGGER.warning("call %s: refusal not sent (%s)", call.handle.call_id, exc.reason)
+
+    def _accept(self, call: SipCall) -> None:
+        """Send the deferred 200 OK and hand the call to asyncio."""
+        handle = call.handle
+        if call.ended:
+            return  # CANCELled before the answer: _on_disconnected has ended the handle
         op = pj.CallOpParam(True)
         op.statusCode = 200
-        call.answer(op)
-        _LOGGER.info("call %s answered (peer %s)", handle.call_id, peer)
+        try:
+            call.answer(op)
+        except pj.Error as exc:
+            _LOGGER.warning("call %s could not be answered (%s)", handle.call_id, exc.reason)
+            self._hangup(call.pj_id, 500)
+            return
+        _LOGGER.info("call %s answered (peer %s)", handle.call_id, handle.peer_ip)
         cb = self._on_incoming_cb
         assert cb is not None  # admission refuses every call in client mode
         self._post(lambda: cb(handle))
