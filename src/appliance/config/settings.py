@@ -62,6 +62,27 @@ class SipSettings(_Section):
         default_factory=lambda: ["127.0.0.1/32"],
         description="Trunk peers (IP or CIDR) allowed to send INVITEs; others get 403.",
     )
+    min_peer_prefix_len: int = Field(
+        24, ge=1, le=32, description="Broadest IPv4 allowed_peers entry accepted (prefix bits)."
+    )
+    min_peer_prefix_len_v6: int = Field(
+        64, ge=1, le=128, description="Broadest IPv6 allowed_peers entry accepted (prefix bits)."
+    )
+    allow_broad_peers: bool = Field(
+        False, description="Accept allowed_peers entries broader than the minimum (never /0)."
+    )
+    ack_timeout_s: float = Field(
+        32.0,
+        gt=0,
+        le=64,
+        description="A call answered but never ACKed is ended after this long (RFC 3261 "
+        "Timer H, 64*T1 = 32 s).",
+    )
+    rtp_timeout_s: float = Field(
+        60.0,
+        ge=0,
+        description="A call whose inbound RTP stops for this long is ended (0: never).",
+    )
     max_calls: int = Field(
         2,
         ge=1,
@@ -102,8 +123,25 @@ class SipSettings(_Section):
     @classmethod
     def _check_peers(cls, value: list[str]) -> list[str]:
         for peer in value:
-            ipaddress.ip_network(peer, strict=False)
+            if ipaddress.ip_network(peer, strict=False).prefixlen == 0:
+                raise ValueError(f"{peer!r} allows every address; list the trunk's addresses")
         return value
+
+    @model_validator(mode="after")
+    def _check_peer_breadth(self) -> SipSettings:
+        """Refuse allowlist entries broader than the minimum prefix unless forced."""
+        if self.allow_broad_peers:
+            return self
+        for peer in self.allowed_peers:
+            net = ipaddress.ip_network(peer, strict=False)
+            least = self.min_peer_prefix_len if net.version == 4 else self.min_peer_prefix_len_v6
+            if net.prefixlen < least:
+                raise ValueError(
+                    f"allowed_peers entry {peer!r} is broader than /{least} (min_peer_prefix_len"
+                    f"{'' if net.version == 4 else '_v6'}); list the trunk's addresses, or set "
+                    "allow_broad_peers = true"
+                )
+        return self
 
     @field_validator("codecs")
     @classmethod
