@@ -54,6 +54,7 @@ from appliance.agent.engine import (
     request_part,
 )
 from appliance.agent.kb import KnowledgeBase
+from appliance.agent.opt_out import is_opt_out
 from appliance.agent.replies import (
     CALLER_SILENT,
     EMERGENCY_TEXT,
@@ -87,7 +88,14 @@ from appliance.agent.understanding import (
     speak_when,
     yes_no,
 )
-from appliance.agent.workflow import AskNode, ConfirmNode, MessageNode, PciNode, WorkflowSet
+from appliance.agent.workflow import (
+    AskNode,
+    ConfirmNode,
+    MessageNode,
+    PciNode,
+    Workflow,
+    WorkflowSet,
+)
 from appliance.errors import ApplianceError
 from appliance.events import (
     Escalated,
@@ -175,6 +183,11 @@ class DialogManager:
         self._now = now
         self._s = DialogState()
         self._turn_confidence = 1.0
+        #: The outbound workflow of a call the box placed (:meth:`start_outbound`), or ``None``.
+        self._outbound: Workflow | None = None
+        self._on_opt_out: Callable[[str], None] | None = None
+        #: Whether the callee opted out on this call (and it was recorded).
+        self.opted_out = False
         self._engine = WorkflowEngine(
             call_id,
             self._s,
@@ -203,6 +216,11 @@ class DialogManager:
     def escalation_reason(self) -> str:
         """The last escalation trigger (``""`` if none)."""
         return self._s.escalation_reason
+
+    @property
+    def actions(self) -> list[dict[str, Any]]:
+        """What the workflows did on this call: ``{"tool", "ok"}`` and ``{"action", ...}``."""
+        return list(self._s.actions)
 
     # ------------------------------------------------------------------ public entry points
 
@@ -238,6 +256,53 @@ class DialogManager:
             return Listening("message")
         return FREE
 
+    def start_outbound(
+        self, workflow_id: str, appointment_id: str, on_opt_out: Callable[[str], None]
+    ) -> Reply:
+        """Open a call the box placed with the outbound workflow ``workflow_id``.
+
+        Args:
+            workflow_id: An outbound workflow (``reminders``).
+            appointment_id: The appointment the call is about; its details stay out of every
+                text until the workflow's identity check matched its patient.
+            on_opt_out: Records the callee's opt-out, with the method (``"verbal-on-call"`` or
+                ``"dtmf"``): the app revokes every consent scope of the number it dialled and
+                puts it on the do-not-call list. Called before the opt-out is confirmed to the
+                callee; if it raises, the callee is handed to staff instead
+                (``stage_failure``), never told an opt-out happened that did not.
+
+        Returns:
+            The opening (said after the AI disclosure).
+
+        Raises:
+            KeyError: No such outbound workflow.
+        """
+        wf = self._workflows.outbound(workflow_id)
+        s = self._s
+        self._outbound, self._on_opt_out = wf, on_opt_out
+        s.workflow, s.intent, s.run = wf, wf.id, s.run + 1
+        s.main_intent = wf.id
+        s.session.reminder_appointment_id = appointment_id
+        self._intent(wf.id, 1.0, "outbound")
+        if wf.risk_tier not in self._settings.enabled_tiers:
+            return self._escalate("tier_disabled", HOLD_TEXT)
+        return self._engine.run(wf.start)
+
+    def _opt_out(self, method: str) -> Reply:
+        """Record the callee's opt-out, then run the workflow's opt-out node."""
+        wf = self._outbound
+        assert wf is not None and self._on_opt_out is not None
+        self._intent("opt_out", 1.0, "rule" if method != "dtmf" else "dtmf")
+        try:
+            self._on_opt_out(method)
+        except Exception:  # noqa: BLE001 - never confirm an opt-out that was not recorded
+            _LOGGER.exception("call %s: the opt-out could not be recorded", self._call_id)
+            return self._escalate("stage_failure", HOLD_TEXT)
+        self.opted_out = True
+        s = self._s
+        s.workflow, s.pending, s.dtmf = wf, None, ""
+        return self._engine.run(wf.opt_out)
+
     def handle_turn(
         self,
         text: str,
@@ -271,6 +336,8 @@ class DialogManager:
             wf, node = s.where()
             self._emit(Escalated(self._call_id, reason="emergency", workflow=wf, node=node))
             return Reply([EMERGENCY_TEXT], source="template")
+        if self._outbound is not None and not self.opted_out and is_opt_out(text):
+            return self._opt_out("verbal-on-call")
         if s.wait is Wait.MESSAGE:
             return e.take_message(text)
         if s.wait in (Wait.TRANSFER, Wait.PCI):
@@ -319,8 +386,14 @@ class DialogManager:
     def handle_dtmf(self, digit: str) -> Reply | None:
         """A keypad digit outside a PCI pause: fills a digit slot (``#`` ends, ``*`` clears).
 
+        On a call the box placed, the workflow's ``opt_out_digit`` opts out (no slot of such a
+        workflow takes keypad digits, so it is never part of an answer).
+
         Returns ``None`` while digits are still being collected or when none are expected.
         """
+        wf = self._outbound
+        if wf is not None and wf.opt_out_digit == digit and not self.opted_out:
+            return self._opt_out("dtmf")
         return self._engine.handle_dtmf(digit)
 
     @property

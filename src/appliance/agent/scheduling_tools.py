@@ -13,6 +13,10 @@ Tool                     Arguments (slot types)                       Sets on su
 ``calendar.reschedule``  none: the appointment and slot in hand       as ``upcoming``
 ``calendar.book``        none: the verified patient, the slot in hand  as ``upcoming``
 ``calendar.cancel``      none: the appointment in hand                as ``upcoming``
+``reminder.verify``      ``birth_date`` (date_of_birth): the callee   ``patient_given_name``,
+                         of a reminder call against the patient of    as ``upcoming``
+                         the appointment the call is about
+``reminder.confirm``     none: the appointment in hand (booked)       as ``upcoming``
 =======================  ===========================================  =========================
 
 Every ``calendar.*`` tool needs the caller's identity verified first. The mutating tools pass
@@ -24,7 +28,13 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Protocol
 
-from appliance.agent.calendar import Appointment, Patient, SchedulingAdapter, SchedulingError
+from appliance.agent.calendar import (
+    BOOKED,
+    Appointment,
+    Patient,
+    SchedulingAdapter,
+    SchedulingError,
+)
 from appliance.agent.tools import Param, ToolCall, ToolRegistry, ToolResult, ToolSpec
 from appliance.agent.understanding import speak_when
 from appliance.events import IdentityVerified
@@ -165,6 +175,55 @@ def cancel(call: ToolCall) -> ToolResult:
     return _changed(cal, call, appt)
 
 
+def verify_reminder(call: ToolCall) -> ToolResult:
+    """On a reminder call: does ``birth_date`` match the patient of the call's appointment?
+
+    The box placed the call to the number on file, so the callee names no patient: the date of
+    birth must match exactly the one of the appointment's patient
+    (:attr:`~appliance.agent.tools.ToolSession.reminder_appointment_id`). Only then are the
+    patient and the appointment in hand and their details given to the workflow's texts; a
+    failure returns nothing of the record. Emits ``IdentityVerified`` either way.
+    """
+    cal = _calendar(call)
+    born = call.arguments.get("birth_date")
+    appt_id = call.session.reminder_appointment_id
+    patient: Patient | None = None
+    appt: Appointment | None = None
+    if appt_id and isinstance(born, date):
+        appt = cal.appointment(appt_id)
+        candidate = cal.patient(appt.patient_id)
+        patient = candidate if candidate.birth_date == born else None
+    call.emit(
+        IdentityVerified(
+            call.call_id, workflow=call.workflow, ok=patient is not None, attempts=call.attempt
+        )
+    )
+    if patient is None or appt is None:
+        return ToolResult(False, {"verified": False})
+    call.session.patient = patient
+    call.session.appointment = appt
+    return ToolResult(
+        True,
+        {"verified": True, "patient_id": patient.id, "appointment_id": appt.id},
+        {"patient_given_name": patient.given_name, **_appointment_outputs(cal, appt)},
+    )
+
+
+def confirm_reminder(call: ToolCall) -> ToolResult:
+    """The callee confirmed they will come: the appointment in hand, still booked.
+
+    The calendar has no "confirmed" state; the confirmation is this tool's ``ToolCalled``
+    record and the dialler's outcome (``appliance.app.dialler``).
+    """
+    cal = _calendar(call)
+    appt = call.session.appointment
+    if appt is None or appt.status != BOOKED:
+        return ToolResult(False, {"error": "nothing_to_confirm"})
+    return ToolResult(
+        True, {"appointment_id": appt.id, "confirmed": True}, _appointment_outputs(cal, appt)
+    )
+
+
 def default_tools() -> ToolRegistry:
     """A registry holding the built-in tools (see the module table)."""
     return ToolRegistry(
@@ -211,6 +270,19 @@ def default_tools() -> ToolRegistry:
             ToolSpec(
                 "calendar.cancel",
                 cancel,
+                outputs=_APPOINTMENT_OUTPUTS,
+                needs_identity=True,
+                acts_on=("appointment",),
+            ),
+            ToolSpec(
+                "reminder.verify",
+                verify_reminder,
+                params=(Param("birth_date", ("date_of_birth",)),),
+                outputs=("patient_given_name", *_APPOINTMENT_OUTPUTS),
+            ),
+            ToolSpec(
+                "reminder.confirm",
+                confirm_reminder,
                 outputs=_APPOINTMENT_OUTPUTS,
                 needs_identity=True,
                 acts_on=("appointment",),

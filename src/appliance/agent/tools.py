@@ -74,6 +74,9 @@ class ToolSession:
     patient: Patient | None = None
     appointment: Appointment | None = None
     slot: Slot | None = None
+    #: On a reminder call the box placed: the appointment it is about (nothing of it is
+    #: disclosed before ``reminder.verify`` matched its patient's date of birth).
+    reminder_appointment_id: str = ""
 
     def subject(self, records: Iterable[str]) -> dict[str, str]:
         """The IDs of the named records in hand (part of a call's idempotency key; no PHI).

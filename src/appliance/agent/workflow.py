@@ -17,6 +17,11 @@ A workflow declares its risk tier (``low`` / ``medium`` / ``high``), the intents
                back to the top (``hangup: false``) or hang up
 =============  ==============================================================================
 
+An ``outbound`` workflow (``direction: outbound``, e.g. appointment reminders) has no intents:
+the dialler starts it at ``start`` on a call the box placed, and ``opt_out`` names the node run
+when the callee says "stop calling me" or presses ``opt_out_digit``
+(:meth:`~appliance.agent.dialog.DialogManager.start_outbound`).
+
 Texts are :meth:`str.format` templates over slot names, the outputs of the workflow's tools
 and clinic facts (:data:`FACTS`). A tool node's ``args`` map the tool's parameters to slots
 (``{name: "{patient_name}"}``, see :mod:`appliance.agent.tools`). Loading checks every
@@ -242,8 +247,18 @@ class Workflow(_Strict):
     version: int = Field(ge=1)
     title: str
     risk_tier: Literal["low", "medium", "high"]
-    intents: dict[str, IntentSpec] = Field(min_length=1)
+    #: ``inbound``: started by a caller's intent. ``outbound``: started by the dialler on a call
+    #: the box placed (no intents; never matched for a caller), at ``start``.
+    direction: Literal["inbound", "outbound"] = "inbound"
+    intents: dict[str, IntentSpec] = Field(default_factory=dict)
     nodes: dict[str, Node] = Field(min_length=1)
+    #: Outbound: the node the call opens with (after the AI disclosure).
+    start: str = ""
+    #: Outbound: the node run when the callee opts out ("stop calling me", the keypad digit),
+    #: anywhere in the call, after the opt-out was recorded.
+    opt_out: str = ""
+    #: Outbound: the keypad digit that opts out (not a digit any slot of the workflow takes).
+    opt_out_digit: str = Field("", pattern=r"^[0-9*#]?$")
 
     @field_validator("schema_version")
     @classmethod
@@ -279,6 +294,7 @@ def _check_graph(wf: Workflow, file: Path, tools: ToolRegistry) -> None:
         for v in tools.spec(n.tool).outputs
     }
     known = set(slot_types) | outputs | set(FACTS)
+    _check_direction(wf, file)
     for intent, spec in wf.intents.items():
         if spec.start not in wf.nodes:
             raise WorkflowError(file, "", f"intents.{intent}.start", f"no node {spec.start!r}")
@@ -313,6 +329,34 @@ def _check_graph(wf: Workflow, file: Path, tools: ToolRegistry) -> None:
             raise WorkflowError(
                 file, node_id, "text", f"unknown template field(s) {', '.join(unknown)}"
             )
+
+
+def _check_direction(wf: Workflow, file: Path) -> None:
+    """Inbound: at least one intent, no outbound fields. Outbound: start and opt-out nodes."""
+    if wf.direction == "inbound":
+        if not wf.intents:
+            raise WorkflowError(file, "", "intents", "an inbound workflow needs an intent")
+        for name in ("start", "opt_out", "opt_out_digit"):
+            if getattr(wf, name):
+                raise WorkflowError(file, "", name, "only an outbound workflow has it")
+        return
+    if wf.intents:
+        raise WorkflowError(file, "", "intents", "an outbound workflow is started by the dialler")
+    for name in ("start", "opt_out"):
+        target = getattr(wf, name)
+        if not target:
+            raise WorkflowError(file, "", name, "an outbound workflow needs it")
+        if target not in wf.nodes:
+            raise WorkflowError(file, "", name, f"no node {target!r}")
+    keyed = [
+        n
+        for n in wf.nodes.values()
+        if isinstance(n, AskNode) and (n.slot.dtmf or n.slot.type == "digits")
+    ]
+    if wf.opt_out_digit and keyed:
+        raise WorkflowError(
+            file, "", "opt_out_digit", "a slot takes keypad digits: the opt-out key would clash"
+        )
 
 
 def load_workflow(path: Path, tools: ToolRegistry) -> Workflow:
@@ -374,10 +418,21 @@ class WorkflowSet:
     files: dict[str, Path]
 
     def intents(self) -> dict[str, tuple[Workflow, IntentSpec]]:
-        """Every intent name mapped to its workflow and spec."""
+        """Every intent name mapped to its workflow and spec (outbound workflows have none)."""
         return {
             name: (wf, spec) for wf in self.workflows.values() for name, spec in wf.intents.items()
         }
+
+    def outbound(self, workflow_id: str) -> Workflow:
+        """The outbound workflow ``workflow_id``.
+
+        Raises:
+            KeyError: No such workflow, or it is not an outbound one.
+        """
+        wf = self.workflows[workflow_id]
+        if wf.direction != "outbound":
+            raise KeyError(f"workflow {workflow_id!r} is not an outbound workflow")
+        return wf
 
 
 def default_dir() -> Path:

@@ -157,6 +157,14 @@ class SchedulingAdapter(Protocol):
         """Return the provider; raise :class:`NotFound` if unknown."""
         ...
 
+    def patient(self, patient_id: str) -> Patient:
+        """Return the patient; raise :class:`NotFound` if unknown (reminders' identity check)."""
+        ...
+
+    def appointment(self, appointment_id: str) -> Appointment:
+        """Return the appointment, booked or cancelled; raise :class:`NotFound` if unknown."""
+        ...
+
     def book(self, patient_id: str, slot_id: str, *, idempotency_key: str) -> Appointment:
         """Book the slot for the patient; raise :class:`SlotUnavailable` if taken."""
         ...
