@@ -372,3 +372,72 @@ def test_helpers() -> None:
     assert [backoff_s([10.0, 20.0], n) for n in (1, 2, 3, 7)] == [10.0, 20.0, 20.0, 20.0]
     assert caller_id_headers("") == {}
     assert caller_id_headers("sip:front@pbx") == {"P-Asserted-Identity": "<sip:front@pbx>"}
+
+
+def test_nothing_is_dialled_while_held(rig: Rig) -> None:
+    """Draining or a failed audit log: the queue waits, no INVITE, no refusal recorded."""
+    rig.grant(NY)
+    held = {"on": True}
+    rig.dialler._hold = lambda: held["on"]
+    job = rig.dialler.submit(DialJob(NY))
+
+    async def run() -> None:
+        task = asyncio.create_task(rig.dialler.run_until_idle())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert rig.placer.invites == [] and rig.store.outcome(job.job_id) == ""
+        held["on"] = False
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(run())
+    assert len(rig.placer.invites) == 1 and rig.store.outcome(job.job_id) == "confirmed"
+
+
+def test_a_campaign_is_built_from_the_calendar(tmp_path: Path) -> None:
+    """Booked appointments in the next N days whose patient has a phone on file."""
+    import sqlite3
+
+    from appliance.agent.calendar import idempotency_key, seed_demo
+    from appliance.app.outbound import reminder_jobs
+
+    today = date(2026, 11, 22)  # a Sunday: Tuesday 24th and Thursday 26th are booked
+    cal = seed_demo(tmp_path / "calendar.sqlite", today)
+    cal.cancel("appt-demo-4", idempotency_key=idempotency_key("t", "cancel", {}))
+    cal.close()
+    conn = sqlite3.connect(tmp_path / "calendar.sqlite")
+    with conn:
+        conn.executemany(
+            "INSERT INTO patient_details (patient_id, phone) VALUES (?, ?)",
+            [("pat-demo-1", NY), ("pat-demo-2", CHICAGO), ("pat-demo-4", SF)],
+        )
+    conn.close()
+    now = datetime(2026, 11, 22, 10, 0)
+    two = reminder_jobs(tmp_path / "calendar.sqlite", now, 3, "dec")
+    assert [(j.appointment_id, j.number, j.campaign) for j in two] == [("appt-demo-1", NY, "dec")]
+    five = reminder_jobs(tmp_path / "calendar.sqlite", now, 5, "dec")
+    assert [j.appointment_id for j in five] == ["appt-demo-1", "appt-demo-2"]  # 4: cancelled
+    with pytest.raises(ValueError, match="days"):
+        reminder_jobs(tmp_path / "calendar.sqlite", now, 0, "dec")
+
+
+def test_the_conversation_outcome_for_the_outcome_table() -> None:
+    from appliance.app.outbound import reminder_outcome
+
+    class Dialog:
+        def __init__(self, opted_out: bool, *tools: tuple[str, bool]) -> None:
+            self.opted_out = opted_out
+            self.actions = [{"tool": t, "ok": ok} for t, ok in tools]
+
+    cases = [
+        (Dialog(True, ("reminder.confirm", True)), "opted-out"),
+        (Dialog(False, ("reminder.verify", True), ("reminder.confirm", True)), "confirmed"),
+        (
+            Dialog(False, ("calendar.free_slots", True), ("calendar.reschedule", True)),
+            "rescheduled",
+        ),
+        (Dialog(False, ("calendar.cancel", True)), "cancelled"),
+        (Dialog(False, ("calendar.cancel", False)), "no-decision"),
+        (Dialog(False, ("reminder.verify", False)), "no-decision"),
+    ]
+    for dialog, outcome in cases:
+        assert reminder_outcome(dialog) == outcome  # type: ignore[arg-type]

@@ -342,6 +342,8 @@ class Dialler:
         leave_message: Leaves the voicemail message when ``detect_machine`` says so.
         clock: The wall clock (aware datetimes); tests freeze it.
         sleep: Waits that many seconds; tests advance their frozen clock instead.
+        hold: While it returns ``True`` nothing is dialled (the agent draining, or its audit
+            log failed: the box takes no new calls either way).
     """
 
     def __init__(
@@ -356,6 +358,7 @@ class Dialler:
         leave_message: LeaveMessage | None = None,
         clock: Callable[[], datetime] = _now_utc,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        hold: Callable[[], bool] | None = None,
     ) -> None:
         self.settings = settings
         self.gate = gate
@@ -366,6 +369,7 @@ class Dialler:
         self.leave_message = leave_message
         self.clock = clock
         self._sleep = sleep
+        self._hold = hold
         self._queue: list[tuple[float, int, DialJob]] = []
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
@@ -412,6 +416,9 @@ class Dialler:
             await self._next()
 
     async def _next(self) -> None:
+        if self._hold is not None and self._hold():
+            await self._sleep(1.0)
+            return
         due, _, job = self._queue[0]
         wait = due - self._t()
         if wait > 0:

@@ -30,7 +30,7 @@ from pipecat.processors.aggregators.llm_response_universal import (
 from pipecat.turns.user_mute import MuteUntilFirstBotCompleteUserMuteStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
-from appliance.agent.dialog import Reply
+from appliance.agent.dialog import DialogManager, Reply
 from appliance.agent.runtime import AgentRuntime
 from appliance.audio.bridge import AudioBridge
 from appliance.config.settings import ApplianceSettings
@@ -166,6 +166,9 @@ def build_call_pipeline(
     agent: AgentRuntime,
     phrases: PhraseCache | None = None,
     payments: PaymentHandler | None = None,
+    *,
+    dialog: DialogManager | None = None,
+    greeting: str | None = None,
 ) -> CallPipeline:
     """Assemble the pipeline for one answered call.
 
@@ -179,6 +182,10 @@ def build_call_pipeline(
         agent: Workflows, intent matcher, knowledge base and calendar (shared by calls).
         phrases: Pre-rendered fixed phrases served without synthesis.
         payments: Where PCI-pause card digits go (default: Luhn check + ``[payments]`` URL).
+        dialog: The call's dialogue, already started (a reminder call the box placed:
+            ``DialogManager.start_outbound``); ``None``: a new one for an inbound caller.
+        greeting: What follows the disclosure (the outbound workflow's opening); ``None``:
+            ``[agent] greeting``.
     """
     dropped = {"ms": 0.0}
 
@@ -186,7 +193,8 @@ def build_call_pipeline(
         dropped["ms"] = ms
 
     transport = PjsuaTransport(bridge, on_cleared=on_cleared)
-    dialog = agent.new_dialog(call_id, emit)
+    if dialog is None:
+        dialog = agent.new_dialog(call_id, emit)
 
     def listening() -> Listening:
         return dialog.listening
@@ -215,7 +223,8 @@ def build_call_pipeline(
         name="PCI",
     )
     disclosure = disclosure_text(settings.agent.disclosure, settings.clinic.name)
-    opener = DisclosureOpener(disclosure, settings.agent.greeting, name="Disclosure")
+    opening = settings.agent.greeting if greeting is None else greeting
+    opener = DisclosureOpener(disclosure, opening, name="Disclosure")
     llm = LocalLlamaLLMService(models.llm, max_tokens=settings.agent.max_reply_tokens, name="LLM")
     tts = LocalKokoroTTSService(
         models.tts, speed=settings.models.tts_speed, cache=phrases, name="TTS"

@@ -43,8 +43,9 @@ SCOPES = ("reminders", "recall", "billing")
 """Consent scopes: appointment reminders, recall (due for a check-up), billing."""
 ALL = "all"
 """Revocation scope meaning every scope, an opt-out (also puts the number on the DNC list)."""
-SOURCES = ("import", "admin", "inbound-call")
-"""Where a consent record came from: the roster CSV, the admin page, the inbound agent."""
+SOURCES = ("import", "admin", "inbound-call", "outbound-call")
+"""Where a consent record came from: the roster CSV, the admin page, the inbound agent, a
+reminder call the box placed (an opt-out said or keyed on it)."""
 
 FUTURE_SLACK_S = 300.0
 """How far ahead of this box's clock a consent time may be (clock skew of the source), s."""

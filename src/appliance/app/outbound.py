@@ -1,0 +1,230 @@
+"""Outbound reminder calls inside ``appliance serve``: the dialler wired to the agent.
+
+When ``[outbound] enabled``, the agent process opens the consent and DNC files with the event
+bus as their sink (every ``ConsentRecorded`` and ``DialRefused`` reaches the
+``AuditObserver`` like any other event, sealed under the consent key scope), and runs a
+:class:`~appliance.app.dialler.Dialler` on its own pjsua2 user agent. An answered call runs
+the ordinary call pipeline with the ``reminders`` workflow started by the dialler
+(:meth:`~appliance.agent.dialog.DialogManager.start_outbound`): the AI disclosure naming the
+clinic first, then the workflow's opening. An opt-out on the call revokes every consent scope
+of the dialled number (source ``outbound-call``), which also puts it on the DNC list.
+
+Control socket operations (the box's other operations go the same way; ``appliance outbound``
+is the CLI over them):
+
+- ``outbound.dial`` ``{"number", "appointment_id", "scope"?, "campaign"?}`` -> ``{"job_id"}``;
+- ``outbound.reminders`` ``{"days", "campaign"?}`` -> ``{"campaign", "jobs": [job ids]}``:
+  every booked appointment in the next ``days`` days whose patient has a phone on file;
+- ``outbound.job`` ``{"job_id"}`` -> ``{"outcome", "attempts": [[attempt, t, status, result]]}``;
+- ``outbound.campaign`` ``{"campaign"}`` -> ``{"outcomes": {outcome: count}}``.
+
+Starting a campaign is recorded on the audit log with its actor (``AdminOutboundStarted``).
+The two-person sign-off that issue 15 asks for is not built (ADR 0021).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from appliance.agent.calendar.schema import fmt
+from appliance.agent.dialog import DialogManager
+from appliance.app.control_ops_audit import AuditOps, check_actor
+from appliance.app.dialler import DialJob, Dialler, OutcomeStore, SipPlacer, open_gate
+from appliance.control import ControlError, ControlServer
+from appliance.media.sip import CallHandle
+
+if TYPE_CHECKING:
+    from appliance.app.server import ApplianceServer
+
+_LOGGER = logging.getLogger(__name__)
+
+WORKFLOW = "reminders"
+"""The outbound workflow a reminder call runs."""
+
+CAMPAIGN_DAYS_MAX = 14
+"""The furthest ahead a reminder campaign may reach, days."""
+
+
+def reminder_outcome(dialog: DialogManager) -> str:
+    """What a reminder conversation came to, for the dialler's outcome table.
+
+    ``opted-out`` wins; then the calendar change the workflow made (``cancelled``,
+    ``rescheduled``), then ``confirmed`` (``reminder.confirm``); else ``no-decision``.
+    """
+    if dialog.opted_out:
+        return "opted-out"
+    done = {a.get("tool") for a in dialog.actions if a.get("ok")}
+    for tool, outcome in (
+        ("calendar.cancel", "cancelled"),
+        ("calendar.reschedule", "rescheduled"),
+        ("reminder.confirm", "confirmed"),
+    ):
+        if tool in done:
+            return outcome
+    return "no-decision"
+
+
+def reminder_jobs(calendar_db: Path, now: datetime, days: int, campaign: str) -> list[DialJob]:
+    """One job per booked appointment in ``[now, now + days)`` whose patient has a phone.
+
+    Args:
+        calendar_db: The calendar's SQLite file (read only).
+        now: Naive local clinic time (the calendar's time base).
+        days: How far ahead, 1 to :data:`CAMPAIGN_DAYS_MAX`.
+        campaign: The campaign name the jobs carry.
+
+    Raises:
+        ValueError: ``days`` out of range.
+        sqlite3.Error: The calendar cannot be read.
+    """
+    if not 1 <= days <= CAMPAIGN_DAYS_MAX:
+        raise ValueError(f"days must be 1 to {CAMPAIGN_DAYS_MAX}")
+    conn = sqlite3.connect(f"file:{calendar_db}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT a.id, d.phone FROM appointments a"
+            " JOIN patient_details d ON d.patient_id = a.patient_id"
+            " WHERE a.status = 'booked' AND a.start >= ? AND a.start < ?"
+            " AND coalesce(d.phone, '') != '' ORDER BY a.start, a.id",
+            (fmt(now), fmt(now + timedelta(days=days))),
+        ).fetchall()
+    finally:
+        conn.close()
+    return [
+        DialJob(str(phone), appointment_id=str(appt), campaign=campaign) for appt, phone in rows
+    ]
+
+
+class OutboundService:
+    """The dialler of one agent process (created by :func:`start_outbound`)."""
+
+    def __init__(self, server: ApplianceServer) -> None:
+        assert server._ua is not None
+        self.server = server
+        settings = server.settings.outbound
+        self.consent, self.dnc, self.gate = open_gate(settings, server.bus.emit)
+        self.store = OutcomeStore(settings.outcomes_db)
+        self.dialler = Dialler(
+            settings,
+            self.gate,
+            SipPlacer(server._ua),
+            self.store,
+            converse=self.converse,
+            detect_machine=None,  # appliance.audio.amd plugs in here; until then: live
+            hold=lambda: server._ua is not None and server._ua.draining,
+        )
+        self.task: asyncio.Task[None] | None = None
+        self._audit = AuditOps(server)
+
+    def start(self) -> None:
+        """Run the dialler in the background."""
+        self.task = asyncio.create_task(self.dialler.run_forever(), name="dialler")
+
+    def close(self) -> None:
+        """Stop dialling; close the files."""
+        if self.task is not None:
+            self.task.cancel()
+        self.store.close()
+        self.consent.close()
+        self.dnc.close()
+
+    async def converse(self, job: DialJob, handle: CallHandle) -> str:
+        """Run the reminder conversation on an answered call; its outcome."""
+        server = self.server
+        agent = server.agent
+        assert agent is not None
+        dialog = agent.new_dialog(handle.call_id, server.bus.emit)
+
+        def opt_out(method: str) -> None:
+            self.consent.revoke(
+                job.number,
+                "all",
+                method=method,
+                source="outbound-call",
+                evidence=f"opt-out on reminder call {handle.call_id}",
+                call_id=handle.call_id,
+            )
+
+        opening = dialog.start_outbound(WORKFLOW, job.appointment_id, opt_out)
+        server._call_events[handle.call_id] = []
+        await server._run_call(handle, "outbound", dialog=dialog, greeting=opening.text)
+        return reminder_outcome(dialog)
+
+    # -- control socket --------------------------------------------------------------------
+
+    def register(self, control: ControlServer) -> None:
+        """Register the ``outbound.*`` operations."""
+        control.register("outbound.dial", self.op_dial)
+        control.register("outbound.reminders", self.op_reminders)
+        control.register("outbound.job", self.op_job)
+        control.register("outbound.campaign", self.op_campaign)
+
+    async def _record(self, actor: str, meta: dict[str, Any]) -> None:
+        """Put a campaign start on the audit log first; refused if it cannot be written."""
+        check_actor(actor)
+        if self.server.audit is not None:
+            await self._audit.record("AdminOutboundStarted", actor, meta)
+
+    async def op_dial(self, args: dict[str, Any], actor: str) -> dict[str, Any]:
+        """Queue one reminder dial (the gate still decides at dial time)."""
+        number, appt = args.get("number"), args.get("appointment_id", "")
+        if not isinstance(number, str) or not number.strip() or not isinstance(appt, str):
+            raise ControlError("bad_request", "number (text) and appointment_id (text) needed")
+        job = DialJob(
+            number.strip(),
+            appointment_id=appt,
+            scope=str(args.get("scope", "reminders")),
+            campaign=str(args.get("campaign", "manual")),
+        )
+        await self._record(actor, {"campaign": job.campaign, "jobs": 1})
+        self.dialler.submit(job)
+        return {"job_id": job.job_id}
+
+    async def op_reminders(self, args: dict[str, Any], actor: str) -> dict[str, Any]:
+        """Queue a reminder campaign for the appointments of the next ``days`` days."""
+        days = args.get("days")
+        if not isinstance(days, int) or isinstance(days, bool):
+            raise ControlError("bad_request", "days (a whole number) needed")
+        campaign = str(args.get("campaign") or f"reminders-{datetime.now():%Y%m%d-%H%M%S}")
+        db = Path(self.server.settings.scheduling.db)
+        try:
+            jobs = await asyncio.to_thread(reminder_jobs, db, datetime.now(), days, campaign)
+        except ValueError as exc:
+            raise ControlError("bad_request", str(exc)) from exc
+        except sqlite3.Error as exc:
+            raise ControlError("unavailable", "the calendar cannot be read") from exc
+        await self._record(actor, {"campaign": campaign, "jobs": len(jobs), "days": days})
+        for job in jobs:
+            self.dialler.submit(job)
+        return {"campaign": campaign, "jobs": [j.job_id for j in jobs]}
+
+    async def op_job(self, args: dict[str, Any], actor: str) -> dict[str, Any]:
+        """A job's outcome and attempts."""
+        job_id = str(args.get("job_id", ""))
+        return {
+            "outcome": self.store.outcome(job_id),
+            "attempts": [list(a) for a in self.store.attempts(job_id)],
+        }
+
+    async def op_campaign(self, args: dict[str, Any], actor: str) -> dict[str, Any]:
+        """A campaign's jobs per outcome (``""``: still running)."""
+        return {"outcomes": self.store.summary(str(args.get("campaign", "")))}
+
+
+def start_outbound(
+    server: ApplianceServer, control: ControlServer | None
+) -> OutboundService | None:
+    """Start the dialler when ``[outbound] enabled`` (else ``None``); register its operations."""
+    if not server.settings.outbound.enabled:
+        return None
+    service = OutboundService(server)
+    if control is not None:
+        service.register(control)
+    service.start()
+    _LOGGER.info("outbound dialler ready (max %d at once)", server.settings.outbound.max_concurrent)
+    return service
