@@ -17,11 +17,12 @@ from pathlib import Path
 from pipecat.frames.frames import TTSSpeakFrame
 from pipecat.workers.runner import WorkerRunner
 
-from appliance.agent.dialog import Next, Reply
+from appliance.agent.dialog import DialogManager, Next, Reply
 from appliance.agent.runtime import AgentRuntime, load_agent
 from appliance.app.control_ops import start_control
 from appliance.app.liveness import Liveness, RunMarker, install_test_faults
 from appliance.app.memory import freeze_startup_objects, return_freed_memory
+from appliance.app.outbound import OutboundService, start_outbound
 from appliance.app.sdnotify import SystemdNotifier
 from appliance.app.tracing import TurnTracer
 from appliance.app.transfer import Transfers
@@ -106,6 +107,7 @@ class ApplianceServer:
         self._call_events: dict[str, list[Event]] = {}
         self.liveness: Liveness | None = None
         self.transfers: Transfers | None = None
+        self.outbound: OutboundService | None = None
         marker = "agent.running" if worker is None else f"agent-{worker}.running"  # ADR 0020
         self._marker = RunMarker(Path(settings.store.metadata_db).with_name(marker))
 
@@ -160,6 +162,7 @@ class ApplianceServer:
         self._ua.start()
         self._ua.draining = self._stop.is_set()
         self.transfers = Transfers(self._ua, lambda: self.settings, self.bus.emit)
+        self.outbound = start_outbound(self, control)  # [outbound] reminder calls
         loop.add_signal_handler(signal.SIGHUP, self.reload_settings)
         install_test_faults(loop, self._ua)
         self.liveness = Liveness(
@@ -184,6 +187,8 @@ class ApplianceServer:
             if control is not None:
                 await control.close()  # before the audit log closes under its requests
             live.cancel()
+            if self.outbound is not None:
+                self.outbound.close()
             self.liveness.disarm()
             # The process exits right after (cli: os._exit); see SipUserAgent.stop.
             self._ua.stop(destroy=False)
@@ -396,7 +401,14 @@ class ApplianceServer:
         self._calls[handle.call_id] = task
         task.add_done_callback(lambda _t: self._calls.pop(handle.call_id, None))
 
-    async def _run_call(self, handle: CallHandle, channel: str = "sip") -> None:
+    async def _run_call(
+        self,
+        handle: CallHandle,
+        channel: str = "sip",
+        *,
+        dialog: DialogManager | None = None,
+        greeting: str | None = None,
+    ) -> None:
         assert self.models is not None
         started = time.time()
         disposition = "caller_hangup"
@@ -450,6 +462,8 @@ class ApplianceServer:
                 on_after,
                 agent,
                 self.phrases,
+                dialog=dialog,
+                greeting=greeting,
             )
         except Exception:
             _LOGGER.exception(
