@@ -366,6 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-systemd-creds", action="store_true", help="store the KEK as a key file instead"
     )
     first.set_defaults(func=_firstboot)
+
+    from appliance.app.outbound_cli import add_parser as add_outbound_parser
+
+    add_outbound_parser(sub)  # appliance outbound dial|run-reminders|status (issue 15)
     return parser
 
 
