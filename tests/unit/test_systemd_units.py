@@ -32,6 +32,10 @@ def install_root(tmp_path: Path) -> Path:
     binary.chmod(0o755)
     (root / "bin").mkdir()
     shutil.copy("/bin/kill", root / "bin/kill")
+    (root / "usr/sbin").mkdir(parents=True)
+    for name in ("kamailio", "kamcmd"):  # the SIP edge's unit (ADR 0020)
+        (root / "usr/sbin" / name).write_text("#!/bin/sh\n")
+        (root / "usr/sbin" / name).chmod(0o755)
     for unit in UNITS.glob("*.service"):
         shutil.copy(unit, root / "etc/systemd/system" / unit.name)
     for unit in UNITS.glob("*.timer"):
@@ -44,8 +48,10 @@ def test_units_verify_clean(tmp_path: Path) -> None:
         pytest.skip("no system unit directory to verify against")
     root = install_root(tmp_path)
     units = sorted(str(p) for p in (root / "etc/systemd/system").iterdir())
-    # agent, admin page, audit-verify service + timer and its alarm, first boot
-    assert len(units) == 6
+    # agent, admin page, audit-verify service + timer and its alarm, first boot; the SIP edge
+    # and the agent worker template (ADR 0020), verified as instance 0
+    assert len(units) == 8
+    units = [u.replace("appliance-agent@.service", "appliance-agent@0.service") for u in units]
     out = subprocess.run(
         ["systemd-analyze", "verify", f"--root={root}", *units],
         capture_output=True,
