@@ -29,14 +29,16 @@ it: 16 kHz (or 8 kHz) mono signed 16-bit little-endian PCM, any frame size. Two 
    ``max_message_wait_ms``.
 
 Beep detection: each 20 ms frame (Hann window, zero-padded FFT, ~15.6 Hz bins) is *tonal* when
-its energy is above ``beep_min_dbfs`` and the spectral peak between 300 and 2500 Hz holds at least
-``beep_min_tonality`` of the frame's 200-3600 Hz energy (peak +-3 bins). That is the tone test of
-Asterisk's ``main/dsp.c`` (Goertzel tone energy compared with the frame's total energy) with a
-spectral peak search instead of a fixed Goertzel bank, since voicemail beeps use any frequency
-(typically 400-2000 Hz). A beep is a run of tonal frames whose frequency stays within
-``beep_max_drift_hz`` of the run's first frames (the low-variance frequency criterion of
-FreeSWITCH's ``mod_avmd``), lasting ``beep_min_ms``..``beep_max_ms`` (100-1500 ms: beeps are
-typically 100-1000 ms; a longer steady tone such as a 2 s ringback burst is not a beep).
+its energy is above ``beep_min_dbfs`` and the spectral peak between 400 and 2500 Hz holds at
+least ``beep_min_tonality`` of the frame's 100-3600 Hz energy (peak +-3 bins; counting from
+100 Hz keeps a voice's fundamental in the total, so a vowel's strong second harmonic is not a
+tone). That is the tone test of Asterisk's ``main/dsp.c`` (Goertzel tone energy compared with
+the frame's total energy) with a spectral peak search instead of a fixed Goertzel bank, since
+voicemail beeps use any frequency (typically 400-2000 Hz). A beep is a run of tonal frames
+whose frequency stays within ``beep_max_drift_hz`` of the run's first frames (the
+low-variance frequency criterion of FreeSWITCH's ``mod_avmd``), lasting ``beep_min_ms`` to
+``beep_max_ms`` (100-1500 ms: beeps are typically 100-1000 ms; a longer steady tone such as a
+2 s ringback burst is not a beep).
 
 Limits (what fools it): a live person who answers with a long sentence ("Dr. Smith's office,
 this is Ann speaking, how can I help you today?") reads as a greeting; a very short greeting
@@ -192,8 +194,8 @@ class BeepDetector:
         ValueError: another sample rate.
     """
 
-    _BAND = (200.0, 3600.0)
-    _PEAK_RANGE = (300.0, 2500.0)
+    _BAND = (100.0, 3600.0)
+    _PEAK_RANGE = (400.0, 2500.0)
     _HALF_WIDTH = 3  # bins either side of the peak counted as the tone
 
     def __init__(self, sample_rate: int = 16000, params: AmdParams = TUNED) -> None:
