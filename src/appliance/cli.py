@@ -180,6 +180,22 @@ def _edge(args: argparse.Namespace) -> int:
     if args.edge_command == "workers":
         print(settings.edge.worker_count())
         return 0
+    if args.edge_command in ("drain", "worker", "restart-workers"):
+        import shlex
+
+        from appliance.app.edge import DISABLED, PROBED, EdgeControl, restart_workers
+
+        control = EdgeControl(settings)
+        if args.edge_command == "drain":
+            control.drain(args.state == "on")
+        elif args.edge_command == "worker":
+            control.worker_uri(args.index)  # ConfigError on a bad index, before any RPC
+            control.set_worker(args.index, DISABLED if args.state == "disable" else PROBED)
+        else:
+            restart_workers(
+                settings, shlex.split(args.restart_cmd), control=control, timeout_s=args.timeout_s
+            )
+        return 0
     written = render_edge(settings, args.out, source=str(args.config or "<defaults>"))
     for path in (written.config, written.address_list, written.dispatcher_list):
         print(path)
@@ -345,6 +361,24 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--out", type=Path, required=True, help="output directory")
     render.add_argument("--check", action="store_true", help="then run `kamailio -c` on the result")
     esub.add_parser("workers", help="print the number of agent workers")
+    drain = esub.add_parser("drain", help="on: OPTIONS and new calls get 503 at the edge")
+    drain.add_argument("state", choices=("on", "off"))
+    worker = esub.add_parser(
+        "worker", help="disable: no new calls to worker N; enable: back once its probe answers"
+    )
+    worker.add_argument("index", type=int, metavar="N")
+    worker.add_argument("state", choices=("disable", "enable"))
+    rolling = esub.add_parser(
+        "restart-workers", help="restart the workers one at a time, each out of rotation"
+    )
+    rolling.add_argument(
+        "--restart-cmd",
+        default="systemctl restart appliance-agent@{n}.service",
+        help="command restarting worker {n} (returns once it is ready)",
+    )
+    rolling.add_argument(
+        "--timeout-s", type=float, default=600.0, help="limit per restart and per comeback"
+    )
     edge.set_defaults(func=_edge)
 
     rel = sub.add_parser(

@@ -366,10 +366,56 @@ def _header(log: str, name: str) -> str:
     raise AssertionError(f"no {name} header")
 
 
+def _edge_cli(edge: Edge, *args: str) -> str:
+    out = subprocess.run(  # noqa: S603 - test harness, fixed argv
+        [sys.executable, "-m", "appliance.cli", "edge", "--config", str(edge.config), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def test_disabled_worker_gets_no_calls_and_rolling_restart_brings_each_back(
+    box: tuple[Edge, list[Worker]],
+) -> None:
+    edge, (w0, w1) = box
+    _edge_cli(edge, "worker", "1", "disable")
+    port1 = f"sip:127.0.0.1:{edge.trunk_port - 1}"
+    assert "D" in _dispatcher_flags(edge.ctl("dispatcher.list"))[port1]
+    for _ in range(2):  # round-robin would give worker 1 one of these
+        before = (w0.answered(), w1.answered())
+        result = run_sipp(render_uac_scenario(steps=[Pause(200)]), edge.uri, timeout_s=20)
+        assert result.returncode == 0, result.messages[-2000:]
+        assert (w0.answered(), w1.answered()) == (before[0] + 1, before[1])
+    # The rolling restart: each worker out of rotation in turn, restarted (here the command only
+    # records its turn; systemctl restart on the box), then back before the next one goes.
+    turns = edge.workdir / "restarted.txt"
+    out = _edge_cli(
+        edge,
+        "restart-workers",
+        "--restart-cmd",
+        f"sh -c 'echo {{n}} >> {turns}'",
+        "--timeout-s",
+        "30",
+    )
+    assert turns.read_text().split() == ["0", "1"]
+    assert out.splitlines() == [
+        "worker 0: out of rotation, restarting",
+        "worker 0: back in rotation",
+        "worker 1: out of rotation, restarting",
+        "worker 1: back in rotation",
+    ]
+    flags = _dispatcher_flags(edge.ctl("dispatcher.list"))
+    assert all("A" in f and "D" not in f for f in flags.values()), flags
+
+
 def test_drain_flag_fails_options_and_refuses_invites(box: tuple[Edge, list[Worker]]) -> None:
     edge, workers = box
     before = [w.answered() for w in workers]
-    edge.ctl("htable.seti", "edge", "drain", "1")
+    _edge_cli(edge, "drain", "on")
     try:
         options = send(edge, "OPTIONS", 503)
         assert options.returncode == 0, options.received_status_codes()
@@ -377,7 +423,7 @@ def test_drain_flag_fails_options_and_refuses_invites(box: tuple[Edge, list[Work
         invite = run_sipp(render_uac_scenario(expect_status=503), edge.uri, timeout_s=10)
         assert invite.returncode == 0, invite.received_status_codes()
     finally:
-        edge.ctl("htable.seti", "edge", "drain", "0")
+        _edge_cli(edge, "drain", "off")
     assert send(edge, "OPTIONS", 200).returncode == 0
     assert [w.answered() for w in workers] == before
 

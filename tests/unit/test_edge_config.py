@@ -283,3 +283,31 @@ def test_edge_units_security_exposure(unit: str) -> None:
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out.stdout + out.stderr)
     assert match, out.stdout[-1000:] + out.stderr[-1000:]
     assert float(match.group(1)) <= 2.5, f"{unit} exposure {match.group(1)}"
+
+
+def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "appliance.cli", "edge", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_worker_control_refuses_a_bad_index_before_any_rpc(tmp_path: Path) -> None:
+    config = tmp_path / "appliance.toml"
+    config.write_text(f'[edge]\nworkers = 2\nrun_dir = "{tmp_path}"\n')
+    out = _cli(config, "worker", "2", "disable")
+    assert out.returncode == 2
+    assert "worker 2 outside 0..1" in out.stderr
+
+
+@pytest.mark.skipif(shutil.which("kamcmd") is None, reason="kamcmd is not installed")
+def test_control_without_a_running_edge_fails_cleanly(tmp_path: Path) -> None:
+    config = tmp_path / "appliance.toml"
+    config.write_text(f'[edge]\nworkers = 2\nrun_dir = "{tmp_path}"\n')
+    out = _cli(config, "drain", "on")
+    assert out.returncode == 1
+    assert "edge_rpc" in out.stderr and str(tmp_path / "kamailio.ctl") in out.stderr
+    assert "Traceback" not in out.stderr

@@ -25,12 +25,14 @@ import glob
 import ipaddress
 import shutil
 import subprocess
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
 from appliance.config.settings import ApplianceSettings
-from appliance.errors import ConfigError
+from appliance.errors import ApplianceError, ConfigError
 
 #: Calls one worker holds at most: the wheel's ``PJSUA_MAX_CALLS`` (4) less the slot that
 #: answers 503 itself (docs/decisions/0001-scaling-past-four-calls.md).
@@ -319,3 +321,141 @@ def worker_settings(settings: ApplianceSettings, index: int) -> ApplianceSetting
         update={"control_socket": _indexed(settings.admin.control_socket, index)}
     )
     return settings.model_copy(update={"sip": sip, "audit": audit, "admin": admin})
+
+
+#: ``dispatcher.set_state`` states (Kamailio dispatcher README, "dispatcher.set_state"):
+#: ``d`` disabled (no calls, no probes); ``ip`` inactive and probed (active on the next answer).
+DISABLED = "d"
+PROBED = "ip"
+
+
+class EdgeControl:
+    """Kamailio's control socket (``ctl`` module, binrpc) through ``kamcmd``.
+
+    Args:
+        settings: The box's settings (``[edge] run_dir`` holds the socket).
+        kamcmd: The ``kamcmd`` binary; ``None`` looks it up on ``PATH``.
+    """
+
+    def __init__(self, settings: ApplianceSettings, kamcmd: str | None = None) -> None:
+        self.settings = settings
+        self.socket = settings.edge.run_dir / CTL_SOCKET_NAME
+        self.kamcmd = kamcmd or shutil.which("kamcmd") or "/usr/sbin/kamcmd"
+
+    def rpc(self, *args: str) -> str:
+        """Run one RPC; return its output.
+
+        Raises:
+            ApplianceError: ``edge_rpc``: ``kamcmd`` is missing, failed or timed out.
+        """
+        try:
+            proc = subprocess.run(  # noqa: S603 - fixed argv
+                [self.kamcmd, "-s", f"unix:{self.socket}", *args],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ApplianceError("edge_rpc", f"kamcmd {args[0]}: {exc}") from exc
+        if proc.returncode != 0:
+            detail = (proc.stderr or proc.stdout).strip()
+            raise ApplianceError("edge_rpc", f"kamcmd {args[0]} on {self.socket}: {detail}")
+        return proc.stdout
+
+    def drain(self, on: bool) -> None:
+        """Set the box-wide drain flag: OPTIONS and new INVITEs get 503 + Retry-After."""
+        self.rpc("htable.seti", "edge", "drain", "1" if on else "0")
+
+    def worker_uri(self, index: int) -> str:
+        """The dispatcher URI of worker ``index``.
+
+        Raises:
+            ConfigError: ``config_invalid``: no such worker.
+        """
+        edge = self.settings.edge
+        try:
+            port = edge.worker_port(index)
+        except ValueError as exc:
+            raise ConfigError("config_invalid", f"edge worker: {exc}") from exc
+        return f"sip:{_hostport(edge.worker_host, port)}"
+
+    def worker_flags(self) -> dict[int, str]:
+        """Each worker's dispatcher flags, from ``dispatcher.list``.
+
+        Returns:
+            ``{worker index: flags}``: ``A`` active, ``I`` inactive, ``D`` disabled, ``P`` probed.
+        """
+        by_uri = {self.worker_uri(i): i for i in range(self.settings.edge.worker_count())}
+        flags: dict[int, str] = {}
+        uri = ""
+        for line in self.rpc("dispatcher.list").splitlines():
+            key, _, value = line.strip().partition(": ")
+            if key == "URI":
+                uri = value
+            elif key == "FLAGS" and uri in by_uri:
+                flags[by_uri[uri]] = value
+        return flags
+
+    def set_worker(self, index: int, state: str) -> None:
+        """``dispatcher.set_state STATE 1 URI`` for worker ``index``."""
+        self.rpc("dispatcher.set_state", state, str(DISPATCHER_SET), self.worker_uri(index))
+
+    def wait_active(self, index: int, timeout_s: float) -> None:
+        """Wait until the edge has worker ``index`` active (its probe answered).
+
+        Raises:
+            ApplianceError: ``edge_worker_down`` after ``timeout_s``.
+        """
+        deadline = time.monotonic() + timeout_s
+        while "A" not in self.worker_flags().get(index, ""):
+            if time.monotonic() > deadline:
+                raise ApplianceError(
+                    "edge_worker_down", f"worker {index} not active after {timeout_s:.0f} s"
+                )
+            time.sleep(0.5)
+
+
+def restart_workers(
+    settings: ApplianceSettings,
+    restart: Sequence[str],
+    *,
+    control: EdgeControl | None = None,
+    timeout_s: float = 600.0,
+    report: Callable[[str], None] = print,
+) -> None:
+    """Restart the workers one at a time, each out of the edge's rotation while it restarts.
+
+    For each worker ``n``: the edge stops sending it new calls (``dispatcher.set_state d``);
+    ``restart`` runs with ``{n}`` replaced (by default ``systemctl restart
+    appliance-agent@{n}.service``, which returns once the new process is ready; the old one
+    drains first: its active calls finish); the worker goes back to probing (``ip``) and the
+    next one waits until the edge sees it active. A failure stops the sequence, so no more
+    than one worker is ever out.
+
+    Args:
+        settings: The box's settings.
+        restart: The command, one argument per item, ``{n}`` for the worker number.
+        control: The edge's control socket (default: from ``settings``).
+        timeout_s: Limit for one restart command, and for the worker to answer probes after.
+        report: Receives one progress line per step (no PHI).
+
+    Raises:
+        ApplianceError: ``edge_rpc`` (control socket), ``edge_restart_failed`` (the command
+            failed or timed out) or ``edge_worker_down`` (the worker did not come back).
+    """
+    control = control or EdgeControl(settings)
+    for n in range(settings.edge.worker_count()):
+        control.set_worker(n, DISABLED)
+        report(f"worker {n}: out of rotation, restarting")
+        argv = [part.replace("{n}", str(n)) for part in restart]
+        try:
+            proc = subprocess.run(argv, timeout=timeout_s, check=False)  # noqa: S603
+            failed = f"exit status {proc.returncode}" if proc.returncode != 0 else ""
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            failed = str(exc)
+        control.set_worker(n, PROBED)
+        if failed:
+            raise ApplianceError("edge_restart_failed", f"worker {n}: {argv[0]}: {failed}")
+        control.wait_active(n, timeout_s)
+        report(f"worker {n}: back in rotation")
