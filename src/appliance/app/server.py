@@ -512,6 +512,7 @@ class ApplianceServer:
             self._active.pop(handle.call_id, None)
             call.tracker.finish()
             self._media_stats(handle)
+            disposition = handle.end_reason or disposition  # no_ack, rtp_timeout (ADR 0018)
             emit(
                 CallEnded(
                     handle.call_id,

@@ -59,6 +59,9 @@ class CallHandle:
     transferable: bool = True
     media_ready: asyncio.Event = field(default_factory=asyncio.Event)
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Why the worker itself ended the call, if it did: ``"no_ack"`` (Timer H) or
+    #: ``"rtp_timeout"`` (inbound RTP stopped); ``""`` otherwise.
+    end_reason: str = ""
     _ua: SipUserAgent | None = None
     _pj_id: int = -1
 
@@ -107,6 +110,13 @@ class SipCall(pj.Call):
         #: A call placed to follow a REFER from this one, until pjsua2 has given it an id.
         self.pending_child: SipCall | None = None
         self._last_dtmf: tuple[str, float] = ("", 0.0)
+        #: ``time.monotonic()`` when our 200 OK went out (inbound calls), for Timer H.
+        self.answer_sent_at: float | None = None
+        #: The ACK arrived (the INVITE dialog is CONFIRMED).
+        self.confirmed = False
+        #: RTP packets received so far on the audio stream, and when that count last grew.
+        self.rx_packets = -1
+        self.rx_seen_at = 0.0
 
     def __repr__(self) -> str:
         return f"call {self.handle.call_id}"
@@ -125,6 +135,8 @@ class SipCall(pj.Call):
         info = self.getInfo()
         if info.state == pj.PJSIP_INV_STATE_CONFIRMED:
             self.handle.answered_at = time.time()
+            self.confirmed = True
+            self.rx_seen_at = time.monotonic()
             if self.handle._pj_id != self.pj_id:
                 # A followed REFER was answered: the handle now speaks for this call.
                 self.handle._pj_id = self.pj_id
@@ -211,6 +223,42 @@ class SipCall(pj.Call):
         self.ua._post(lambda: refers.append("followed"))
         _LOGGER.info("call %s: REFER accepted, calling the transfer target", self.handle.call_id)
 
+    @guarded("replace request")
+    def onCallReplaceRequest(self, prm: pj.OnCallReplaceRequestParam) -> None:  # noqa: N802
+        """An INVITE with ``Replaces`` (RFC 3891) naming this call: refused with 403.
+
+        pjsua answers such an INVITE itself, without ``onIncomingCall``, so the trunk ACL and
+        admission never see it: whoever learned the dialog's Call-ID and tags could take over
+        a caller. It is accepted only for a call this worker placed (an attended transfer's
+        consult leg, RFC 5589 section 7) and only from a trunk peer; the new call then carries
+        the consult leg's handle on.
+        """
+        peer = source_ip(prm.rdata.srcAddress)
+        if (
+            self.inbound
+            or not self.accepted
+            or self.ended
+            or not self.ua.settings.peer_allowed(peer)
+        ):
+            prm.statusCode = 403
+            prm.reason = "Forbidden"
+            _LOGGER.warning(
+                "call %s: INVITE with Replaces from %s refused (403)", self.handle.call_id, peer
+            )
+            return
+        child = SipCall(self.ua, self.ua._acc, pj.PJSUA_INVALID_ID, self.handle)
+        child.accepted = True
+        self.pending_child = child
+        prm.newCall = child
+        _LOGGER.info("call %s: replaced by an INVITE from %s", self.handle.call_id, peer)
+
+
+def source_ip(src_address: str) -> str:
+    """Return the IP part of pjsip's ``srcAddress`` (``1.2.3.4:5060`` or ``[::1]:5060``)."""
+    if src_address.startswith("["):
+        return src_address[1:].split("]", 1)[0]
+    return src_address.rsplit(":", 1)[0]
+
 
 class SipAccount(pj.Account):
     """The local account; receives INVITEs and hands them to the user agent's admission."""
@@ -226,3 +274,13 @@ class SipAccount(pj.Account):
     def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:  # noqa: N802
         """An INVITE: the user agent answers or refuses it."""
         self.ua._on_incoming(self, prm)
+
+    @guarded("incoming subscribe")
+    def onIncomingSubscribe(self, prm: pj.OnIncomingSubscribeParam) -> None:  # noqa: N802
+        """A presence SUBSCRIBE (RFC 3856): refused with 403, from anyone.
+
+        pjsua accepts it with 200 and starts sending NOTIFYs by default; a receptionist
+        publishes no presence. Other event packages get pjsip's 489 Bad Event.
+        """
+        prm.code = 403
+        prm.reason = "Forbidden"

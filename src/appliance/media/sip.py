@@ -42,7 +42,14 @@ from appliance.audio.bridge import AudioBridge
 from appliance.config.settings import SipSettings
 from appliance.errors import MediaError
 from appliance.media.admission import admit
-from appliance.media.calls import DTMF_RFC4733, DTMF_SIP_INFO, CallHandle, SipAccount, SipCall
+from appliance.media.calls import (
+    DTMF_RFC4733,
+    DTMF_SIP_INFO,
+    CallHandle,
+    SipAccount,
+    SipCall,
+    source_ip,
+)
 from appliance.media.endpoint import account_config, start_endpoint
 from appliance.media.ports import PortPool
 
@@ -50,12 +57,8 @@ __all__ = ["DTMF_RFC4733", "DTMF_SIP_INFO", "CallHandle", "SipUserAgent"]
 
 _LOGGER = logging.getLogger(__name__)
 
-
-def _source_ip(src_address: str) -> str:
-    """Return the IP part of pjsip's ``srcAddress`` (``1.2.3.4:5060`` or ``[::1]:5060``)."""
-    if src_address.startswith("["):
-        return src_address[1:].split("]", 1)[0]
-    return src_address.rsplit(":", 1)[0]
+#: Seconds between the checks for calls with no ACK or no inbound RTP.
+WATCH_INTERVAL_S = 0.5
 
 
 def _header_vector(headers: dict[str, str]) -> pj.SipHeaderVector:
@@ -200,6 +203,7 @@ class SipUserAgent:
             self._destroy()
             return
         self._ready.set()
+        next_watch = 0.0
         while not self._stop.is_set():
             self._ep.libHandleEvents(10)  # type: ignore[union-attr]
             self.health_tick = time.monotonic()
@@ -216,6 +220,10 @@ class SipUserAgent:
                 del fn
             if self._dead or self._parents:
                 self._reap()
+            now = time.monotonic()
+            if now >= next_watch:
+                next_watch = now + WATCH_INTERVAL_S
+                self._watch(now)
         if self._destroy_on_stop:
             self._destroy()
         else:
@@ -260,7 +268,7 @@ class SipUserAgent:
         So the decision is taken here, where the counts are right, and the answer goes out
         from the command queue, one turn of ``libHandleEvents`` later (about 10 ms).
         """
-        peer = _source_ip(prm.rdata.srcAddress)
+        peer = source_ip(prm.rdata.srcAddress)
         handle = CallHandle(
             call_id=uuid.uuid4().hex[:12],
             bridge=AudioBridge(self.clock_rate),
@@ -317,6 +325,7 @@ class SipUserAgent:
             _LOGGER.warning("call %s could not be answered (%s)", handle.call_id, exc.reason)
             self._hangup(call.pj_id, 500)
             return
+        call.answer_sent_at = time.monotonic()
         _LOGGER.info("call %s answered (peer %s)", handle.call_id, handle.peer_ip)
         cb = self._on_incoming_cb
         assert cb is not None  # admission refuses every call in client mode
@@ -374,6 +383,61 @@ class SipUserAgent:
             for c in self._parents
             if c.pending_child is not None and c.pending_child.pj_id == pj.PJSUA_INVALID_ID
         ]
+
+    def _watch(self, now: float) -> None:
+        """End answered calls that never got their ACK, or whose inbound RTP stopped.
+
+        * Timer H: RFC 3261 section 13.3.1.4 has the UAS retransmit its 2xx for 64*T1
+          (32 s) and then end the session when no ACK came; ``[sip] ack_timeout_s``. pjsua2
+          exposes neither ``pjsip_cfg()->tsx`` timers nor the 2xx retransmission limit, so the
+          worker counts it itself and sends the BYE.
+        * RTP timeout: pjsua2 has no media inactivity setting, so the packets received on the
+          call's audio stream (``getStreamStat().rtcp.rxStat.pkt``) are compared from one
+          check to the next; ``[sip] rtp_timeout_s`` without one ends the call. A stream the
+          far end put on hold with no receive direction (``a=sendonly`` from us,
+          ``a=inactive``) is not counted.
+
+        The reason goes to the handle's ``end_reason`` before the hang-up, so the call's
+        record says why it ended.
+        """
+        for call in list(self._calls.values()):
+            if call.ended or not call.inbound:
+                continue
+            if not call.confirmed:
+                sent = call.answer_sent_at
+                if sent is not None and now - sent > self.settings.ack_timeout_s:
+                    self._teardown(call, "no_ack", 408)
+                continue
+            timeout = self.settings.rtp_timeout_s
+            if timeout <= 0:
+                continue
+            received = self._rx_packets(call)
+            if received is None or received != call.rx_packets:
+                call.rx_packets = -1 if received is None else received
+                call.rx_seen_at = now
+            elif now - call.rx_seen_at > timeout:
+                self._teardown(call, "rtp_timeout", 200)
+
+    @staticmethod
+    def _rx_packets(call: SipCall) -> int | None:
+        """RTP packets received on the call's active, receiving audio stream, or ``None``."""
+        try:
+            info = call.getInfo()
+            for i, media in enumerate(info.media):
+                if (
+                    media.type == pj.PJMEDIA_TYPE_AUDIO
+                    and media.status == pj.PJSUA_CALL_MEDIA_ACTIVE
+                    and media.dir & pj.PJMEDIA_DIR_DECODING
+                ):
+                    return int(call.getStreamStat(i).rtcp.rxStat.pkt)
+        except pj.Error:
+            pass
+        return None
+
+    def _teardown(self, call: SipCall, reason: str, status: int) -> None:
+        _LOGGER.warning("call %s: ending it (%s)", call.handle.call_id, reason)
+        call.handle.end_reason = reason
+        self._hangup(call.pj_id, status)
 
     def _hangup(self, pj_id: int, status: int) -> None:
         call = self._calls.get(pj_id)
