@@ -19,6 +19,12 @@ Lifetimes (measured, see ``shared/TELEPHONY.md`` and ADR 0010):
   (``BridgeStats.callback_errors``) and their first traceback is logged.
 * A REFER from the far end is declined with 603 unless the user agent was built to follow
   it (test clients); pjsua's default would dial any ``Refer-To`` with a reused ``Call``.
+* INVITEs are decided inside ``onIncomingCall`` but answered from the command queue after it
+  returns: a refusal given inside it to an INVITE without an SDP offer made pjsua2 free a NULL
+  ``rdata`` clone and abort the process (ADR 0018).
+* An INVITE with ``Replaces`` naming a caller is refused with 403, a presence SUBSCRIBE with
+  403; a call answered and never ACKed ends after ``[sip] ack_timeout_s`` (Timer H), and one
+  whose inbound RTP stops after ``[sip] rtp_timeout_s`` (ADR 0018).
 
 The PyPI wheel caps a process at 4 pjsua calls, so at most 3 are accepted and the 4th slot
 answers ``503`` + ``Retry-After`` itself. Logs carry the opaque call id and the trunk peer
