@@ -8,6 +8,8 @@ A real Kamailio (rendered by ``appliance edge render``) runs in front of two rea
   INVITE too.
 * A call through the edge (INVITE, 200, ACK, BYE) answered by a worker; a live call survives a
   takeover attempt (INVITE with Replaces naming it).
+* Malformed requests get 400 from sanity and never reach a worker.
+* Flood: a burst from one address gets 403, then nothing (pike); the trunk is unaffected.
 * Drain: OPTIONS and INVITE get 503 + Retry-After while the edge's drain flag is set.
 * Failover: with worker 1 stopped, the next INVITEs go to worker 0; with worker 0 busy too,
   the edge answers 503 + Retry-After (its own value, not a worker's); with both stopped,
@@ -309,6 +311,54 @@ def test_stranger_gets_403_for_everything(
     assert result.received_status_codes() == [403]
     assert [w.answered() for w in workers] == before
     assert f"refused {method} from {STRANGER}: not a trunk peer" in edge.log()
+
+
+@pytest.mark.parametrize(
+    ("method", "broken", "fixed"),
+    [
+        ("INVITE", "Content-Length: 0", "Content-Length: 500"),
+        ("INVITE", "CSeq: 1 INVITE", "CSeq: x INVITE"),
+        ("OPTIONS", "CSeq: 1 OPTIONS", "CSeq: 1 INVITE"),
+    ],
+    ids=["content-length", "cseq-number", "cseq-method"],
+)
+def test_malformed_requests_get_400_from_sanity(
+    box: tuple[Edge, list[Worker]], method: str, broken: str, fixed: str
+) -> None:
+    edge, workers = box
+    before = [w.answered() for w in workers]
+    scenario = request_scenario(method, 400).replace(broken, fixed)
+    assert fixed in scenario
+    result = run_sipp(scenario, edge.uri, timeout_s=5)
+    assert 400 in result.received_status_codes(), result.messages[-1500:]
+    assert [w.answered() for w in workers] == before
+    assert send(edge, "OPTIONS", 200).returncode == 0
+
+
+def test_flood_from_one_source_is_cut_off_by_pike(box: tuple[Edge, list[Worker]]) -> None:
+    edge, workers = box
+    before = [w.answered() for w in workers]
+    scenario = (
+        request_scenario("OPTIONS", 403)
+        .replace('<recv response="403"/>', '<recv response="403" timeout="1000"/>')
+        .replace(' retrans="500"', "")  # one packet per request, no retransmission
+    )
+    # 100 requests at up to 500/s from a third address (pike: 30 per 2 s by default).
+    flood = start_sipp(
+        scenario,
+        edge.uri,
+        local_ip="127.0.0.3",
+        timeout_s=15,
+        calls=100,
+        extra_args=("-r", "500", "-l", "100"),
+    ).wait()
+    answered = flood.received_status_codes()
+    assert set(answered) == {403}, answered
+    assert 0 < len(answered) < 100, len(answered)  # then nothing at all
+    assert "PIKE - BLOCKing ip 127.0.0.3" in edge.log()
+    assert [w.answered() for w in workers] == before
+    # Another source is not affected.
+    assert send(edge, "OPTIONS", 200).returncode == 0
 
 
 def test_call_through_the_edge_is_answered_by_a_worker(box: tuple[Edge, list[Worker]]) -> None:
