@@ -87,6 +87,10 @@ class ApplianceProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"appliance exited {self.proc.returncode}:\n{self.log()}")
             time.sleep(0.2)
+        # A fixture whose start() raised never reaches its stop(): do not leave the process
+        # loading models on the cores every later test needs.
+        self.proc.kill()
+        self.proc.wait(10)
         raise TimeoutError(f"appliance not ready in {timeout_s}s:\n{self.log()}")
 
     def log(self) -> str:
