@@ -52,6 +52,8 @@ OVMF = Path("/usr/share/ovmf/OVMF.fd")
 BOOT_TIMEOUT_S = float(os.environ.get("APPLIANCE_IMAGE_BOOT_TIMEOUT_S", "1200"))
 #: A build with nothing changed hashes the inputs and returns; it must not rebuild anything.
 WARM_BUILD_LIMIT_S = 60.0
+#: A cold build: mkosi's Debian bootstrap (downloads), the wheelhouse and the disk (~10 min here).
+BUILD_TIMEOUT_S = 1800.0
 GUEST_MEMORY_MIB = 4096
 #: Free disk the test needs (GiB): with no built image (build peak, then the boot copy), and with
 #: one (the boot copy and the data partition the guest fills).
@@ -175,18 +177,35 @@ def _fetch_https(url: str, deadline: float) -> str:
     pytest.fail(f"the admin page did not answer at {url}: {last}")
 
 
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM the process group of ``proc``, then SIGKILL what is left after 20 s."""
+    for sig, wait_s in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(wait_s)
+            return
+
+
 def _build() -> tuple[float, str]:
     started = time.monotonic()
-    out = subprocess.run(
+    # Its own process group: if the test is stopped (timeout, ^C), mkosi, systemd-nspawn and apt
+    # under build.sh are stopped with it, not left building and filling the disk.
+    proc = subprocess.Popen(
         [str(REPO / "build.sh"), "image"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        timeout=3000,
-        check=False,
+        start_new_session=True,
     )
+    try:
+        stdout, _ = proc.communicate(timeout=BUILD_TIMEOUT_S)
+    except BaseException:
+        _kill_group(proc)
+        raise
     elapsed = time.monotonic() - started
+    out = subprocess.CompletedProcess(proc.args, proc.returncode, stdout)
     assert out.returncode == 0, f"./build.sh image failed ({out.returncode}):\n{out.stdout[-6000:]}"
     return elapsed, out.stdout
 
