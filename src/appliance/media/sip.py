@@ -361,8 +361,12 @@ class SipUserAgent:
             call.port = None
         self._dead.append(call)
         handle = call.handle
-        if self._live_calls(handle):
-            return  # a followed REFER carries the caller's side on
+        live = self._live_calls(handle)
+        if live:
+            # A followed REFER, or an accepted Replaces, carries this side on: the handle's
+            # hang-up and transfers now reach the call that is still up.
+            handle._pj_id = live[0].pj_id
+            return
         handle.ended_at = time.time()
         handle.end_status = status
         handle.bridge.close()
