@@ -90,7 +90,7 @@ def test_espeak_greeting_with_beep_is_a_machine_and_the_beep_is_found(
     assert det.beep_at_ms is not None and abs(det.beep_at_ms - beep_ms) <= 100
     cue = det.message_cue
     assert cue is not None and cue.cause == "beep"
-    assert beep_ms + 400 - 100 <= cue.at_ms <= beep_ms + 400 + 100  # speak after the beep
+    assert beep_ms + 400 <= cue.at_ms <= beep_ms + 400 + 250  # speak after the beep
 
 
 def test_real_recorded_short_answer_is_a_human(vad: Path) -> None:
@@ -156,5 +156,5 @@ def test_bad_frames_are_refused_and_the_detector_keeps_going(vad: Path) -> None:
         det.feed(b"\x01\x02\x03")
     with pytest.raises(ValueError, match="sample rate"):
         AnsweringMachineDetector(vad, sample_rate=44100)
-    feed_all(det, phone_line(sil(3.0)))
+    feed_all(det, phone_line(sil(4.0)))
     assert det.result is not None and det.result.decision is Decision.UNKNOWN

@@ -24,9 +24,9 @@ it: 16 kHz (or 8 kHz) mono signed 16-bit little-endian PCM, any frame size. Two 
      decides ``machine`` at once.
 
 2. **Where to leave the message** (:attr:`AnsweringMachineDetector.message_cue`, or
-   :meth:`AnsweringMachineDetector.wait_for_beep`): at the end of the beep; without a beep, when
-   the greeting has been followed by ``greeting_end_silence_ms`` of silence; at the latest after
-   ``max_message_wait_ms``.
+   :meth:`AnsweringMachineDetector.wait_for_beep`): ``beep_guard_ms`` after the end of the
+   beep; without a beep, when the greeting has been followed by ``greeting_end_silence_ms`` of
+   silence; at the latest after ``max_message_wait_ms``.
 
 Beep detection: each 20 ms frame (Hann window, zero-padded FFT, ~15.6 Hz bins) is *tonal* when
 its energy is above ``beep_min_dbfs`` and the spectral peak between 400 and 2500 Hz holds at
@@ -104,6 +104,9 @@ class AmdParams:
     beep_min_tonality: float = 0.8
     beep_min_dbfs: float = -45.0
     beep_max_drift_hz: float = 40.0
+    #: Second stage: the message starts this long after the end of the beep (the beep's end is
+    #: known to a 20 ms frame; the recorder starts after the beep).
+    beep_guard_ms: int = 100
     #: Second stage without a beep: silence after the greeting that means "it is recording now".
     greeting_end_silence_ms: int = 2000
     #: Second stage: leave the message by this time (ms since answer) whatever was heard.
@@ -117,11 +120,11 @@ ASTERISK_DEFAULTS = AmdParams()
 #: reported set); see docs/decisions/0022-answering-machine-detection.md.
 TUNED = replace(
     ASTERISK_DEFAULTS,
-    greeting_ms=2400,
-    after_greeting_silence_ms=700,
-    total_analysis_ms=5000,
-    between_words_silence_ms=250,
-    max_words=4,
+    initial_silence_ms=3500,  # a 2 s ringback cycle plus the answer's delay comes before speech
+    greeting_ms=2000,  # "Doctor Smith's office, this is Ann." is ~1.6-1.9 s of speech
+    after_greeting_silence_ms=1000,  # greetings pause up to ~0.8 s between sentences
+    total_analysis_ms=6000,  # initial silence + greeting must fit
+    between_words_silence_ms=250,  # Silero's 32 ms windows: a 50 ms gap is one window
 )
 
 
@@ -160,7 +163,9 @@ class MessageCue:
     """When to start speaking the voicemail message.
 
     Attributes:
-        at_ms: audio time (ms since the first sample) after which the message may start.
+        at_ms: audio time (ms since the first sample) after which the message may start; for
+            a beep, ``beep_guard_ms`` after its end (this may lie a little ahead of the audio
+            fed so far).
         cause: ``beep`` (the end of the beep), ``greeting_end`` (silence after the greeting, no
             beep heard) or ``timeout`` (``max_message_wait_ms`` reached).
         beep: the beep, when one was heard.
@@ -361,7 +366,8 @@ class AnsweringMachineDetector:
             if self.result is None:
                 self._decide(Decision.MACHINE, "beep", at_ms=beep.end_ms)
             if self.message_cue is None and self.result.decision is Decision.MACHINE:  # type: ignore[union-attr]
-                self.message_cue = MessageCue(at_ms=beep.end_ms, cause="beep", beep=beep)
+                at_ms = beep.end_ms + self.params.beep_guard_ms
+                self.message_cue = MessageCue(at_ms=at_ms, cause="beep", beep=beep)
         self._buf = np.concatenate([self._buf, pcm])
         while len(self._buf) >= self._win:
             window, self._buf = self._buf[: self._win], self._buf[self._win :]
