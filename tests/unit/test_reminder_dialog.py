@@ -79,6 +79,10 @@ def test_confirm_after_the_date_of_birth_matches(agent: AgentRuntime) -> None:
     assert agent.calendar is not None
     assert agent.calendar.appointment(APPT).status == "booked"
     assert not call.dm.opted_out
+    # The tail of the last answer, heard again as a turn, only ends the call.
+    late = call.dm.handle_turn("I'll be there.", 0.9)
+    assert late.next is Next.HANGUP and late.text == "Goodbye."
+    assert len(call.tools()) == 2
 
 
 def test_a_wrong_date_of_birth_never_hears_a_detail(agent: AgentRuntime) -> None:
@@ -227,3 +231,19 @@ def test_opt_out_phrases() -> None:
         assert is_opt_out(yes), yes
     for no in ("Yes I'll be there", "Can you call me back later?", "stop", "take me to the list"):
         assert not is_opt_out(no), no
+
+
+def test_the_date_of_birth_question_is_heard_without_a_slot_vocabulary(
+    agent: AgentRuntime,
+) -> None:
+    """A date vocabulary cannot spell "stop calling me": an outbound call listens freely."""
+    call = Call(agent)
+    call.open()
+    assert call.dm.listening.kind == "free" and call.dm.listening.slot == "birth_date"
+    inbound = DialogManager(
+        "r4", agent.workflows, agent.classifier, agent.kb, agent.calendar, lambda e: None,
+        agent.settings, now=lambda: NOW,
+    )  # fmt: skip
+    inbound.handle_turn("I need to reschedule my appointment.", 0.9)
+    inbound.handle_turn("My name is Maria Lopez.", 0.9)
+    assert inbound.listening.kind == "date"  # the inbound caller keeps the date decoding

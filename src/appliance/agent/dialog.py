@@ -242,7 +242,18 @@ class DialogManager:
         of birth, with the keypad's 8 digits, ``time``, ``name``); a read-back, a yes/no node,
         an unsure intent and "anything else?" give ``yes_no``; a message gives ``message``;
         everything else ``free``.
+
+        On a call the box placed (:meth:`start_outbound`) a digit or date question is published
+        as ``free``: the STT's slot vocabulary for them (numbers and month names,
+        docs/decisions/0011) cannot spell "stop calling me", and an opt-out must be heard in
+        every wait (47 CFR 64.1200(a)(10)). The keypad stays the opt-out's other way.
         """
+        listening = self._listening()
+        if self._outbound is not None and listening.numeric:
+            return Listening("free", slot=listening.slot)
+        return listening
+
+    def _listening(self) -> Listening:
         s = self._s
         if s.wait is Wait.SLOT:
             node = self._engine.node()
@@ -338,6 +349,10 @@ class DialogManager:
             return Reply([EMERGENCY_TEXT], source="template")
         if self._outbound is not None and not self.opted_out and is_opt_out(text):
             return self._opt_out("verbal-on-call")
+        if self._outbound is not None and s.workflow is None and s.outcome:
+            # The reminder has ended (its end nodes hang up): the tail of the callee's last
+            # answer, decoded again as a turn of its own, must not start anything new.
+            return Reply(["Goodbye."], Next.HANGUP, source="template")
         if s.wait is Wait.MESSAGE:
             return e.take_message(text)
         if s.wait in (Wait.TRANSFER, Wait.PCI):
