@@ -11,9 +11,9 @@ A real Kamailio (rendered by ``appliance edge render``) runs in front of two rea
 * Malformed requests get 400 from sanity and never reach a worker.
 * Flood: a burst from one address gets 403, then nothing (pike); the trunk is unaffected.
 * Drain: OPTIONS and INVITE get 503 + Retry-After while the edge's drain flag is set.
-* Failover: with worker 1 stopped, the next INVITEs go to worker 0; with worker 0 busy too,
-  the edge answers 503 + Retry-After (its own value, not a worker's); with both stopped,
-  OPTIONS is 503.
+* Failover: the worker carrying a live call is killed with SIGKILL; the next INVITEs go to the
+  other one; with that one busy too, the edge answers 503 + Retry-After (its own value, not a
+  worker's); with both down, OPTIONS is 503.
 * Each worker wrote its own audit log, and each verifies.
 
 ADR 0020 (docs/decisions/0020-sip-edge-kamailio.md).
@@ -479,24 +479,38 @@ def test_drain_flag_fails_options_and_refuses_invites(box: tuple[Edge, list[Work
     assert [w.answered() for w in workers] == before
 
 
-def test_failover_then_503_when_every_worker_is_busy_or_down(
+def test_kill_9_mid_call_failover_then_503_when_every_worker_is_busy_or_down(
     box: tuple[Edge, list[Worker]],
 ) -> None:
     edge, workers = box
-    w0, w1 = workers
-    assert w1.stop(timeout_s=20) == 0, w1.log()[-2000:]
-    # Round-robin would pick worker 1 for one of these; the edge skips it (probe) or fails
-    # over to worker 0 (no answer within invite_timeout_s).
+    port = {w.index: edge.trunk_port - 2 + w.index for w in workers}
+    # A live call; the worker carrying it is killed with SIGKILL mid-call.
+    before = [w.answered() for w in workers]
+    live = start_sipp(render_uac_scenario(steps=[Pause(8000)]), edge.uri, timeout_s=30)
+    try:
+        deadline = time.monotonic() + 10
+        while [w.answered() for w in workers] == before:
+            assert time.monotonic() < deadline, "the live call was not answered"
+            time.sleep(0.2)
+        victim = next(w for w, b in zip(workers, before, strict=True) if w.answered() > b)
+        alive = next(w for w in workers if w is not victim)
+        assert victim.proc is not None
+        victim.proc.kill()
+        victim.proc.wait(10)
+    finally:
+        live.terminate()  # its call is gone with the worker; the caller's BYE would time out
+    # Round-robin would pick the dead worker for one of these; the edge skips it (probe) or
+    # fails over to the other one (no answer within invite_timeout_s).
     for _ in range(2):
-        before = w0.answered()
+        count = alive.answered()
         result = run_sipp(render_uac_scenario(steps=[Pause(200)]), edge.uri, timeout_s=20)
         assert result.returncode == 0, result.messages[-2000:]
-        assert w0.answered() == before + 1
-    time.sleep(2.5)  # a probe or two: worker 1 is marked down
+        assert alive.answered() == count + 1
+    time.sleep(2.5)  # a probe or two: the dead worker is marked down
     flags = _dispatcher_flags(edge.ctl("dispatcher.list"))
-    assert "I" in flags[f"sip:127.0.0.1:{edge.trunk_port - 1}"], flags  # inactive
-    assert "A" in flags[f"sip:127.0.0.1:{edge.trunk_port - 2}"], flags  # active
-    # Worker 0 busy with a call (max_calls 1): the next INVITE gets the edge's own 503.
+    assert "I" in flags[f"sip:127.0.0.1:{port[victim.index]}"], flags  # inactive
+    assert "A" in flags[f"sip:127.0.0.1:{port[alive.index]}"], flags  # active
+    # The survivor busy with a call (max_calls 1): the next INVITE gets the edge's own 503.
     busy = start_sipp(render_uac_scenario(steps=[Pause(4000)]), edge.uri, timeout_s=20)
     try:
         deadline = time.monotonic() + 10
@@ -510,7 +524,7 @@ def test_failover_then_503_when_every_worker_is_busy_or_down(
     finally:
         busy.terminate()
     # Both down: the health check says so.
-    assert w0.stop(timeout_s=20) == 0, w0.log()[-2000:]
+    assert alive.stop(timeout_s=20) == 0, alive.log()[-2000:]
     deadline = time.monotonic() + 10
     while send(edge, "OPTIONS", 503).returncode != 0:
         assert time.monotonic() < deadline, "OPTIONS still 200 with every worker down"
@@ -524,7 +538,7 @@ def test_each_worker_wrote_and_verifies_its_own_audit_log(
 ) -> None:
     edge, workers = box
     for w in workers:
-        assert w.proc is not None and w.proc.poll() is not None  # stopped by the test above
+        assert w.proc is not None and w.proc.poll() is not None  # killed or stopped above
     audit_dir = edge.workdir / "var" / "audit"
     assert sorted(p.name for p in audit_dir.glob("audit-*.sqlite")) == [
         "audit-0.sqlite",
