@@ -21,7 +21,8 @@ it: 16 kHz (or 8 kHz) mono signed 16-bit little-endian PCM, any frame size. Two 
      since dead air is no evidence of a machine and the dialler must not leave a voicemail on a
      person who has not spoken yet.
    * *the beep* (:class:`BeepDetector`): a steady single tone. A beep before the decision
-     decides ``machine`` at once.
+     decides ``machine`` when it ends, and no ``human`` decision is made while a tone is
+     sounding (a short greeting, "Please leave a message.", then the beep).
 
 2. **Where to leave the message** (:attr:`AnsweringMachineDetector.message_cue`, or
    :meth:`AnsweringMachineDetector.wait_for_beep`): ``beep_guard_ms`` after the end of the
@@ -453,7 +454,11 @@ class AnsweringMachineDetector:
             self._decide(Decision.MACHINE, "long_greeting", now)
         elif words >= p.max_words:
             self._decide(Decision.MACHINE, "max_words", now)
-        elif self._heard_speech and self._silence_ms >= p.after_greeting_silence_ms:
+        elif (
+            self._heard_speech
+            and self._silence_ms >= p.after_greeting_silence_ms
+            and not self.beep_detector.tone_ms  # a short greeting's beep may be sounding
+        ):
             self._decide(Decision.HUMAN, "after_greeting_silence", now)
         elif not self._heard_speech and not self._seg_ms and now >= p.initial_silence_ms:
             self._decide(Decision.UNKNOWN, "initial_silence", now)
