@@ -36,10 +36,12 @@ needs_kamailio = pytest.mark.skipif(
 )
 
 
-def _settings(tmp_path: Path, toml: str = ""):  # noqa: ANN202 - ApplianceSettings
+def _settings(  # noqa: ANN202 - ApplianceSettings
+    tmp_path: Path, toml: str = "", peers: str = '"10.20.0.1/32", "192.0.2.0/28"'
+):
     path = tmp_path / "appliance.toml"
     path.write_text(
-        '[sip]\nbind = "10.20.0.5:5060"\nallowed_peers = ["10.20.0.1/32", "192.0.2.0/28"]\n'
+        f'[sip]\nbind = "10.20.0.5:5060"\nallowed_peers = [{peers}]\n'
         "rtp_port = 40000\nmax_calls = 3\n"
         f'[edge]\nenabled = true\nworkers = 3\nrun_dir = "{tmp_path / "run"}"\n{toml}'
     )
@@ -87,7 +89,7 @@ def test_dispatcher_list_has_one_loopback_worker_per_index(tmp_path: Path) -> No
     text = dispatcher_list(_settings(tmp_path))
     records = [line for line in text.splitlines() if not line.startswith("#")]
     assert records == [
-        f"1 sip:127.0.0.1:{5070 + i} 0 0 socket=udp:127.0.0.1:5069;worker={i}" for i in range(3)
+        f"1 sip:127.0.0.1:{5070 + i} 9 0 socket=udp:127.0.0.1:5069;worker={i}" for i in range(3)
     ]
 
 
@@ -141,6 +143,108 @@ def test_kamailio_refuses_a_broken_config(tmp_path: Path) -> None:
     ok, output = check_config(files.config)
     assert not ok
     assert "sanity_chek" in output
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A throwaway certificate and key for the TLS listener (cryptography, P-256)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edge.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+needs_tls_module = pytest.mark.skipif(
+    not any(Path("/usr/lib").glob("*/kamailio/modules/tls.so")),
+    reason="Kamailio's tls module is not installed (Debian: kamailio-tls-modules)",
+)
+
+
+@needs_kamailio
+@needs_tls_module
+def test_tls_listener_answers_options_with_the_real_state(tmp_path: Path) -> None:
+    """A real Kamailio with the rendered TLS listener: a TLS OPTIONS gets 503 (no worker up)."""
+    import socket
+    import ssl
+    import time
+
+    from tests.e2e.sipp import free_udp_port
+
+    cert, key = _self_signed(tmp_path)
+    base = free_udp_port("127.0.0.1", count=4)
+    settings = _settings(
+        tmp_path,
+        f'bind = "127.0.0.1:{base}"\ntls_port = {base + 1}\ninternal_port = {base + 2}\n'
+        f'worker_base_port = {base + 3}\ntls_cert = "{cert}"\ntls_key = "{key}"\n'
+        "retry_after_s = 19",
+        peers='"127.0.0.1/32"',
+    )
+    files = render_edge(settings, tmp_path / "out")
+    ok, output = check_config(files.config)
+    assert ok, output
+    (tmp_path / "run").mkdir()
+    binary = shutil.which("kamailio") or "/usr/sbin/kamailio"
+    log = (tmp_path / "kamailio.log").open("wb")
+    proc = subprocess.Popen(
+        [binary, "-DD", "-E", "-Y", str(tmp_path / "run"), "-f", str(files.config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        context.check_hostname = False  # the certificate names edge.test, we dial 127.0.0.1
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                raw = socket.create_connection(("127.0.0.1", base + 1), timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, (tmp_path / "kamailio.log").read_text()
+                time.sleep(0.2)
+        with context.wrap_socket(raw) as tls:
+            assert tls.version() in ("TLSv1.2", "TLSv1.3")
+            port = tls.getsockname()[1]
+            tls.sendall(
+                (
+                    f"OPTIONS sip:appliance@127.0.0.1:{base + 1};transport=tls SIP/2.0\r\n"
+                    f"Via: SIP/2.0/TLS 127.0.0.1:{port};branch=z9hG4bK-edge-tls-1\r\n"
+                    "From: <sip:probe@127.0.0.1>;tag=t1\r\nTo: <sip:appliance@127.0.0.1>\r\n"
+                    "Call-ID: edge-tls-1@127.0.0.1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+                    "Content-Length: 0\r\n\r\n"
+                ).encode()
+            )
+            tls.settimeout(5)
+            reply = tls.recv(4096).decode(errors="replace")
+        assert reply.startswith("SIP/2.0 503 "), reply
+        assert "Retry-After: 19" in reply
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def test_tls_listener_is_rendered_when_configured(tmp_path: Path) -> None:
