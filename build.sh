@@ -28,7 +28,7 @@ PYTHON="${PYTHON:-python3}"
 # library and data bundled in the espeakng-loader wheel.
 APT_PACKAGES=(
   python3 python3-venv python3-dev build-essential cmake git
-  sip-tester tshark kamailio baresip-core sox libsndfile1 espeak-ng
+  sip-tester tshark kamailio kamailio-tls-modules baresip-core sox libsndfile1 espeak-ng
   festival festvox-kallpc8k festvox-kdlpc8k
   openssh-server openssh-client iproute2
   chromium
