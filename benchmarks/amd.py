@@ -26,6 +26,9 @@ by silence (the machine records). All audio is 8 kHz (every voice is band-limite
 as ``benchmarks/caller_voices.py`` renders callers), has white line noise added at -62 to -52 dBFS,
 goes through G.711 mu-law and back, and is resampled to 16 kHz with soxr (the pipeline's rate).
 
+``--grid`` also runs the threshold search that chose :data:`~appliance.audio.amd.TUNED` (on
+the tuning set only; :data:`GRID`), and stores every point's accuracy in the JSON.
+
 Figures: for ``machine``, precision and recall; accuracy over all calls (``unknown`` counts as
 wrong); the ``unknown`` rate; time to decide (audio time from the answer, lead-in included)
 P50/P90; the beep: found within +-100 ms of the true onset, onset error P50/P90, false beeps
@@ -44,7 +47,7 @@ import random
 import time
 import warnings
 import wave
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -341,6 +344,64 @@ def run_one(call: Call, params: AmdParams) -> dict[str, object]:
     }
 
 
+class Replay:
+    """Recorded Silero probabilities played back, one per 32 ms window (threshold search)."""
+
+    def __init__(self, probs: list[float]) -> None:
+        self._probs = iter(probs)
+
+    def __call__(self, window: np.ndarray, sample_rate: int) -> np.ndarray:
+        """The next recorded probability, shaped as Silero's output."""
+        return np.array([[next(self._probs)]], dtype=np.float32)
+
+
+def record_probs(call: Call) -> list[float]:
+    """Silero's speech probability for every 32 ms window of a call (the store's model)."""
+    from pipecat.audio.vad.silero import SileroOnnxModel
+
+    model = SileroOnnxModel(str(VAD), force_onnx_cpu=True)
+    x = call.pcm.astype(np.float32) / 32768.0
+    return [float(model(x[i : i + 512], RATE)[0][0]) for i in range(0, len(x) - 511, 512)]
+
+
+#: The threshold search (``--grid``, tuning set only): Asterisk's parameters around their defaults.
+GRID = {
+    "greeting_ms": (1500, 2000, 2400, 2800),
+    "after_greeting_silence_ms": (800, 1000, 1200),
+    "between_words_silence_ms": (50, 250),
+    "max_words": (3, 5),
+    "initial_silence_ms": (2500, 3500),
+}
+
+
+def grid_search(calls: list[Call]) -> list[dict[str, object]]:
+    """Accuracy of every GRID point on ``calls`` (total analysis 6000 ms), best first.
+
+    Ties are broken by the lower P50 time to decide. Silero runs once per call; its
+    probabilities are replayed for every point, so the search takes minutes, not hours.
+    """
+    import itertools
+
+    probs = {c.name: record_probs(c) for c in calls}
+    out: list[dict[str, object]] = []
+    for values in itertools.product(*GRID.values()):
+        point = dict(zip(GRID, values, strict=True))
+        params = replace(ASTERISK_DEFAULTS, total_analysis_ms=6000, **point)  # type: ignore[arg-type]
+        right, times = 0, []
+        for c in calls:
+            det = AnsweringMachineDetector(Replay(probs[c.name]), params)
+            for i in range(0, len(c.pcm), 320):
+                det.feed(c.pcm[i : i + 320])
+            res = det.result
+            right += res is not None and res.decision.value == c.truth
+            if res is not None and res.decision is not Decision.UNKNOWN:
+                times.append(res.decided_at_ms)
+        p50 = pct(times, 50)
+        out.append({**point, "accuracy": round(right / len(calls), 3), "decide_p50_ms": p50})
+    out.sort(key=lambda r: (-float(r["accuracy"]), r["decide_p50_ms"] or 1e9))  # type: ignore[arg-type]
+    return out
+
+
 def pct(xs: list[float], q: float) -> float | None:
     """Percentile, or None for no data."""
     return round(float(np.percentile(xs, q)), 1) if xs else None
@@ -396,6 +457,9 @@ def main() -> int:
     ap.add_argument("--set", choices=("report", "tune", "both"), default="both")
     ap.add_argument("--cache", type=Path, default=REPO / "build" / "amd-voices")
     ap.add_argument("--errors", action="store_true", help="list every wrong decision")
+    ap.add_argument(
+        "--grid", action="store_true", help="also run the threshold search on the tuning set"
+    )
     args = ap.parse_args()
     sets = ("tune", "report") if args.set == "both" else (args.set,)
     voices = sorted({v for s in sets for v in VOICES[s]})
@@ -453,6 +517,13 @@ def main() -> int:
         result["sets"][s] = set_out  # type: ignore[index]
     for s in calls:
         print(f"composition {s}: {result['sets'][s]['composition']}")  # type: ignore[index]
+    if args.grid and "tune" in calls:
+        t1 = time.perf_counter()
+        grid = grid_search(calls["tune"])
+        result["grid_tune"] = {"points": grid, "seconds": round(time.perf_counter() - t1, 1)}
+        print("threshold search on the tuning set, best first:")
+        for row in grid[:8]:
+            print(f"  {row}")
     print(f"build {build_s:.1f} s")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"amd-{time.strftime('%Y%m%d-%H%M%S')}.json"

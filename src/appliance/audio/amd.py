@@ -49,7 +49,7 @@ as human; a short ringback fragment (e.g. the UK's 0.4 s bursts) or a whistle lo
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
@@ -302,7 +302,11 @@ class AnsweringMachineDetector:
 
     Args:
         vad_model_path: ``silero_vad.onnx`` in the model store (``models/store/vad``); one
-            ONNX Runtime session per detector (Silero keeps recurrent state).
+            ONNX Runtime session per detector (Silero keeps recurrent state). Or a loaded
+            model: a callable ``(window, sample_rate) -> [[probability]]`` taking one 32 ms
+            float32 window in [-1, 1) (pipecat's ``SileroOnnxModel`` is one, reset before use;
+            ``benchmarks/amd.py`` replays recorded probabilities this way for its threshold
+            search).
         params: thresholds; :data:`TUNED` by default, :data:`ASTERISK_DEFAULTS` for the baseline.
         sample_rate: 16000 (the pipeline's rate) or 8000 Hz.
 
@@ -312,7 +316,10 @@ class AnsweringMachineDetector:
     """
 
     def __init__(
-        self, vad_model_path: Path, params: AmdParams = TUNED, sample_rate: int = 16000
+        self,
+        vad_model_path: Path | Callable[[npt.NDArray[np.float32], int], npt.NDArray[np.float32]],
+        params: AmdParams = TUNED,
+        sample_rate: int = 16000,
     ) -> None:
         if sample_rate not in _RATES:
             raise ValueError(f"sample rate {sample_rate} Hz; expected one of {_RATES}")
@@ -322,7 +329,13 @@ class AnsweringMachineDetector:
 
         self.params = params
         self.sample_rate = sample_rate
-        self._model = SileroOnnxModel(str(vad_model_path), force_onnx_cpu=True)  # type: ignore[no-untyped-call]
+        self._model: Callable[[npt.NDArray[np.float32], int], npt.NDArray[np.float32]]
+        if isinstance(vad_model_path, Path | str):
+            self._model = SileroOnnxModel(str(vad_model_path), force_onnx_cpu=True)  # type: ignore[no-untyped-call]
+        else:
+            self._model = vad_model_path
+            if isinstance(vad_model_path, SileroOnnxModel):
+                vad_model_path.reset_states()  # type: ignore[no-untyped-call]
         self._win = 512 if sample_rate == 16000 else 256  # 32 ms, Silero's window
         self._win_ms = self._win * 1000 / sample_rate
         self._buf = np.zeros(0, dtype=np.int16)
