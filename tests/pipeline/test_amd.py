@@ -158,3 +158,26 @@ def test_bad_frames_are_refused_and_the_detector_keeps_going(vad: Path) -> None:
         AnsweringMachineDetector(vad, sample_rate=44100)
     feed_all(det, phone_line(sil(4.0)))
     assert det.result is not None and det.result.decision is Decision.UNKNOWN
+
+
+def test_a_loaded_silero_model_is_reset_and_gives_the_same_decision(vad: Path) -> None:
+    from pipecat.audio.vad.silero import SileroOnnxModel
+
+    osr = read_pcm(speech_dir() / "osr" / "OSR_us_000_0034_8k.wav", LINE)[: 6 * LINE]
+    word = read_pcm(speech_dir() / "fsdd" / "3_lucas_2.wav", LINE)
+    greeting, answer = phone_line(osr, sil(1.0)), phone_line(sil(0.5), word, sil(4.0))
+    model = SileroOnnxModel(str(vad), force_onnx_cpu=True)
+    results = []
+    for pcm in (greeting, answer, greeting):  # one session reused call after call
+        det = AnsweringMachineDetector(model)
+        feed_all(det, pcm)
+        results.append(det.result)
+    fresh = AnsweringMachineDetector(vad)
+    feed_all(fresh, answer)
+    assert [r.decision if r else None for r in results] == [
+        Decision.MACHINE,
+        Decision.HUMAN,
+        Decision.MACHINE,
+    ]
+    assert results[0] == results[2]
+    assert results[1] == fresh.result
