@@ -160,10 +160,13 @@ def callee(tmp_path: Path) -> Iterator[tuple[int, list[SippProcess]]]:
         proc.terminate()
 
 
-def _start(scenario: str, port: int, tmp_path: Path, calls: int) -> SippProcess:
+def _start(
+    scenario: str, port: int, tmp_path: Path, calls: int, timeout_s: float = 40
+) -> SippProcess:
     proc = start_sipp(
-        scenario, None, sip_port=port, workdir=tmp_path / "callee", timeout_s=40, calls=calls
-    )
+        scenario, None, sip_port=port, workdir=tmp_path / "callee", timeout_s=timeout_s,
+        calls=calls,
+    )  # fmt: skip
     time.sleep(0.5)  # let sipp bind its port
     return proc
 
@@ -220,3 +223,212 @@ def test_an_answered_call_gets_the_conversation_and_a_bye(
     assert result.received_requests() == ["INVITE", "ACK", "BYE"]
     assert box.conversations == ["PCMU"]
     assert box.store.latest_for_appointment("a7") == "confirmed"
+
+
+# ----------------------------------------------------------------------------- live answers
+#
+# ``appliance serve`` with ``[outbound] enabled`` places the call (``outbound.dial`` on its
+# control socket); sipp answers and plays the patient's words (espeak-ng, a different voice
+# from the agent's Kokoro) into the call, timed to the agent's replies.
+
+#: Candidate numbers in zones far apart: the test takes one whose local time is mid-window now,
+#: so the real gate lets it through whatever the hour the test runs at.
+CANDIDATES = (
+    "+12125550134",  # New York
+    "+14155550134",  # Los Angeles
+    "+18085550134",  # Honolulu
+    "+16715550134",  # Guam
+    "+81312345678",  # Tokyo
+    "+919876543210",  # Kolkata
+    "+442079460134",  # London
+)
+#: The agent's opening: the disclosure, then the reminder's intro and its first question.
+OPENING_MS = 22000
+
+
+def callable_number() -> str:
+    """A candidate number whose every zone is between 09:00 and 20:00 local time now."""
+    from zoneinfo import ZoneInfo
+
+    from appliance.policy.calling_window import callee_zones
+
+    now = datetime.now(UTC)
+    for number in CANDIDATES:
+        hours = [now.astimezone(ZoneInfo(z)).hour for z in callee_zones(number)]
+        if hours and all(9 <= h < 20 for h in hours):
+            return number
+    raise AssertionError("no candidate zone is inside its calling window now")
+
+
+def _uas_conversation(turns: list[tuple[str, int]], work: Path, wait_bye_ms: int) -> str:
+    """Answer, then for each ``(words, pause before)``: pause, say them; then wait for a BYE.
+
+    The words of one call are one RTP stream: each pcap continues the sequence numbers and the
+    timestamps of the one before (at the real time it is played), or pjmedia would drop a
+    later turn as old, reordered packets.
+    """
+    from tests.e2e.voices import caller_wav, read_wav_mono16
+    from tests.kit.pcap import pcm_to_rtp_pcap
+
+    steps = []
+    elapsed_ms, sequence = 0, 1000
+    for n, (words, before_ms) in enumerate(turns):
+        pcm, rate = read_wav_mono16(caller_wav(words, work))
+        elapsed_ms += before_ms
+        pcap = work / f"turn-{n}.pcap"
+        # Half a second of silence first: pjmedia's jitter buffer primes on it after the pause,
+        # instead of on the first syllables (a bare "Yes." was missed).
+        seconds = pcm_to_rtp_pcap(
+            pcm, rate, pcap, first_sequence=sequence, first_timestamp=elapsed_ms * 8,
+            leading_silence_ms=500,
+        )  # fmt: skip
+        played_ms = int(seconds * 1000)
+        sequence += played_ms // 20 + 1
+        elapsed_ms += played_ms + 200
+        steps.append(f'  <pause milliseconds="{before_ms}"/>')
+        steps.append(
+            f'  <nop><action><exec play_pcap_audio="{pcap}"/></action></nop>\n'
+            f'  <pause milliseconds="{played_ms + 200}"/>'
+        )
+    answer = UAS_ANSWER.split('<recv request="BYE"/>')[0]
+    return (
+        answer
+        + "\n".join(steps)
+        + f'\n  <recv request="BYE" timeout="{wait_bye_ms}"/>\n'
+        + "  <send><![CDATA[\n\n      SIP/2.0 200 OK"
+        + _RESPONSE_HEAD
+        + "\n      Content-Length: 0\n\n    ]]></send>\n</scenario>\n"
+    )
+
+
+@pytest.fixture(scope="module")
+def agent_box(tmp_path_factory: pytest.TempPathFactory, store: Path) -> Iterator[object]:
+    import shutil
+
+    from tests.e2e.server import ApplianceProcess
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    work = tmp_path_factory.mktemp("outbound")
+    trunk_port = free_udp_port()
+    proc = ApplianceProcess(
+        work,
+        sip_port=free_udp_port(),
+        rtp_port=46000,
+        max_calls=2,
+        extra_toml=(
+            f'[scheduling]\ndemo_seed = true\ndb = "{work / "calendar.sqlite"}"\n'
+            f'[admin]\ncontrol_socket = "{work / "control.sock"}"\n'
+            "[outbound]\nenabled = true\nmax_concurrent = 1\nring_timeout_s = 10\n"
+            f'trunk_uri = "sip:{{number}}@127.0.0.1:{trunk_port}"\n'
+            f'consent_db = "{work / "consent.sqlite"}"\ndnc_db = "{work / "dnc.sqlite"}"\n'
+            f'outcomes_db = "{work / "dialler.sqlite"}"\n'
+        ),
+    )
+    proc.trunk_port = trunk_port  # type: ignore[attr-defined]
+    proc.start()
+    yield proc
+    assert proc.stop() == 0, proc.log()[-3000:]
+
+
+@pytest.fixture
+def settled(agent_box: object) -> Iterator[object]:
+    """The box, and after the test: its calls have ended (a failed script leaves one up)."""
+    yield agent_box
+    answered = len(agent_box.wait_event("CallAnswered", timeout_s=0))  # type: ignore[attr-defined]
+    agent_box.wait_event("CallEnded", count=answered, timeout_s=90)  # type: ignore[attr-defined]
+
+
+def _dial_and_wait(box: object, number: str, appointment: str, timeout_s: float = 120) -> str:
+    from appliance.control import ControlClient
+
+    client = ControlClient(box.workdir / "control.sock")  # type: ignore[attr-defined]
+    job = client.call(
+        "outbound.dial", {"number": number, "appointment_id": appointment}, "test:e2e"
+    )["job_id"]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        outcome = client.call("outbound.job", {"job_id": job}, "test:e2e")["outcome"]
+        if outcome:
+            return str(outcome)
+        time.sleep(0.5)
+    raise AssertionError("the job got no outcome in time")
+
+
+def _grant(box: object, number: str) -> None:
+    from appliance.policy.consent import ConsentStore
+
+    store = ConsentStore(box.workdir / "consent.sqlite", lambda e: None)  # type: ignore[attr-defined]
+    store.capture(number, "reminders", method="written", source="import", evidence="e2e")
+    store.close()
+
+
+def test_live_answer_confirms_the_appointment_after_the_date_of_birth(
+    settled: object, tmp_path: Path, callee: tuple[int, list[SippProcess]]
+) -> None:
+    box = settled
+    number = callable_number()
+    _grant(box, number)
+    scenario = _uas_conversation(
+        [
+            ("March fourth, nineteen eighty two.", OPENING_MS),
+            # after the read-back of the date ("I heard March 4, 1982. Is that right?")
+            ("That is correct.", 11000),
+            # after the reminder itself, about 15 s of speech
+            ("Yes, I'll be there.", 25000),
+        ],
+        tmp_path,
+        wait_bye_ms=25000,
+    )
+    port = box.trunk_port  # type: ignore[attr-defined]
+    _, started = callee
+    uas = _start(scenario, port, tmp_path, calls=1, timeout_s=150)
+    started.append(uas)
+    outcome = _dial_and_wait(box, number, "appt-demo-1")
+    result = uas.wait(timeout_s=30)
+    events = box.events()  # type: ignore[attr-defined]
+    tools = [(e["tool"], e["ok"]) for e in events if e["kind"] == "ToolCalled"]
+    assert outcome == "confirmed", (tools, box.log()[-2000:])  # type: ignore[attr-defined]
+    assert tools == [("reminder.verify", True), ("reminder.confirm", True)]
+    answered = next(e for e in events if e["kind"] == "CallAnswered")
+    assert answered["channel"] == "outbound"
+    call_id = answered["call_id"]
+    disclosure = next(e for e in events if e["kind"] == "DisclosurePlayed")
+    assert disclosure["call_id"] == call_id
+    assert float(disclosure["started"]) - float(answered["t"]) < 10.0  # within ten seconds
+    assert "maple street family clinic" in str(disclosure["text"]).lower()
+    spoken = [e for e in events if e["kind"] == "AgentSpoke" and e["call_id"] == call_id]
+    verified_t = next(float(e["t"]) for e in events if e["kind"] == "IdentityVerified")
+    before = " ".join(str(e["text"]) for e in spoken if float(e["t"]) < verified_t)
+    assert "Patel" not in before and "10:30" not in before
+    assert any("Dr. Patel" in str(e["text"]) for e in spoken)
+    assert result.received_requests() == ["INVITE", "ACK", "BYE"]  # the agent hung up
+
+
+def test_stop_calling_me_revokes_consent_and_the_next_dial_is_refused(
+    settled: object, tmp_path: Path, callee: tuple[int, list[SippProcess]]
+) -> None:
+    from appliance.policy.dnc import DncList
+
+    box = settled
+    number = callable_number()
+    _grant(box, number)
+    scenario = _uas_conversation(
+        [("Please stop calling me.", OPENING_MS)], tmp_path, wait_bye_ms=15000
+    )
+    port = box.trunk_port  # type: ignore[attr-defined]
+    _, started = callee
+    uas = _start(scenario, port, tmp_path, calls=1, timeout_s=90)
+    started.append(uas)
+    assert _dial_and_wait(box, number, "appt-demo-2") == "opted-out"
+    assert _dial_and_wait(box, number, "appt-demo-2", timeout_s=10) == "refused:dnc"
+    result = uas.wait(timeout_s=20)
+    assert len(_invites(result)) == 1  # the refused re-dial sent nothing
+    dnc = DncList(box.workdir / "dnc.sqlite")  # type: ignore[attr-defined]
+    assert dnc.contains(number)
+    dnc.close()
+    events = box.events()  # type: ignore[attr-defined]
+    revoked = [e for e in events if e["kind"] == "ConsentRecorded" and e["revoked"]]
+    assert [(e["scope"], e["source"]) for e in revoked] == [("all", "outbound-call")]
+    refused = [e for e in events if e["kind"] == "DialRefused"]
+    assert [e["reason"] for e in refused] == ["dnc"]
