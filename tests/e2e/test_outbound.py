@@ -246,8 +246,12 @@ CANDIDATES = (
 OPENING_MS = 22000
 
 
-def callable_number() -> str:
-    """A candidate number whose every zone is between 09:00 and 20:00 local time now."""
+def callable_number(line: int) -> str:
+    """A candidate number whose every zone is between 09:00 and 20:00 local time now.
+
+    ``line`` replaces its last digit: each test calls its own number (an opt-out puts one on
+    the DNC list for good).
+    """
     from zoneinfo import ZoneInfo
 
     from appliance.policy.calling_window import callee_zones
@@ -256,7 +260,7 @@ def callable_number() -> str:
     for number in CANDIDATES:
         hours = [now.astimezone(ZoneInfo(z)).hour for z in callee_zones(number)]
         if hours and all(9 <= h < 20 for h in hours):
-            return number
+            return number[:-1] + str(line)
     raise AssertionError("no candidate zone is inside its calling window now")
 
 
@@ -363,55 +367,13 @@ def _grant(box: object, number: str) -> None:
     store.close()
 
 
-def test_live_answer_confirms_the_appointment_after_the_date_of_birth(
-    settled: object, tmp_path: Path, callee: tuple[int, list[SippProcess]]
-) -> None:
-    box = settled
-    number = callable_number()
-    _grant(box, number)
-    scenario = _uas_conversation(
-        [
-            ("March fourth, nineteen eighty two.", OPENING_MS),
-            # after the read-back of the date ("I heard March 4, 1982. Is that right?")
-            ("That is correct.", 11000),
-            # after the reminder itself, about 15 s of speech
-            ("Yes, I'll be there.", 25000),
-        ],
-        tmp_path,
-        wait_bye_ms=25000,
-    )
-    port = box.trunk_port  # type: ignore[attr-defined]
-    _, started = callee
-    uas = _start(scenario, port, tmp_path, calls=1, timeout_s=150)
-    started.append(uas)
-    outcome = _dial_and_wait(box, number, "appt-demo-1")
-    result = uas.wait(timeout_s=30)
-    events = box.events()  # type: ignore[attr-defined]
-    tools = [(e["tool"], e["ok"]) for e in events if e["kind"] == "ToolCalled"]
-    assert outcome == "confirmed", (tools, box.log()[-2000:])  # type: ignore[attr-defined]
-    assert tools == [("reminder.verify", True), ("reminder.confirm", True)]
-    answered = next(e for e in events if e["kind"] == "CallAnswered")
-    assert answered["channel"] == "outbound"
-    call_id = answered["call_id"]
-    disclosure = next(e for e in events if e["kind"] == "DisclosurePlayed")
-    assert disclosure["call_id"] == call_id
-    assert float(disclosure["started"]) - float(answered["t"]) < 10.0  # within ten seconds
-    assert "maple street family clinic" in str(disclosure["text"]).lower()
-    spoken = [e for e in events if e["kind"] == "AgentSpoke" and e["call_id"] == call_id]
-    verified_t = next(float(e["t"]) for e in events if e["kind"] == "IdentityVerified")
-    before = " ".join(str(e["text"]) for e in spoken if float(e["t"]) < verified_t)
-    assert "Patel" not in before and "10:30" not in before
-    assert any("Dr. Patel" in str(e["text"]) for e in spoken)
-    assert result.received_requests() == ["INVITE", "ACK", "BYE"]  # the agent hung up
-
-
 def test_stop_calling_me_revokes_consent_and_the_next_dial_is_refused(
     settled: object, tmp_path: Path, callee: tuple[int, list[SippProcess]]
 ) -> None:
     from appliance.policy.dnc import DncList
 
     box = settled
-    number = callable_number()
+    number = callable_number(5)
     _grant(box, number)
     scenario = _uas_conversation(
         [("Please stop calling me.", OPENING_MS)], tmp_path, wait_bye_ms=15000
@@ -432,3 +394,49 @@ def test_stop_calling_me_revokes_consent_and_the_next_dial_is_refused(
     assert [(e["scope"], e["source"]) for e in revoked] == [("all", "outbound-call")]
     refused = [e for e in events if e["kind"] == "DialRefused"]
     assert [e["reason"] for e in refused] == ["dnc"]
+
+
+def test_live_answer_confirms_the_appointment_after_the_date_of_birth(
+    settled: object, tmp_path: Path, callee: tuple[int, list[SippProcess]]
+) -> None:
+    box = settled
+    number = callable_number(4)
+    _grant(box, number)
+    scenario = _uas_conversation(
+        [
+            ("March fourth, nineteen eighty two.", OPENING_MS),
+            # after the read-back of the date ("I heard March 4, 1982. Is that right?")
+            ("Yes it is.", 11000),
+            # after the reminder itself, about 15 s of speech
+            ("Yes, I'll be there.", 25000),
+        ],
+        tmp_path,
+        wait_bye_ms=25000,
+    )
+    port = box.trunk_port  # type: ignore[attr-defined]
+    _, started = callee
+    uas = _start(scenario, port, tmp_path, calls=1, timeout_s=150)
+    started.append(uas)
+    outcome = _dial_and_wait(box, number, "appt-demo-1")
+    result = uas.wait(timeout_s=30)
+    events = box.events()  # type: ignore[attr-defined]
+    tools = [(e["tool"], e["ok"]) for e in events if e["kind"] == "ToolCalled"]
+    assert outcome == "confirmed", (tools, box.log()[-2000:])  # type: ignore[attr-defined]
+    assert tools == [("reminder.verify", True), ("reminder.confirm", True)]
+    answered = [e for e in events if e["kind"] == "CallAnswered"][-1]  # this test's call
+    assert answered["channel"] == "outbound"
+    call_id = answered["call_id"]
+    disclosure = next(
+        e for e in events if e["kind"] == "DisclosurePlayed" and e["call_id"] == call_id
+    )
+    assert disclosure["call_id"] == call_id
+    assert float(disclosure["started"]) - float(answered["t"]) < 10.0  # within ten seconds
+    assert "maple street family clinic" in str(disclosure["text"]).lower()
+    spoken = [e for e in events if e["kind"] == "AgentSpoke" and e["call_id"] == call_id]
+    verified_t = next(
+        float(e["t"]) for e in events if e["kind"] == "IdentityVerified" and e["call_id"] == call_id
+    )
+    before = " ".join(str(e["text"]) for e in spoken if float(e["t"]) < verified_t)
+    assert "Patel" not in before and "10:30" not in before
+    assert any("Dr. Patel" in str(e["text"]) for e in spoken)
+    assert result.received_requests() == ["INVITE", "ACK", "BYE"]  # the agent hung up
