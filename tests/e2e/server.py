@@ -64,6 +64,13 @@ class ApplianceProcess:
 
     def start(self, timeout_s: float = 300, extra_env: dict[str, str] | None = None) -> None:
         """Start and wait for the ``ready`` log line."""
+        self.launch(extra_env=extra_env)
+        self.wait_ready(timeout_s)
+
+    def launch(
+        self, extra_args: tuple[str, ...] = (), extra_env: dict[str, str] | None = None
+    ) -> None:
+        """Start without waiting (several processes then load their models in parallel)."""
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [
@@ -73,6 +80,7 @@ class ApplianceProcess:
                 "serve",
                 "--config",
                 str(self.config),
+                *extra_args,
                 "--test-events",
                 str(self.events_path),
             ],
@@ -80,6 +88,10 @@ class ApplianceProcess:
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})},
         )
+
+    def wait_ready(self, timeout_s: float = 300) -> None:
+        """Wait for the ``ready`` log line; kill the process if it does not come in time."""
+        assert self.proc is not None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if "ready: accepting" in self.log():  # not "N fixed phrases ready"
@@ -91,7 +103,7 @@ class ApplianceProcess:
         # loading models on the cores every later test needs.
         self.proc.kill()
         self.proc.wait(10)
-        raise TimeoutError(f"appliance not ready in {timeout_s}s:\n{self.log()}")
+        raise TimeoutError(f"appliance not ready in {timeout_s}s:\n{self.log()[-6000:]}")
 
     def log(self) -> str:
         """The process output so far."""

@@ -21,7 +21,6 @@ ADR 0020 (docs/decisions/0020-sip-edge-kamailio.md).
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -65,38 +64,15 @@ class Worker(ApplianceProcess):
         self.log_path = workdir / f"worker-{index}.log"
         self.proc = None
 
-    def launch(self) -> None:
-        """Start without waiting (workers load their models in parallel)."""
-        log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(  # noqa: S603 - test harness, fixed argv
-            [
-                sys.executable,
-                "-m",
-                "appliance.cli",
-                "serve",
-                "--config",
-                str(self.config),
-                "--worker",
-                str(self.index),
-                "--test-events",
-                str(self.events_path),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+    def launch(
+        self, extra_args: tuple[str, ...] = (), extra_env: dict[str, str] | None = None
+    ) -> None:
+        """Start as worker N without waiting (workers load their models in parallel)."""
+        super().launch(("--worker", str(self.index), *extra_args), extra_env)
 
     def wait_ready(self, timeout_s: float = 420) -> None:
-        """Wait for the ``ready`` log line."""
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if "ready: accepting" in self.log():
-                return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited {self.proc.returncode}:\n{self.log()}")
-            time.sleep(0.2)
-        raise TimeoutError(f"worker not ready in {timeout_s}s:\n{self.log()[-3000:]}")
+        """Wait for the ``ready`` log line (two workers load their models at once)."""
+        super().wait_ready(timeout_s)
 
     def answered(self) -> int:
         """Calls this worker answered so far."""
