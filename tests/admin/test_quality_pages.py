@@ -184,3 +184,24 @@ def test_metrics_needs_its_token(client: TestClient, admin_env: AdminEnv, calls_
     ]
     assert counts[0].value == 3
     assert "opaque-call" not in r.text
+
+
+def test_every_app_has_its_quality_tables_before_any_request(admin_env: AdminEnv) -> None:
+    """The quality tables come with the app, not with a first request.
+
+    They were made per id() of a connection: a new connection at a freed one's address was
+    taken as migrated, and the first draw on it failed with "no such table" (seen in CI).
+    """
+    import gc
+    import sqlite3
+
+    from appliance.admin.web import create_app
+
+    for _ in range(3):
+        app = create_app(admin_env.settings, settings_path=admin_env.settings_path)
+        db: sqlite3.Connection = app.state.ctx.db
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert {"quality_samples", "quality_turns"} <= tables
+        db.close()
+        del app, db
+        gc.collect()

@@ -29,6 +29,7 @@ from appliance.admin.accounts import Accounts
 from appliance.admin.audit_outbox import AdminAudit
 from appliance.admin.auth import LoginRequired, RateLimiter, current_session
 from appliance.admin.db import connect
+from appliance.admin.quality import migrate as quality_migrate
 from appliance.admin.rbac import Permission
 from appliance.config.settings import ApplianceSettings
 from appliance.control import ControlClient
@@ -190,6 +191,10 @@ def create_app(
         accounts=accounts,
         audit=AdminAudit(db, control),
     )
+    # The quality review's tables, made here once per database (not per first request: a
+    # module-level "migrated" set keyed by id() of a connection mistook a new connection at a
+    # reused address for a migrated one).
+    quality_migrate(db)
 
     from appliance.admin.alerts import alert_loop
 

@@ -27,7 +27,6 @@ from appliance.admin.quality import (
     draw_sample,
     get_sample,
     list_samples,
-    migrate,
     record_review,
     wer_between,
     wer_trend,
@@ -56,14 +55,9 @@ MAX_TURN_CHARS = 5000
 TREND_WEEKS = 12
 DAY_S = 86400.0
 
-_migrated: set[int] = set()
-
 
 def _conn(ctx: AdminContext) -> Any:
-    """The admin database with the quality tables (migrated once per connection)."""
-    if id(ctx.db) not in _migrated:
-        migrate(ctx.db)
-        _migrated.add(id(ctx.db))
+    """The admin database; :func:`~appliance.admin.web.create_app` made its quality tables."""
     return ctx.db
 
 
