@@ -409,19 +409,59 @@ def _prepare_disk(disk: Path, sip_peer: str, slow_guest: bool) -> None:
     os.truncate(disk, disk.stat().st_size + 4 * 1024**3)  # room for the data partition
 
 
+def _host_state() -> str:
+    """One line on the host: load, free memory and disk (why a guest can be slow or stop)."""
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    mem = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                mem = f"{int(line.split()[1]) / 2**20:.1f} GiB"
+    disk = shutil.disk_usage(tempfile.gettempdir()).free / 2**30
+    return f"host load {load}, memory available {mem}, {disk:.1f} GiB free in /tmp"
+
+
+class _Console:
+    """The guest's serial console file, and when it last grew (a stalled guest stops writing)."""
+
+    def __init__(self, path: Path, proc: subprocess.Popen[bytes]) -> None:
+        self.path, self.proc = path, proc
+        self.started = self.grew = time.monotonic()
+        self.size = -1
+
+    def read(self) -> str:
+        text = self.path.read_text(errors="replace") if self.path.exists() else ""
+        if len(text) != self.size:
+            self.size, self.grew = len(text), time.monotonic()
+        return text
+
+    def fail(self, why: str, text: str, lines: int = 80) -> None:
+        """Fail with the reason first and last (a truncated CI log keeps one end) and the tail."""
+        now = time.monotonic()
+        qemu = "running" if self.proc.poll() is None else f"exited {self.proc.returncode}"
+        summary = (
+            f"{why} [{self.path.name}: {now - self.started:.0f} s into this wait, "
+            f"{self.size} chars, last grew {now - self.grew:.0f} s ago; qemu {qemu}; "
+            f"{_host_state()}]"
+        )
+        tail = "\n".join(text.splitlines()[-lines:])
+        pytest.fail(f"{summary}\n--- console tail ---\n{tail}\n--- end ---\n{summary}")
+
+
 def _wait_for(
     path: Path, needles: tuple[str, ...], deadline: float, proc: subprocess.Popen[bytes]
 ) -> str:
     """Console text once any of ``needles`` is on it; fail if QEMU exits or time runs out."""
+    console = _Console(path, proc)
     while time.monotonic() < deadline:
-        text = path.read_text(errors="replace") if path.exists() else ""
+        text = console.read()
         if any(n in text for n in needles):
             return text
         if proc.poll() is not None:
-            pytest.fail(f"qemu exited ({proc.returncode}) before {needles}:\n{text[-6000:]}")
+            console.fail(f"qemu exited before {needles}", text)
         time.sleep(0.5)
-    text = path.read_text(errors="replace") if path.exists() else ""
-    pytest.fail(f"none of {needles} on the console in {BOOT_TIMEOUT_S:.0f} s:\n{text[-8000:]}")
+    console.fail(f"none of {needles} on the console by the deadline", console.read())
+    raise AssertionError  # not reached: fail() raises
 
 
 def _report(text: str) -> dict[str, str]:
@@ -439,18 +479,19 @@ def _wait_for_pattern(
     path: Path, good: str, bad: tuple[str, ...], deadline: float, proc: subprocess.Popen[bytes]
 ) -> str:
     """Console text once the regex ``good`` matches; fail if a ``bad`` needle shows first."""
+    console = _Console(path, proc)
     while time.monotonic() < deadline:
-        text = path.read_text(errors="replace") if path.exists() else ""
+        text = console.read()
         if re.search(good, text):
             return text
         for needle in bad:
             if needle in text:
-                pytest.fail(f"{needle!r} on the console before {good!r}:\n{text[-8000:]}")
+                console.fail(f"{needle!r} on the console before {good!r}", text)
         if proc.poll() is not None:
-            pytest.fail(f"qemu exited ({proc.returncode}) before {good!r}:\n{text[-6000:]}")
+            console.fail(f"qemu exited before {good!r}", text)
         time.sleep(0.5)
-    text = path.read_text(errors="replace") if path.exists() else ""
-    pytest.fail(f"{good!r} not on the console in time:\n{text[-8000:]}")
+    console.fail(f"{good!r} not on the console by the deadline", console.read())
+    raise AssertionError  # not reached: fail() raises
 
 
 def test_image_boots_and_answers_sip_options(tmp_path: Path) -> None:
