@@ -459,3 +459,55 @@ def test_call_whose_rtp_stops_is_ended_after_the_rtp_timeout(worker: AppliancePr
     assert result.returncode == 0, result.messages[-2000:]
     assert RTP_TIMEOUT_S <= took < RTP_TIMEOUT_S + 4
     assert _ended(worker, before + 1)["disposition"] == "rtp_timeout"
+
+
+# -- MESSAGE (RFC 3428) -----------------------------------------------------------------------
+
+
+def _udp_request(worker: ApplianceProcess, source: str, text: str, wait_s: float = 1.5) -> list:
+    """Send one datagram from ``source``; return the first line of every answer."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((source, 0))
+        s.settimeout(wait_s)
+        host, port = s.getsockname()
+        s.sendto(text.format(host=host, port=port).encode(), ("127.0.0.1", worker.sip_port))
+        answers = []
+        try:
+            while True:
+                answers.append(s.recv(9000).split(b"\r\n", 1)[0])
+        except TimeoutError:
+            pass
+    return answers
+
+
+@pytest.mark.parametrize("source", ["127.0.0.1", "127.0.0.2"], ids=["trunk-peer", "stranger"])
+def test_message_body_reaches_no_log_event_or_store(worker: ApplianceProcess, source: str) -> None:
+    """The worker's pjsua answers an out-of-dialog MESSAGE 200 before any callback (ADR 0018).
+
+    pjsua 2.15.1 gives no hook to refuse it, so the worker must at least keep nothing of it:
+    the body (a made-up date of birth, standing in for PHI) appears in no log line, test
+    event, metadata row or audit file, and no call is started.
+    """
+    marker = f"DOB-1913-{source.rsplit('.', 1)[1]}-Zq7"
+    calls_before = len(worker.wait_event("CallAnswered", timeout_s=0))
+    body = f"my date of birth is {marker}"
+    answers = _udp_request(
+        worker,
+        source,
+        f"MESSAGE sip:appliance@127.0.0.1:{worker.sip_port} SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bKmsg13" + source[-1] + "\r\n"
+        "From: <sip:200@{host}>;tag=m13\r\nTo: <sip:appliance@127.0.0.1>\r\n"
+        "Call-ID: msg13-" + source[-1] + "@{host}\r\nCSeq: 1 MESSAGE\r\n"
+        "Max-Forwards: 70\r\nContent-Type: text/plain\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n{body}",
+    )
+    # Whatever pjsua answers (200 today; a later pjsua may let us refuse), it is one answer.
+    assert len(answers) <= 1, answers
+    assert _alive(worker)
+    assert len(worker.wait_event("CallAnswered", timeout_s=0)) == calls_before
+    assert marker not in worker.log()
+    assert marker not in worker.events_path.read_text()
+    stores = [p for p in worker.workdir.rglob("*") if p.is_file() and p.suffix != ".toml"]
+    assert stores, "the worker wrote no files at all"
+    leaked = [p for p in stores if marker.encode() in p.read_bytes()]
+    assert not leaked, leaked
