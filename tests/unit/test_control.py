@@ -539,3 +539,11 @@ async def test_a_socket_that_cannot_open_does_not_stop_the_agent(
     blocker.write_text("a file where the socket's directory should be")
     assert await start_control(ApplianceServer(settings)) is None
     assert "control socket" in caplog.text
+
+
+async def test_status_reports_the_event_loop_lag(server: ApplianceServer) -> None:
+    server.loop_lag.start()
+    await asyncio.sleep(0.35)
+    server.loop_lag.stop()
+    lag = (await ControlOps(server).status_ops.status({}, ACTOR))["loop_lag"]
+    assert lag["samples"] >= 2 and 0 <= lag["p50_s"] <= lag["p99_s"] <= lag["max_s"]

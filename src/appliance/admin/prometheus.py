@@ -18,13 +18,18 @@ Metrics (Prometheus naming: ``_total`` counters, ``_seconds`` histograms):
 - ``appliance_sip_rejections_total{status}``: INVITEs refused (403, 503...).
 - ``appliance_voice_to_voice_seconds`` and ``appliance_turn_stage_seconds{stage}``: per-turn
   histograms of the ``turn_latency`` columns (:mod:`appliance.metrics.latency`).
-- ``appliance_media_callback_errors_total``, ``appliance_media_rx_dropped_frames_total``.
+- ``appliance_media_callback_errors_total``, ``appliance_media_rx_dropped_frames_total``,
+  ``appliance_media_tx_underruns_total`` (20 ms ticks with no agent audio queued: the bridge
+  sent silence).
 - ``appliance_transfers_total{mode,result}``: transfer results (``transfers`` table, one per
   :class:`~appliance.events.TransferResult`) by mode (``blind``, ``attended``; ``unknown``
   when not recorded) and result (``ok`` when the final SIP status was 2xx, else ``failed``).
 - ``appliance_agent_up``, ``appliance_agent_ready``, ``appliance_agent_draining``,
   ``appliance_agent_active_calls``, ``appliance_agent_max_calls``, ``appliance_audit_failed``,
   ``appliance_stage_failed{stage}`` from control op ``status``.
+- ``appliance_event_loop_lag_seconds{quantile}`` (0.5, 0.99 and 1 over the last minute) and
+  ``appliance_event_loop_stalls_total`` (wake-ups >= 100 ms late): the agent's asyncio loop
+  (:mod:`appliance.metrics.loop_lag`), from ``status``.
 """
 
 from __future__ import annotations
@@ -143,6 +148,10 @@ class CallMetricsCollector(Collector):
         dropped = CounterMetricFamily(
             "appliance_media_rx_dropped_frames", "Caller audio frames (20 ms) dropped."
         )
+        underruns = CounterMetricFamily(
+            "appliance_media_tx_underruns",
+            "20 ms ticks with no agent audio queued (silence sent).",
+        )
         v2v = HistogramMetricFamily(
             "appliance_voice_to_voice_seconds",
             "Caller's last voice to the agent's first audio, per turn (in-process).",
@@ -175,12 +184,13 @@ class CallMetricsCollector(Collector):
                     ):
                         rejections.add_metric([str(status)], n)
                 if "call_media" in tables:
-                    errs, drops = conn.execute(
-                        "SELECT COALESCE(SUM(callback_errors), 0), COALESCE(SUM(rx_dropped), 0) "
-                        "FROM call_media"
+                    errs, drops, under = conn.execute(
+                        "SELECT COALESCE(SUM(callback_errors), 0), COALESCE(SUM(rx_dropped), 0), "
+                        "COALESCE(SUM(tx_underruns), 0) FROM call_media"
                     ).fetchone()
                     cb_errors.add_metric([], errs)
                     dropped.add_metric([], drops)
+                    underruns.add_metric([], under)
                 if "turn_latency" in tables:
                     self._latency(conn, v2v, stages)
                 if "transfers" in tables:
@@ -193,6 +203,7 @@ class CallMetricsCollector(Collector):
             finally:
                 conn.close()
         yield from (calls, scored, contained, escalations, flags, rejections, cb_errors, dropped)
+        yield underruns
         yield from (v2v, stages, transfers)
 
     def _open(self) -> sqlite3.Connection | None:
@@ -286,6 +297,23 @@ class CallMetricsCollector(Collector):
             for name, state in sorted(stage_map.items()):
                 gauge.add_metric([str(name)], 0.0 if state == "ok" else 1.0)
             yield gauge
+        lag = status.get("loop_lag")
+        if isinstance(lag, dict) and lag.get("samples"):
+            quantiles = GaugeMetricFamily(
+                "appliance_event_loop_lag_seconds",
+                "How late the agent's event loop ran a due wake-up, over the last minute.",
+                labels=["quantile"],
+            )
+            for label, key in (("0.5", "p50_s"), ("0.99", "p99_s"), ("1", "window_max_s")):
+                if isinstance(lag.get(key), int | float):
+                    quantiles.add_metric([label], float(lag[key]))
+            yield quantiles
+            if isinstance(lag.get("stalls"), int):
+                stalls = CounterMetricFamily(
+                    "appliance_event_loop_stalls", "Loop wake-ups at least 100 ms late."
+                )
+                stalls.add_metric([], lag["stalls"])
+                yield stalls
 
 
 def exposition(metrics_db: Path, control: ControlClient | None = None) -> bytes:

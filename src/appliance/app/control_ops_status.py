@@ -174,10 +174,13 @@ class StatusOps:
 
         ``ready``: the SIP user agent runs and takes calls; ``draining``: it refuses new ones
         (SIGTERM, or the audit log failed). ``uptime_s`` is in s since the process started.
+        ``loop_lag``: the event loop's lag over the last minute
+        (:class:`appliance.metrics.loop_lag.LoopLag` as a dict, s; no samples before serving).
         """
         server = self._server
         ua = getattr(server, "_ua", None)  # ApplianceServer's SIP user agent, once started
         draining = bool(getattr(ua, "draining", False))
+        lag = getattr(server, "loop_lag", None)  # LoopLagMonitor (ApplianceServer)
         with self._lock:
             active = len(self._active)
             loaded_at = self._settings_loaded_at
@@ -193,4 +196,5 @@ class StatusOps:
             "audit": await asyncio.to_thread(self.audit_status),  # waits on the log's lock
             "models": [dict(m) for m in self._models],
             "settings_loaded_at": loaded_at,
+            "loop_lag": lag.snapshot().as_dict() if lag is not None else None,
         }

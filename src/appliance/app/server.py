@@ -46,6 +46,7 @@ from appliance.events import (
     ServiceStarted,
 )
 from appliance.media.sip import CallHandle, SipUserAgent
+from appliance.metrics.loop_lag import LoopLagMonitor
 from appliance.metrics.store import CallMetadataStore
 from appliance.models.engines import ModelSet, load_models
 from appliance.pipeline.builder import (
@@ -108,6 +109,8 @@ class ApplianceServer:
         self.liveness: Liveness | None = None
         self.transfers: Transfers | None = None
         self.outbound: OutboundService | None = None
+        #: How late the event loop runs what is due (started once serving).
+        self.loop_lag = LoopLagMonitor()
         marker = "agent.running" if worker is None else f"agent-{worker}.running"  # ADR 0020
         self._marker = RunMarker(Path(settings.store.metadata_db).with_name(marker))
 
@@ -174,6 +177,7 @@ class ApplianceServer:
         live = asyncio.create_task(self.liveness.run())
         self._bg.add(live)
         live.add_done_callback(self._bg.discard)
+        self.loop_lag.start()  # issue 13 item 4: the loop's lag, in ``status`` and /metrics
         self._notifier.notify("READY=1", "STATUS=accepting calls")
         _LOGGER.info(
             "ready: accepting SIP calls on %s (max %d concurrent)",
@@ -187,6 +191,7 @@ class ApplianceServer:
             if control is not None:
                 await control.close()  # before the audit log closes under its requests
             live.cancel()
+            self.loop_lag.stop()
             if self.outbound is not None:
                 self.outbound.close()
             self.liveness.disarm()
