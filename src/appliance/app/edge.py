@@ -282,8 +282,13 @@ def worker_settings(settings: ApplianceSettings, index: int) -> ApplianceSetting
 
     * ``[sip] bind`` = ``worker_host:worker_base_port + index``; ``allowed_peers`` = the
       worker host only (the edge is its one peer; the trunk allowlist is checked at the edge);
-      ``rtp_port`` moved up by ``index * rtp_port_stride``; ``max_calls`` at most
-      :data:`WORKER_MAX_CALLS`.
+      ``rtp_port`` moved up by ``index * rtp_port_stride`` and ``rtp_port_max`` set so the
+      workers' RTP ranges (``rtp_port_stride`` ports each) never overlap; ``max_calls`` at
+      most :data:`WORKER_MAX_CALLS`.
+    * ``[sip] rtp_address``: the box's ``rtp_address`` when set, else the edge's trunk host
+      (:func:`trunk_address`), else (a wildcard trunk host) the address routed towards the
+      trunk: RTP flows between the PBX and the worker directly, never via loopback.
+      ``rtp_public_address`` is kept as set.
     * ``[audit]``: its own log ``audit-<index>.sqlite`` and checkpoint file
       ``checkpoints-<index>.log`` (a hash chain has one writer), origin ``<origin>/worker-<index>``;
       the same KEK and signing key.
@@ -300,7 +305,8 @@ def worker_settings(settings: ApplianceSettings, index: int) -> ApplianceSetting
         The worker's settings.
 
     Raises:
-        ConfigError: ``config_invalid`` when ``index`` is outside ``[0, workers)``.
+        ConfigError: ``config_invalid`` when ``index`` is outside ``[0, workers)``, or the
+            trunk host is a wildcard, ``rtp_address`` is unset and no allowed peer is routable.
     """
     edge = settings.edge
     try:
@@ -308,11 +314,16 @@ def worker_settings(settings: ApplianceSettings, index: int) -> ApplianceSetting
     except ValueError as exc:
         raise ConfigError("config_invalid", f"--worker: {exc}") from exc
     host_net = ipaddress.ip_network(edge.worker_host)
+    rtp_port = settings.sip.rtp_port + index * edge.rtp_port_stride
     sip = settings.sip.model_copy(
         update={
             "bind": _hostport(edge.worker_host, port),
             "allowed_peers": [str(host_net)],
-            "rtp_port": settings.sip.rtp_port + index * edge.rtp_port_stride,
+            "rtp_port": rtp_port,
+            "rtp_port_max": rtp_port + edge.rtp_port_stride - 1,
+            # SIP stays on loopback behind the edge; RTP goes straight to the PBX (Kamailio
+            # relays no media), so it binds the trunk-side address.
+            "rtp_address": settings.sip.rtp_bind_address(trunk_address(settings)[0]),
             "max_calls": min(settings.sip.max_calls, WORKER_MAX_CALLS),
         }
     )

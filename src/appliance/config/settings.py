@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -58,6 +59,25 @@ class SipSettings(_Section):
 
     bind: str = Field("127.0.0.1:5060", description="HOST:PORT the SIP UDP transport binds to.")
     rtp_port: int = Field(40000, ge=1024, le=65000, description="First RTP port to allocate.")
+    rtp_port_max: int | None = Field(
+        None,
+        ge=1025,
+        le=65535,
+        description="Last RTP port to allocate (RTP and RTCP pairs, ascending, wrapping back "
+        "to rtp_port); unset: rtp_port + 999, at most 65535.",
+    )
+    rtp_address: str = Field(
+        "",
+        description="IP address the RTP and RTCP sockets bind to. Empty: the host of bind "
+        "when it is a specific address, else the local address the OS routes to the first "
+        "allowed_peers entry. '0.0.0.0' or '::' binds every address: possible, discouraged "
+        "(media then reaches the worker on interfaces no trunk uses).",
+    )
+    rtp_public_address: str = Field(
+        "",
+        description="IP address written into the SDP c= and o= lines (where the far end sends "
+        "RTP), e.g. a NAT's outside address; empty: the address RTP binds to.",
+    )
     allowed_peers: list[str] = Field(
         default_factory=lambda: ["127.0.0.1/32"],
         description="Trunk peers (IP or CIDR) allowed to send INVITEs; others get 403.",
@@ -119,6 +139,47 @@ class SipSettings(_Section):
             raise ValueError(f"expected HOST:PORT, got {value!r}")
         return value
 
+    @field_validator("rtp_address")
+    @classmethod
+    def _check_rtp_address(cls, value: str) -> str:
+        if value:
+            _ip_literal(value, "rtp_address")
+        return value
+
+    @field_validator("rtp_public_address")
+    @classmethod
+    def _check_rtp_public_address(cls, value: str) -> str:
+        if not value:
+            return value
+        ip = _ip_literal(value, "rtp_public_address")
+        if ip.is_unspecified or ip.is_multicast:
+            raise ValueError(
+                f"rtp_public_address {value!r} is not an address a far end can send RTP to; "
+                "give the unicast address the trunk reaches this box on"
+            )
+        return str(ip)
+
+    @model_validator(mode="after")
+    def _check_rtp(self) -> SipSettings:
+        """The RTP port range holds every call pjsua can have; the addresses share a family."""
+        if self.rtp_port_max is not None:
+            ports = self.rtp_port_max - self.rtp_port + 1
+            if ports < RTP_PORTS_MIN:
+                raise ValueError(
+                    f"rtp_port_max {self.rtp_port_max} leaves {max(ports, 0)} RTP ports from "
+                    f"rtp_port {self.rtp_port}; at least {RTP_PORTS_MIN} are needed (an RTP and "
+                    f"an RTCP port for each of the {MAX_CALLS_PER_PROCESS} calls pjsua holds)"
+                )
+        if self.rtp_address and self.rtp_public_address:
+            bound = ipaddress.ip_address(self.rtp_address)
+            public = ipaddress.ip_address(self.rtp_public_address)
+            if bound.version != public.version:
+                raise ValueError(
+                    f"rtp_public_address {self.rtp_public_address!r} is IPv{public.version} but "
+                    f"rtp_address {self.rtp_address!r} is IPv{bound.version}"
+                )
+        return self
+
     @field_validator("allowed_peers")
     @classmethod
     def _check_peers(cls, value: list[str]) -> list[str]:
@@ -161,6 +222,38 @@ class SipSettings(_Section):
         """Bind port part of :attr:`bind`."""
         return int(self.bind.rpartition(":")[2])
 
+    @property
+    def rtp_port_count(self) -> int:
+        """Ports in the RTP range: ``rtp_port .. rtp_port_max`` (default 1,000, up to 65535)."""
+        last = self.rtp_port_max if self.rtp_port_max is not None else self.rtp_port + 999
+        return min(last, 65535) - self.rtp_port + 1
+
+    def rtp_bind_address(self, sip_host: str | None = None) -> str:
+        """The address the RTP sockets bind to (see :attr:`rtp_address`).
+
+        Args:
+            sip_host: The SIP host to start from instead of :attr:`host` (the edge passes its
+                trunk host for workers whose own SIP host is loopback).
+
+        Returns:
+            ``rtp_address`` when set; else the SIP host when it is a specific address (or a
+            name, which pjlib resolves); else the local address the kernel would send from
+            towards the first reachable ``allowed_peers`` entry (:func:`route_source_address`).
+
+        Raises:
+            ConfigError: ``config_invalid``: the SIP host is a wildcard and no allowed peer is
+                routable from this host.
+        """
+        if self.rtp_address:
+            return self.rtp_address
+        host = sip_host if sip_host is not None else self.host
+        try:
+            if not ipaddress.ip_address(host).is_unspecified:
+                return host
+        except ValueError:
+            return host
+        return route_source_address(self.allowed_peers)
+
     def peer_allowed(self, address: str) -> bool:
         """Return whether a source IP address belongs to a configured trunk peer."""
         try:
@@ -168,6 +261,54 @@ class SipSettings(_Section):
         except ValueError:
             return False
         return any(ip in ipaddress.ip_network(p, strict=False) for p in self.allowed_peers)
+
+
+#: Fewest RTP ports a range may have: an RTP and an RTCP port (RFC 3550 section 11) for each
+#: call one pjsua2 process can hold.
+RTP_PORTS_MIN = 2 * MAX_CALLS_PER_PROCESS
+
+
+def _ip_literal(value: str, name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_address(value.strip("[]"))
+    except ValueError:
+        raise ValueError(f"{name} must be an IPv4 or IPv6 address, got {value!r}") from None
+
+
+def route_source_address(peers: Iterable[str]) -> str:
+    """The local address the kernel picks to send to the first routable peer.
+
+    A UDP socket is ``connect()``-ed towards a host of each ``peers`` entry in turn (the
+    address itself for a ``/32`` or ``/128``, else the network's first host) and
+    ``getsockname()`` read back: the kernel chose the source by its routing table. No packet
+    is sent (UDP ``connect`` only sets the default destination).
+
+    Args:
+        peers: IP addresses or CIDR networks (``[sip] allowed_peers``).
+
+    Returns:
+        The source address, e.g. ``"192.168.1.20"``.
+
+    Raises:
+        ConfigError: ``config_invalid``: no entry is routable from this host.
+    """
+    tried: list[str] = []
+    for peer in peers:
+        net = ipaddress.ip_network(peer, strict=False)
+        target = net.network_address if net.num_addresses <= 2 else net.network_address + 1
+        family = socket.AF_INET if net.version == 4 else socket.AF_INET6
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.connect((str(target), 9))
+            except OSError as exc:
+                tried.append(f"{target}: {exc.strerror or exc}")
+                continue
+            return str(sock.getsockname()[0])
+    raise ConfigError(
+        "config_invalid",
+        "sip.rtp_address: no route to any allowed_peers entry to pick the RTP address from "
+        f"({'; '.join(tried) or 'no peers'}); set [sip] rtp_address",
+    )
 
 
 class ClinicSettings(_Section):
@@ -471,6 +612,25 @@ class ApplianceSettings(_Section):
     @model_validator(mode="after")
     def _check_outbound(self) -> ApplianceSettings:
         check_room_for_inbound(self.outbound, self.sip.max_calls)
+        return self
+
+    @model_validator(mode="after")
+    def _check_edge_rtp(self) -> ApplianceSettings:
+        """Behind the edge, every worker's RTP range lies inside ``[sip] rtp_port_max``.
+
+        Worker N allocates ``rtp_port_stride`` ports from ``rtp_port + N * rtp_port_stride``;
+        the last one must not pass ``rtp_port_max`` (65535 when unset).
+        """
+        if not self.edge.enabled:
+            return self
+        last = self.sip.rtp_port + self.edge.worker_count() * self.edge.rtp_port_stride - 1
+        limit = self.sip.rtp_port_max if self.sip.rtp_port_max is not None else 65535
+        if last > limit:
+            raise ValueError(
+                f"{self.edge.worker_count()} edge workers x rtp_port_stride "
+                f"{self.edge.rtp_port_stride} from sip.rtp_port {self.sip.rtp_port} need RTP "
+                f"ports up to {last}, past {limit} (sip.rtp_port_max)"
+            )
         return self
 
 

@@ -14,7 +14,7 @@ import pjsua2 as pj
 
 from appliance.audio.bridge import PTIME_MS
 from appliance.config.settings import SipSettings
-from appliance.errors import MediaError
+from appliance.errors import ConfigError, MediaError
 from appliance.media.admission import PJSUA_MAX_CALLS
 
 
@@ -76,10 +76,27 @@ def _init_lib(ep: pj.Endpoint, settings: SipSettings, clock_rate: int) -> None:
 
 
 def account_config(settings: SipSettings) -> pj.AccountConfig:
-    """The local account: ``sip:appliance@<bind>``, RTP from ``rtp_port`` (1,000 ports)."""
+    """The local account: ``sip:appliance@<bind>``, and where its RTP lives.
+
+    RTP and RTCP bind to :meth:`SipSettings.rtp_bind_address` (``[sip] rtp_address``, by
+    default the SIP host, or the address routed towards the trunk when SIP binds a wildcard),
+    on ports ``rtp_port .. rtp_port_max``; SDP's ``c=`` and ``o=`` lines carry
+    ``rtp_public_address`` when set (pjsua2 ``AccountMediaConfig.transportConfig``:
+    ``boundAddress``, ``publicAddress``, ``port``, ``portRange``; pjsua's
+    ``pjsua_transport_config.bound_addr`` and ``public_addr``).
+
+    Raises:
+        MediaError: ``rtp_address_unresolved``: SIP binds a wildcard, ``rtp_address`` is
+            unset, and no allowed peer is routable to pick the address from.
+    """
+    try:
+        rtp_host = settings.rtp_bind_address()
+    except ConfigError as exc:
+        raise MediaError("rtp_address_unresolved", exc.message) from exc
     acfg = pj.AccountConfig()
     acfg.idUri = f"sip:appliance@{settings.bind}"
     acfg.mediaConfig.transportConfig.port = settings.rtp_port
-    acfg.mediaConfig.transportConfig.portRange = 1000
-    acfg.mediaConfig.transportConfig.boundAddress = settings.host
+    acfg.mediaConfig.transportConfig.portRange = settings.rtp_port_count
+    acfg.mediaConfig.transportConfig.boundAddress = rtp_host
+    acfg.mediaConfig.transportConfig.publicAddress = settings.rtp_public_address
     return acfg
