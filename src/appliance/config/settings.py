@@ -142,9 +142,7 @@ class SipSettings(_Section):
     @field_validator("rtp_address")
     @classmethod
     def _check_rtp_address(cls, value: str) -> str:
-        if value:
-            _ip_literal(value, "rtp_address")
-        return value
+        return str(_ip_literal(value, "rtp_address")) if value else value
 
     @field_validator("rtp_public_address")
     @classmethod
