@@ -182,6 +182,35 @@ class DialRefused(Event):
 
 
 @dataclass(frozen=True)
+class AmdDecided(Event):
+    """Answering-machine detection on an answered outbound call (ADR 0022); no content, no audio.
+
+    ``decision`` is the detector's (``"human"``, ``"machine"``, ``"unknown"``) and ``cause`` the
+    rule that made it (``"after_greeting_silence"``, ``"long_greeting"``, ``"beep"``...);
+    ``decided_at_ms`` is audio time since the answer, ``wall_ms`` the wall-clock time since the
+    answer when the decision was taken. ``speech_ms`` and ``words`` are the speech-pattern
+    features, ``beep_ms``/``beep_hz`` the first beep's onset (audio ms) and frequency, when one
+    was heard. ``treated_as`` is what the dialler did: ``"live"`` (the disclosure and the
+    conversation; ``unknown`` counts as live) or ``"voicemail"`` (the no-PHI message). For
+    voicemail the record is written when the message may start: ``cue`` says why
+    (``"beep"``, ``"greeting_end"``, ``"timeout"``; ``"hung_up"``: the call ended first) and
+    ``cue_at_ms`` when (audio ms); both are empty for a live answer.
+    """
+
+    decision: str
+    cause: str
+    decided_at_ms: int
+    wall_ms: int
+    speech_ms: int
+    words: int
+    treated_as: str
+    beep_ms: int | None = None
+    beep_hz: float | None = None
+    cue: str = ""
+    cue_at_ms: int | None = None
+
+
+@dataclass(frozen=True)
 class ConfigChanged(Event):
     """The configuration was reloaded (``accepted``) or a reload was refused; no content."""
 

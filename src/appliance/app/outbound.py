@@ -26,16 +26,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sqlite3
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import phonenumbers
+
 from appliance.agent.calendar.schema import fmt
 from appliance.agent.dialog import DialogManager
+from appliance.app.answering_machine import AnsweringMachineScreen
 from appliance.app.control_ops_audit import AuditOps, check_actor
 from appliance.app.dialler import DialJob, Dialler, OutcomeStore, SipPlacer, open_gate
+from appliance.config.settings import ApplianceSettings
 from appliance.control import ControlError, ControlServer
+from appliance.events import AgentSpoke, Event
 from appliance.media.sip import CallHandle
 
 if TYPE_CHECKING:
@@ -48,6 +54,62 @@ WORKFLOW = "reminders"
 
 CAMPAIGN_DAYS_MAX = 14
 """The furthest ahead a reminder campaign may reach, days."""
+
+MESSAGE_TAIL_S = 0.6
+"""Wait after the voicemail message has played before the BYE (the far end's jitter buffer)."""
+MESSAGE_TIMEOUT_S = 45.0
+"""Longest a voicemail message may take to play (disclosure included) before the hang-up."""
+
+
+def spoken_number(number: str, region: str = "US") -> str:
+    """A phone number as the TTS should say it: digit by digit, in its national groups.
+
+    ``"+12125550100"`` -> ``"2 1 2, 5 5 5, 0 1 0 0"``. A ``tel:`` or ``sip:`` URI's user part
+    is used. Returns ``""`` when ``number`` holds no digits.
+    """
+    user = number.split(":", 1)[1] if number.startswith(("tel:", "sip:", "sips:")) else number
+    user = user.split("@", 1)[0].split(";", 1)[0]
+    try:
+        parsed = phonenumbers.parse(user, region)
+        text = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.NATIONAL)
+    except phonenumbers.NumberParseException:
+        text = user
+    return ", ".join(" ".join(group) for group in re.findall(r"\d+", text))
+
+
+def voicemail_text(settings: ApplianceSettings) -> str:
+    """The voicemail message said after the AI disclosure; ``""`` with no call-back number.
+
+    ``[outbound] voicemail_message`` with the clinic's name and the call-back number
+    (``callback_number``, else ``caller_id``) filled in. The settings allow no other
+    placeholder, so no patient name or appointment detail can reach an answering machine.
+    """
+    outbound = settings.outbound
+    number = spoken_number(outbound.callback_number or outbound.caller_id, outbound.region)
+    if not number:
+        return ""
+    return outbound.voicemail_message.replace("{clinic}", settings.clinic.name).replace(
+        "{callback_number}", number
+    )
+
+
+def _words(text: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9']+", text.lower().replace("\u2019", "'")))
+
+
+class _PlayedWatch:
+    """Set :attr:`done` (on ``loop``) once a call's played agent text holds ``expected``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, expected: str) -> None:
+        self.loop = loop
+        self.expected = _words(expected)
+        self.parts: list[str] = []
+        self.done = asyncio.Event()
+
+    def heard(self, text: str) -> None:
+        self.parts.append(text)
+        if self.expected in _words(" ".join(self.parts)):
+            self.loop.call_soon_threadsafe(self.done.set)
 
 
 def reminder_outcome(dialog: DialogManager) -> str:
@@ -115,11 +177,16 @@ class OutboundService:
             SipPlacer(server._ua),
             self.store,
             converse=self.converse,
-            detect_machine=None,  # appliance.audio.amd plugs in here; until then: live
+            detect_machine=self.detect_machine,
+            leave_message=self.leave_message,
             hold=lambda: server._ua is not None and server._ua.draining,
         )
         self.task: asyncio.Task[None] | None = None
         self._audit = AuditOps(server)
+        assert server.models is not None
+        self.screen = AnsweringMachineScreen(server.models.vad_path, server.bus.emit)
+        self._watches: dict[str, _PlayedWatch] = {}
+        server.bus.subscribe(self._on_event)
 
     def start(self) -> None:
         """Run the dialler in the background."""
@@ -133,8 +200,68 @@ class OutboundService:
         self.consent.close()
         self.dnc.close()
 
+    async def detect_machine(self, handle: CallHandle) -> bool:
+        """The dialler's AMD seam: ``True`` when an answering machine took the call.
+
+        Listens to the callee's first seconds (:class:`AnsweringMachineScreen`); a live answer
+        or a not-sure one returns as soon as it is decided, so the disclosure starts then.
+        """
+        return await self.screen.detect(handle)
+
+    async def leave_message(self, job: DialJob, handle: CallHandle) -> None:
+        """Wait for the beep (or the greeting's end), say the voicemail message, hang up.
+
+        The message is the AI disclosure naming the clinic (the pipeline's opener, as on every
+        call) and :func:`voicemail_text`: a call-back number, no patient name, no appointment
+        detail. It is spoken with the call's own pipeline (TTS, played-text tracking, the
+        audit's ``DisclosurePlayed`` and ``AgentSpoke``); the BYE follows once it has played.
+        """
+        text = voicemail_text(self.server.settings)
+        cue = await self.screen.wait_for_cue(handle)
+        if cue is None:  # the machine hung up first
+            return
+        if not text:
+            _LOGGER.warning("dial %s: no call-back number set; no message left", job.job_id)
+            return
+        await self._speak_then_hang_up(handle, text)
+
+    async def _speak_then_hang_up(self, handle: CallHandle, text: str) -> None:
+        server = self.server
+        watch = _PlayedWatch(asyncio.get_running_loop(), text)
+        self._watches[handle.call_id] = watch
+        server._call_events[handle.call_id] = []
+        call = asyncio.create_task(
+            server._run_call(handle, "outbound", greeting=text), name=f"voicemail-{handle.call_id}"
+        )
+        played = asyncio.ensure_future(watch.done.wait())
+        try:
+            await asyncio.wait(
+                {played, call}, timeout=MESSAGE_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+            )
+            if played.done():
+                await asyncio.sleep(MESSAGE_TAIL_S)
+            else:
+                _LOGGER.warning("call %s: the voicemail message did not play", handle.call_id)
+        finally:
+            played.cancel()
+            self._watches.pop(handle.call_id, None)
+            handle.hangup()
+            try:
+                await asyncio.wait_for(call, 15.0)
+            except TimeoutError:
+                _LOGGER.warning("call %s: the pipeline outlived the hang-up", handle.call_id)
+
+    def _on_event(self, event: Event) -> None:
+        """Bus listener: the played agent text of calls leaving a voicemail message."""
+        if isinstance(event, AgentSpoke):
+            watch = self._watches.get(event.call_id)
+            if watch is not None:
+                watch.heard(event.text)
+
     async def converse(self, job: DialJob, handle: CallHandle) -> str:
         """Run the reminder conversation on an answered call; its outcome."""
+        if handle.disconnected.is_set():  # the callee hung up while AMD listened
+            return "no-decision"
         server = self.server
         agent = server.agent
         assert agent is not None

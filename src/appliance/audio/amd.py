@@ -415,6 +415,25 @@ class AnsweringMachineDetector:
         )
         return self.message_cue
 
+    def give_up(self, cause: str) -> AmdResult:
+        """End the first stage without more audio: ``unknown`` with ``cause``, unless decided.
+
+        For a caller that stops feeding before a decision (the call ended, no audio reached
+        the wall-clock deadline). Returns the decision (the earlier one, if there was one).
+        """
+        if self.result is None:
+            self._decide(Decision.UNKNOWN, cause, at_ms=self.elapsed_ms)
+        assert self.result is not None  # noqa: S101 - set just above
+        return self.result
+
+    def cue_now(self) -> MessageCue:
+        """End the second stage without more audio: a ``timeout`` cue now, unless cued."""
+        if self.message_cue is None:
+            self.message_cue = MessageCue(
+                at_ms=self.elapsed_ms, cause="timeout", beep=self._first_beep()
+            )
+        return self.message_cue
+
     def _first_beep(self) -> Beep | None:
         return self.beep_detector.beeps[0] if self.beep_detector.beeps else None
 

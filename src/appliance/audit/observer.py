@@ -38,6 +38,7 @@ AUDITED = {
     "CallEnded",
     "ConsentRecorded",
     "DialRefused",
+    "AmdDecided",
     "ConfigChanged",
     "IntentRecognized",
     "SlotFilled",

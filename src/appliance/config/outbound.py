@@ -8,14 +8,36 @@ often the dialler may dial. The window can be made stricter than 08:00-21:00 cal
 
 from __future__ import annotations
 
+import re
 from datetime import date, time
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import phonenumbers
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 #: The widest calling window the law allows (local wall time of the callee).
 TCPA_START = time(8, 0)
 TCPA_END = time(21, 0)
+
+
+#: The voicemail message's default (ADR 0022, "The voicemail message"): after the AI
+#: disclosure, which names the clinic, only a call-back number (47 CFR 64.1200(b)(2) asks for
+#: the caller's number in a prerecorded message; HIPAA minimum necessary allows nothing more).
+VOICEMAIL_DEFAULT = (
+    "This message is for you from {clinic}. Please call us back at {callback_number}. "
+    "Thank you, goodbye."
+)
+#: Placeholders a voicemail message may use.
+VOICEMAIL_FIELDS = frozenset({"clinic", "callback_number"})
+VOICEMAIL_FIELD = re.compile(r"\{([^{}]*)\}")
+VOICEMAIL_MAX_CHARS = 300
 
 
 class OutboundSettings(BaseModel):
@@ -69,6 +91,45 @@ class OutboundSettings(BaseModel):
     ring_timeout_s: float = Field(
         30.0, gt=0, le=120, description="Ringing longer than this is no answer (CANCEL)."
     )
+
+    callback_number: str = Field(
+        "",
+        description="The clinic's call-back number said in the voicemail message (a number "
+        "phonenumbers parses, E.164 preferred); empty: caller_id.",
+    )
+    voicemail_message: str = Field(
+        VOICEMAIL_DEFAULT,
+        description="Said after the AI disclosure on an answering machine, after the beep; "
+        "{clinic} and {callback_number} only: no patient name, no appointment detail.",
+    )
+
+    @field_validator("voicemail_message")
+    @classmethod
+    def _check_voicemail(cls, value: str) -> str:
+        fields = set(VOICEMAIL_FIELD.findall(value))
+        if fields - VOICEMAIL_FIELDS:
+            raise ValueError(
+                f"the voicemail message may only use {sorted(VOICEMAIL_FIELDS)}: a voicemail "
+                "holds the clinic's name and a call-back number, nothing more (HIPAA minimum "
+                "necessary)"
+            )
+        if "callback_number" not in fields:
+            raise ValueError("the voicemail message must say {callback_number}")
+        if len(value) > VOICEMAIL_MAX_CHARS:
+            raise ValueError(f"at most {VOICEMAIL_MAX_CHARS} characters, got {len(value)}")
+        return value
+
+    @field_validator("callback_number")
+    @classmethod
+    def _check_callback(cls, value: str, info: ValidationInfo) -> str:
+        if value:
+            try:
+                number = phonenumbers.parse(value, str(info.data.get("region", "US")))
+            except phonenumbers.NumberParseException as exc:
+                raise ValueError(f"not a phone number: {exc}") from exc
+            if not phonenumbers.is_possible_number(number):
+                raise ValueError("not a possible phone number")
+        return value
 
     @field_validator("trunk_uri")
     @classmethod
