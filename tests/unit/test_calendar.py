@@ -78,7 +78,7 @@ def test_database_is_wal_with_named_migrations(cal: SqliteCalendar) -> None:
         names = [r[0] for r in conn.execute("SELECT name FROM _migrations")]
     finally:
         conn.close()
-    assert names == ["001_calendar", "002_patient_details"]
+    assert names == ["001_calendar", "002_patient_details", "003_patient_address"]
 
 
 def test_database_written_by_the_old_migration_runner_opens_unchanged(tmp_path: Path) -> None:
@@ -114,7 +114,11 @@ def test_database_written_by_the_old_migration_runner_opens_unchanged(tmp_path: 
     finally:
         conn.close()
     assert rows[0] == ("001_calendar", stamped)  # recorded once, by the old runner
-    assert [name for name, _ in rows] == ["001_calendar", "002_patient_details"]
+    assert [name for name, _ in rows] == [
+        "001_calendar",
+        "002_patient_details",
+        "003_patient_address",
+    ]
 
 
 def test_seed_demo_contents(cal: SqliteCalendar) -> None:

@@ -409,3 +409,86 @@ def test_any_upload_gives_a_report_or_a_file_error(cal: SqliteCalendar, data: by
         assert exc.code and exc.message
         return
     assert all(r.status in ("imported", "unchanged", "rejected", "skipped") for r in report.rows)
+
+
+def _place(cal: SqliteCalendar, patient_id: str) -> tuple[str | None, ...]:
+    with cal.transaction() as conn:
+        row = conn.execute(
+            "SELECT city, region, postal_code, country FROM patient_details WHERE patient_id = ?",
+            [patient_id],
+        ).fetchone()
+    return tuple(row)
+
+
+def test_roster_address_places_the_patient_and_keeps_no_street(cal: SqliteCalendar) -> None:
+    text = (
+        "given_name,family_name,birth_date,phone,street,city,state,zip,country\n"
+        "Maria,Lopez,1982-03-04,555 010 0101,1 Main St,Honolulu,HI,96813,us\n"
+        "James,Carter,1975-11-20,555 010 0102,,Toronto,,M5V 2T6,CA\n"
+        "Fay,Nguyen,1999-07-04,555 010 0103,,Springfield,IL,,USA\n"
+        "Al,Dupont,1970-05-05,,,Lyon,,,France\n"
+        "Bob,Formula,1990-01-01,,,=HYPERLINK(1),,,\n"
+    )
+    report = import_into(cal, text.encode(), now=NOW)
+    statuses = [r[2] for r in rows(report)]
+    assert statuses == ["imported", "imported", "imported", "rejected", "rejected"]
+    assert "country must be a two-letter" in rows(report)[3][3]
+    assert report.notes == ["ignored column(s): street"]  # the box keeps no street address
+    maria = cal.find_patient("Maria", "Lopez", date(1982, 3, 4))
+    james = cal.find_patient("James", "Carter", date(1975, 11, 20))
+    assert maria is not None and james is not None
+    assert _place(cal, maria.id) == ("Honolulu", "HI", "96813", "US")
+    assert _place(cal, james.id) == ("Toronto", None, "M5V 2T6", "CA")
+    fay = cal.find_patient("Fay", "Nguyen", date(1999, 7, 4))
+    assert fay is not None and _place(cal, fay.id) == ("Springfield", "IL", None, "US")
+    with cal.transaction() as conn:
+        dump = "\n".join(conn.iterdump())
+    assert "Main St" not in dump
+    # A later roster with only a new city updates it and keeps the rest.
+    again = import_into(
+        cal, b"given_name,family_name,birth_date,city\nMaria,Lopez,1982-03-04,Hilo\n", now=NOW
+    )
+    assert rows(again) == [(2, "patient", "imported", "already registered; city updated")]
+    assert _place(cal, maria.id) == ("Hilo", "HI", "96813", "US")
+
+
+def test_fhir_home_address_is_read_and_a_foreign_country_name_is_left_out(
+    cal: SqliteCalendar,
+) -> None:
+    def patient(pid: str, given: str, address: list[dict[str, object]]) -> dict[str, object]:
+        return {
+            "resource": {
+                "resourceType": "Patient",
+                "id": pid,
+                "name": [{"given": [given], "family": "Test"}],
+                "birthDate": "1980-01-01",
+                "address": address,
+            }
+        }
+
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            patient(
+                "p1",
+                "Ann",
+                [
+                    {"use": "old", "city": "Boston", "state": "MA", "country": "US"},
+                    {"use": "home", "line": ["9 Elm St"], "city": "Phoenix", "state": "AZ",
+                     "postalCode": "85004", "country": "United States"},
+                ],
+            ),
+            patient("p2", "Ben", [{"city": "Lyon", "country": "France"}]),
+        ],
+    }  # fmt: skip
+    report = import_into(cal, json.dumps(bundle).encode(), now=NOW)
+    assert [r[2] for r in rows(report)] == ["imported", "imported"]
+    ann = cal.find_patient("Ann", "Test", date(1980, 1, 1))
+    ben = cal.find_patient("Ben", "Test", date(1980, 1, 1))
+    assert ann is not None and ben is not None  # Ben is imported, only without his address
+    assert _place(cal, ann.id) == ("Phoenix", "AZ", "85004", "US")
+    with cal.transaction() as conn:
+        assert "Elm St" not in "\n".join(conn.iterdump())
+        places = conn.execute("SELECT city FROM patient_details").fetchall()
+    assert ("Lyon",) not in places  # "France" is no ISO code: the number decides its zone

@@ -32,6 +32,7 @@ import uuid
 from collections.abc import Iterable
 from datetime import date, datetime, timedelta
 
+from appliance.admin.imports_model import PATIENT_DETAILS as DETAILS
 from appliance.admin.imports_model import (
     AppointmentIn,
     Decided,
@@ -100,7 +101,7 @@ class _Applier:
 
     def _details(self, patient_id: str) -> sqlite3.Row | None:
         row: sqlite3.Row | None = self.conn.execute(
-            "SELECT external_id, phone FROM patient_details WHERE patient_id = ?", [patient_id]
+            f"SELECT {', '.join(DETAILS)} FROM patient_details WHERE patient_id = ?", [patient_id]
         ).fetchone()
         return row
 
@@ -169,27 +170,28 @@ class _Applier:
                 " VALUES (?, ?, ?, ?)",
                 [new_id, p.given, p.family, p.birth_date.isoformat()],
             )
-            if p.external_id or p.phone:
-                self.conn.execute(
-                    "INSERT INTO patient_details (patient_id, external_id, phone) VALUES (?, ?, ?)",
-                    [new_id, p.external_id, p.phone],
-                )
+            given = tuple(getattr(p, f) for f in DETAILS)
+            if any(given):
+                self._write_details(new_id, given)
             if warning:
                 warning += "; the phone identity check cannot tell them apart"
             return new_id, "imported", warning
         held = self._details(same["id"])
-        old = (held["external_id"], held["phone"]) if held is not None else (None, None)
-        new = (p.external_id or old[0], p.phone or old[1])
+        old = tuple(held[f] for f in DETAILS) if held is not None else (None,) * len(DETAILS)
+        new = tuple(getattr(p, f) or was for f, was in zip(DETAILS, old, strict=True))
         if new == old:
             return same["id"], "unchanged", "already registered"
-        self.conn.execute(
-            "INSERT INTO patient_details (patient_id, external_id, phone) VALUES (?, ?, ?)"
-            " ON CONFLICT (patient_id) DO UPDATE SET external_id = excluded.external_id,"
-            " phone = excluded.phone",
-            [same["id"], *new],
-        )
-        changed = [n for n, a, b in zip(("external_id", "phone"), old, new, strict=True) if a != b]
+        self._write_details(same["id"], new)
+        changed = [n for n, a, b in zip(DETAILS, old, new, strict=True) if a != b]
         return same["id"], "imported", f"already registered; {' and '.join(changed)} updated"
+
+    def _write_details(self, patient_id: str, values: tuple[str | None, ...]) -> None:
+        self.conn.execute(
+            f"INSERT INTO patient_details (patient_id, {', '.join(DETAILS)})"
+            f" VALUES (?{', ?' * len(DETAILS)}) ON CONFLICT (patient_id) DO UPDATE SET "
+            + ", ".join(f"{f} = excluded.{f}" for f in DETAILS),
+            [patient_id, *values],
+        )
 
     def find_patient(self, key: PatientKey) -> str:
         if key.external_id:

@@ -5,7 +5,10 @@ dashes read as underscores, and with common aliases (``first_name``, ``last_name
 ``mrn``...). Unknown columns are ignored and named in the report's notes.
 
 * **Roster** (:func:`parse_roster`): ``given_name``, ``family_name``, ``birth_date``
-  required; ``phone`` and ``external_id`` (MRN) optional.
+  required; ``phone``, ``external_id`` (MRN) and the address's ``city``, ``region``
+  (``state``), ``postal_code`` (``zip``) and ``country`` (ISO 3166-1 alpha-2) optional: the
+  calling window's time zone comes from them (:mod:`appliance.policy.address_zone`). A street
+  column is ignored like any unknown one: the box keeps no street address.
 * **Schedule** (:func:`parse_schedule`): ``provider`` (an ID such as ``prov-patel`` or a
   name such as ``Dr. Patel``), ``start`` (ISO 8601 local clinic time, see
   :func:`~.imports_model.parse_local_time`) and ``minutes`` required; to book the slot, the
@@ -42,9 +45,11 @@ from appliance.admin.imports_model import (
     check_minutes,
     clean_name,
     parse_birth_date,
+    parse_country,
     parse_external_id,
     parse_local_time,
     parse_phone,
+    parse_place,
 )
 
 ALIASES = {
@@ -62,6 +67,14 @@ ALIASES = {
     "patient_id": "external_id",
     "phone_number": "phone",
     "telephone": "phone",
+    "state": "region",
+    "province": "region",
+    "zip": "postal_code",
+    "zip_code": "postal_code",
+    "zipcode": "postal_code",
+    "postcode": "postal_code",
+    "country_code": "country",
+    "town": "city",
     "duration": "minutes",
     "length": "minutes",
     "patient_external_id": "patient",
@@ -70,7 +83,15 @@ ALIASES = {
 }
 
 ROSTER_REQUIRED = ("given_name", "family_name", "birth_date")
-ROSTER_COLUMNS = (*ROSTER_REQUIRED, "phone", "external_id")
+ROSTER_COLUMNS = (
+    *ROSTER_REQUIRED,
+    "phone",
+    "external_id",
+    "city",
+    "region",
+    "postal_code",
+    "country",
+)
 SCHEDULE_REQUIRED = ("provider", "start", "minutes")
 SCHEDULE_COLUMNS = (
     *SCHEDULE_REQUIRED,
@@ -253,11 +274,28 @@ def parse_roster(text: str, today: date, notes: list[str]) -> list[Parsed]:
         born = errors.check(parse_birth_date, cells.get("birth_date"), today)
         phone = errors.check(parse_phone, cells.get("phone"))
         external_id = errors.check(parse_external_id, cells.get("external_id"))
+        city = errors.check(parse_place, cells.get("city"), "city")
+        region = errors.check(parse_place, cells.get("region"), "region")
+        postal_code = errors.check(parse_place, cells.get("postal_code"), "postal_code")
+        country = errors.check(parse_country, cells.get("country"))
         label = _label(cells, "given_name", "family_name")
         if errors.reasons or given is None or family is None or born is None:
             out.append(RowResult(line, "patient", "rejected", str(errors), label))
             continue
-        out.append(PatientIn(line, given, family, born, phone, external_id))
+        out.append(
+            PatientIn(
+                line,
+                given,
+                family,
+                born,
+                phone,
+                external_id,
+                city=city,
+                region=region,
+                postal_code=postal_code,
+                country=country,
+            )
+        )
     return out
 
 

@@ -10,8 +10,10 @@ Mapping (https://hl7.org/fhir/R4/):
 * **Patient**: the ``official`` name (else ``usual``, else the first): first ``given`` and
   ``family``; ``birthDate`` (a full date; a year or year-month alone is rejected); the first
   ``telecom`` with ``system`` ``phone``; the ``identifier`` typed ``MR`` (HL7 v2 table 0203,
-  medical record number), else the first one, as the external ID. ``active: false`` is
-  skipped.
+  medical record number), else the first one, as the external ID; the ``home`` address
+  (else the first that is not ``old``): ``city``, ``state``, ``postalCode`` and ``country``
+  only, never ``line`` (the calling window's time zone; :mod:`appliance.policy.address_zone`).
+  ``active: false`` is skipped.
 * **Practitioner**: ``name.text``, else ``prefix`` and ``family`` ("Dr. Patel"), else
   ``given`` and ``family``.
 * **Schedule**: not stored; its first ``actor`` that references a Practitioner is the
@@ -49,9 +51,11 @@ from appliance.admin.imports_model import (
     check_minutes,
     clean_name,
     parse_birth_date,
+    parse_country,
     parse_external_id,
     parse_local_time,
     parse_phone,
+    parse_place,
 )
 
 SUPPORTED = ("Patient", "Practitioner", "Schedule", "Slot", "Appointment")
@@ -87,6 +91,38 @@ class ContactPoint(_Element):
     value: str | None = None
 
 
+class Address(_Element):
+    """FHIR Address: the parts that place it in a time zone (``line`` is never read)."""
+
+    use: str | None = None
+    city: str | None = None
+    state: str | None = None
+    postalCode: str | None = None  # noqa: N815 - FHIR element name
+    country: str | None = None
+
+
+def _place(addresses: list[Address]) -> tuple[str | None, str | None, str | None, str | None]:
+    """``(city, region, postal code, ISO country)`` of the home (else first current) address.
+
+    An address whose country is neither an ISO 3166-1 alpha-2 code nor a spelling of the US
+    (:func:`~.imports_model.parse_country`) is left out whole: a wrong country would put the
+    patient in a wrong zone, while no address leaves the zone to the phone number.
+    """
+    current = [a for a in addresses if a.use != "old"]
+    home = next((a for a in current if a.use == "home"), current[0] if current else None)
+    if home is None:
+        return (None, None, None, None)
+    try:
+        return (
+            parse_place(home.city, "city"),
+            parse_place(home.state, "state"),
+            parse_place(home.postalCode, "postalCode"),
+            parse_country(home.country),
+        )
+    except FieldError:
+        return (None, None, None, None)
+
+
 class Coding(_Element):
     """FHIR Coding."""
 
@@ -116,6 +152,7 @@ class FhirPatient(_Element):
     birthDate: str | None = None  # noqa: N815 - FHIR element name
     telecom: list[ContactPoint] = []
     identifier: list[Identifier] = []
+    address: list[Address] = []
 
 
 class FhirPractitioner(_Element):
@@ -261,6 +298,7 @@ class _Bundle:
             parse_phone(phone),
             parse_external_id(mrn),
             self.refs(entry),
+            *_place(res.address),
         )
 
     def practitioner(self, row: int, entry: Entry) -> Record | RowResult:

@@ -157,7 +157,12 @@ class PatientKey:
 
 @dataclass(frozen=True)
 class PatientIn:
-    """A patient to import. ``refs``: the FHIR references that name it (empty for CSV)."""
+    """A patient to import. ``refs``: the FHIR references that name it (empty for CSV).
+
+    The address is only what places the patient in a time zone for the calling window
+    (:mod:`appliance.policy.address_zone`): city, region (US state), postal code and country
+    (ISO 3166-1 alpha-2). No street line is taken: the minimum necessary.
+    """
 
     row: int
     given: str
@@ -166,6 +171,14 @@ class PatientIn:
     phone: str | None = None
     external_id: str | None = None
     refs: tuple[str, ...] = ()
+    city: str | None = None
+    region: str | None = None
+    postal_code: str | None = None
+    country: str | None = None
+
+
+#: ``PatientIn`` fields kept in the calendar's ``patient_details`` table, in column order.
+PATIENT_DETAILS = ("external_id", "phone", "city", "region", "postal_code", "country")
 
 
 @dataclass(frozen=True)
@@ -328,6 +341,50 @@ def parse_external_id(value: str | None) -> str | None:
     if not _EXTERNAL_ID.match(text):
         raise FieldError("external_id must be printable ASCII without spaces")
     return text
+
+
+#: Longest city, region or postal code kept, characters.
+MAX_PLACE = 64
+
+
+def parse_place(value: str | None, field_name: str) -> str | None:
+    """An optional city, region (US state) or postal code: one line of printable text.
+
+    Raises:
+        FieldError: Too long, a formula, or a control character.
+    """
+    text = " ".join((value or "").split())
+    if not text:
+        return None
+    if len(text) > MAX_PLACE:
+        raise FieldError(f"{field_name} is longer than {MAX_PLACE} characters")
+    check_formula(text, field_name)
+    if not text.isprintable():
+        raise FieldError(f"{field_name} has a control character")
+    return text
+
+
+#: Spellings of the US taken besides its ISO code (exports often write these).
+_US_NAMES = {"usa", "u.s.a.", "u.s.", "united states", "united states of america"}
+
+
+def parse_country(value: str | None) -> str | None:
+    """An optional country as an ISO 3166-1 alpha-2 code (``US``, ``ca``), upper-cased.
+
+    ``USA`` and ``United States`` are read as ``US``; other country names are refused
+    rather than guessed.
+
+    Raises:
+        FieldError: Not two letters.
+    """
+    text = (value or "").strip()
+    if not text:
+        return None
+    if text.casefold() in _US_NAMES:
+        return "US"
+    if not re.fullmatch(r"[A-Za-z]{2}", text):
+        raise FieldError("country must be a two-letter ISO 3166-1 code (US, CA, GB...)")
+    return text.upper()
 
 
 def parse_local_time(value: str | None, field_name: str = "start") -> datetime:

@@ -64,23 +64,31 @@ def _zone(name: str) -> ZoneInfo | None:
 
 
 def callee_zones(
-    number: str | PhoneNumber, address_tz: str | None = None, region: str = DEFAULT_REGION
+    number: str | PhoneNumber,
+    address_tz: str | tuple[str, ...] | None = None,
+    region: str = DEFAULT_REGION,
 ) -> tuple[str, ...]:
     """The candidate IANA zones of a callee; empty when unknown.
 
     Args:
         number: The callee's number (E.164 or any format ``phonenumbers`` parses, or already
             parsed by :func:`~appliance.policy.phone.parse_number`).
-        address_tz: The IANA zone of the patient's address when known (wins over the number);
-            an unknown zone name gives ``()`` (refused), never a fallback to the number.
+        address_tz: The IANA zone (or candidate zones, from
+            :func:`appliance.policy.address_zone.address_zones`) of the patient's address when
+            known; it wins over the number. An unknown zone name gives ``()`` (refused), never
+            a fallback to the number; an empty tuple means the address placed nothing and the
+            number decides.
         region: Region assumed for numbers without a ``+`` country code.
 
     Raises:
         InvalidNumber: ``number`` is not a valid phone number (only when ``address_tz`` is
             not given).
     """
-    if address_tz is not None:
-        return (address_tz,) if _zone(address_tz) is not None else ()
+    if isinstance(address_tz, str):
+        address_tz = (address_tz,)
+    if address_tz:
+        zones = tuple(z for z in address_tz if _zone(z) is not None)
+        return zones if len(zones) == len(address_tz) else ()
     parsed = number if isinstance(number, PhoneNumber) else parse_number(number, region)
     zones = pn_timezone.time_zones_for_number(parsed)
     return tuple(z for z in zones if _zone(z) is not None)

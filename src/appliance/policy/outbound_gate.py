@@ -100,7 +100,7 @@ class OutboundGate:
         number: str,
         scope: str,
         now: datetime,
-        address_tz: str | None = None,
+        address_tz: str | tuple[str, ...] | None = None,
         *,
         call_id: str = "",
     ) -> GateDecision:
@@ -111,7 +111,8 @@ class OutboundGate:
             scope: The consent scope the call needs (one of
                 :data:`~appliance.policy.consent.SCOPES`).
             now: The dial instant (aware datetime): pass the real clock at dial time.
-            address_tz: The IANA zone of the patient's address, when known.
+            address_tz: The IANA zone(s) of the patient's address, when known
+                (:func:`~appliance.policy.address_zone.address_zones`).
             call_id: The planned call's id for the record, or ``""``.
 
         Returns:

@@ -116,9 +116,17 @@ def _m002_patient_details(conn: sqlite3.Connection) -> None:
     )
 
 
+def _m003_patient_address(conn: sqlite3.Connection) -> None:
+    # Where the patient lives, only as far as the calling window's time zone needs it
+    # (appliance.policy.address_zone): no street line.
+    for column in ("city", "region", "postal_code", "country"):
+        conn.execute(f"ALTER TABLE patient_details ADD COLUMN {column} TEXT")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("001_calendar", _m001_calendar),
     ("002_patient_details", _m002_patient_details),
+    ("003_patient_address", _m003_patient_address),
 ]
 """The calendar's migrations in order; names are recorded in ``_migrations``."""
 
