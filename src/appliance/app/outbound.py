@@ -16,10 +16,13 @@ is the CLI over them):
 - ``outbound.reminders`` ``{"days", "campaign"?}`` -> ``{"campaign", "jobs": [job ids]}``:
   every booked appointment in the next ``days`` days whose patient has a phone on file;
 - ``outbound.job`` ``{"job_id"}`` -> ``{"outcome", "attempts": [[attempt, t, status, result]]}``;
-- ``outbound.campaign`` ``{"campaign"}`` -> ``{"outcomes": {outcome: count}}``.
+- ``outbound.campaign`` ``{"campaign"}`` -> ``{"outcomes": {outcome: count}}``;
+- ``outbound.preview`` ``{"days"}`` -> ``{"appointments": n, "refused": {reason: count}}``: a
+  dry run of ``outbound.reminders`` (nothing queued, dialled or recorded).
 
 Starting a campaign is recorded on the audit log with its actor (``AdminOutboundStarted``).
-The two-person sign-off that issue 15 asks for is not built (ADR 0021).
+The admin page's campaigns (``appliance.admin.campaigns``) call ``outbound.reminders`` only
+after a compliance review and the owner's sign-off by two other people (ADR 0021 appendix).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import asyncio
 import logging
 import re
 import sqlite3
+from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +47,7 @@ from appliance.config.settings import ApplianceSettings
 from appliance.control import ControlError, ControlServer
 from appliance.events import AgentSpoke, Event
 from appliance.media.sip import CallHandle
+from appliance.policy.outbound_gate import OutboundGate
 
 if TYPE_CHECKING:
     from appliance.app.server import ApplianceServer
@@ -290,6 +295,7 @@ class OutboundService:
         control.register("outbound.reminders", self.op_reminders)
         control.register("outbound.job", self.op_job)
         control.register("outbound.campaign", self.op_campaign)
+        control.register("outbound.preview", self.op_preview)
 
     async def _record(self, actor: str, meta: dict[str, Any]) -> None:
         """Put a campaign start on the audit log first; refused if it cannot be written."""
@@ -312,19 +318,24 @@ class OutboundService:
         self.dialler.submit(job)
         return {"job_id": job.job_id}
 
-    async def op_reminders(self, args: dict[str, Any], actor: str) -> dict[str, Any]:
-        """Queue a reminder campaign for the appointments of the next ``days`` days."""
+    async def _calendar_jobs(self, args: dict[str, Any], campaign: str) -> list[DialJob]:
+        """:func:`reminder_jobs` for ``args["days"]``; a bad ``days`` or calendar is refused."""
         days = args.get("days")
         if not isinstance(days, int) or isinstance(days, bool):
             raise ControlError("bad_request", "days (a whole number) needed")
-        campaign = str(args.get("campaign") or f"reminders-{datetime.now():%Y%m%d-%H%M%S}")
         db = Path(self.server.settings.scheduling.db)
         try:
-            jobs = await asyncio.to_thread(reminder_jobs, db, datetime.now(), days, campaign)
+            return await asyncio.to_thread(reminder_jobs, db, datetime.now(), days, campaign)
         except ValueError as exc:
             raise ControlError("bad_request", str(exc)) from exc
         except sqlite3.Error as exc:
             raise ControlError("unavailable", "the calendar cannot be read") from exc
+
+    async def op_reminders(self, args: dict[str, Any], actor: str) -> dict[str, Any]:
+        """Queue a reminder campaign for the appointments of the next ``days`` days."""
+        campaign = str(args.get("campaign") or f"reminders-{datetime.now():%Y%m%d-%H%M%S}")
+        jobs = await self._calendar_jobs(args, campaign)
+        days = args["days"]
         await self._record(actor, {"campaign": campaign, "jobs": len(jobs), "days": days})
         for job in jobs:
             self.dialler.submit(job)
@@ -341,6 +352,30 @@ class OutboundService:
     async def op_campaign(self, args: dict[str, Any], actor: str) -> dict[str, Any]:
         """A campaign's jobs per outcome (``""``: still running)."""
         return {"outcomes": self.store.summary(str(args.get("campaign", "")))}
+
+    async def op_preview(self, args: dict[str, Any], actor: str) -> dict[str, Any]:
+        """A dry run of ``outbound.reminders`` for the campaigns page: counts only.
+
+        Every appointment the campaign would dial is put to the real gate (DNC, consent, the
+        calling window at the dialler's clock, ``now``) through a silent sink: nothing is
+        queued, dialled or recorded, and no ``DialRefused`` is emitted for a dial never tried.
+        The answer holds no number: ``{"appointments": n, "refused": {reason: count}}``.
+        """
+        jobs = await self._calendar_jobs(args, "preview")
+        quiet = OutboundGate(
+            self.consent,
+            self.dnc,
+            self.gate.window,
+            lambda _event: None,
+            region=self.server.settings.outbound.region,
+        )
+        now = self.dialler.clock()
+        refused = Counter(
+            d.reason
+            for j in jobs
+            if not (d := quiet.check(j.number, j.scope, now, j.address_tz)).allowed
+        )
+        return {"appointments": len(jobs), "refused": dict(refused)}
 
 
 def start_outbound(
