@@ -9,7 +9,11 @@ the patient's phone; its message log is the wire record of what the box sent:
 * a busy line (486) is dialled again after the back-off, then recorded as ``busy``;
 * an answered call (200 OK with SDP) gets the conversation seam and a BYE.
 
-The gate's clock is a fixed instant (10:00 in New York) moving at real speed, so the test does
+``appliance serve`` then places live calls to sipp playing the patient (the opt-out, the
+confirmation), and one to sipp playing an answering machine: a greeting and a beep get the
+voicemail message (no PHI) after the beep, checked in the events, on the wire and transcribed.
+
+The in-process gate's clock is a fixed instant (10:00 in New York) moving at real speed, so the test does
 not depend on the hour it runs at.
 """
 
@@ -244,6 +248,8 @@ CANDIDATES = (
 )
 #: The agent's opening: the disclosure, then the reminder's intro and its first question.
 OPENING_MS = 22000
+#: The clinic's call-back number, said in the voicemail message ("2 1 2, 5 5 5, 0 1 0 0").
+CALLBACK = "+12125550100"
 
 
 def callable_number(line: int) -> str:
@@ -324,6 +330,7 @@ def agent_box(tmp_path_factory: pytest.TempPathFactory, store: Path) -> Iterator
             f'[scheduling]\ndemo_seed = true\ndb = "{work / "calendar.sqlite"}"\n'
             f'[admin]\ncontrol_socket = "{work / "control.sock"}"\n'
             "[outbound]\nenabled = true\nmax_concurrent = 1\nring_timeout_s = 10\n"
+            f'callback_number = "{CALLBACK}"\n'
             f'trunk_uri = "sip:{{number}}@127.0.0.1:{trunk_port}"\n'
             f'consent_db = "{work / "consent.sqlite"}"\ndnc_db = "{work / "dnc.sqlite"}"\n'
             f'outcomes_db = "{work / "dialler.sqlite"}"\n'
@@ -394,6 +401,18 @@ def test_stop_calling_me_revokes_consent_and_the_next_dial_is_refused(
     assert [(e["scope"], e["source"]) for e in revoked] == [("all", "outbound-call")]
     refused = [e for e in events if e["kind"] == "DialRefused"]
     assert [e["reason"] for e in refused] == ["dnc"]
+    # AMD listened first and let the conversation run: the callee was silent (the scenario
+    # speaks only after the opening), which is not sure, so live; the disclosure still began
+    # within ten seconds of the answer (AmdDecided's wall_ms counts from the 200 OK).
+    [amd] = [e for e in events if e["kind"] == "AmdDecided"]
+    assert (amd["decision"], amd["cause"], amd["treated_as"]) == (
+        "unknown",
+        "initial_silence",
+        "live",
+    )
+    answered_t = float(amd["t"]) - int(amd["wall_ms"]) / 1000
+    disclosure = next(e for e in events if e["kind"] == "DisclosurePlayed")
+    assert float(disclosure["started"]) - answered_t < 10.0
 
 
 @pytest.mark.xfail(
@@ -448,3 +467,128 @@ def test_live_answer_confirms_the_appointment_after_the_date_of_birth(
     assert "Patel" not in before and "10:30" not in before
     assert any("Dr. Patel" in str(e["text"]) for e in spoken)
     assert result.received_requests() == ["INVITE", "ACK", "BYE"]  # the agent hung up
+
+
+# ----------------------------------------------------------------------------- voicemail
+#
+# sipp answers like an answering machine: a greeting (espeak-ng, another voice than the
+# agent's), a gap and a 1 kHz beep, as benchmarks/amd.py builds its greetings, then it records
+# (sends nothing) until the BYE. tshark captures the call on the loopback interface.
+
+VOICEMAIL_GREETING = (
+    "Hi, you've reached the Brown family. We can't take your call right now. "
+    "Please leave a message after the tone."
+)
+#: What the message must never say: the patient of appt-demo-4 (Robert Brown, with Dr. Nguyen
+#: on a Tuesday at 09:30) or that there is an appointment.
+PHI_WORDS = ("robert", "brown", "nguyen", "tuesday", "9:30", "09:30", "appointment")
+
+
+def _uas_voicemail(work: Path) -> tuple[str, int, int]:
+    """The answering machine's scenario; returns it with the beep's onset and end in the pcap."""
+    import numpy as np
+
+    from tests.e2e.voices import caller_wav, read_wav_mono16
+    from tests.kit.pcap import pcm_to_rtp_pcap
+
+    pcm, rate = read_wav_mono16(caller_wav(VOICEMAIL_GREETING, work, voice="en-us+f3"))
+    greeting = np.frombuffer(pcm, dtype=np.int16)
+    t = np.arange(int(rate * 0.5)) / rate  # a 500 ms 1 kHz beep at -12 dBFS
+    beep = (np.sin(2 * np.pi * 1000.0 * t) * 32767 * 10 ** (-12 / 20)).astype(np.int16)
+    gap = np.zeros(int(rate * 0.6), dtype=np.int16)
+    onset_ms = 500 + (len(greeting) + len(gap)) * 1000 // rate  # after the leading silence
+    audio = np.concatenate([greeting, gap, beep]).tobytes()
+    pcap = work / "voicemail.pcap"
+    seconds = pcm_to_rtp_pcap(audio, rate, pcap, leading_silence_ms=500)
+    answer = UAS_ANSWER.split('<recv request="BYE"/>')[0]
+    scenario = (
+        answer
+        + f'  <nop><action><exec play_pcap_audio="{pcap}"/></action></nop>\n'
+        + f'  <pause milliseconds="{int(seconds * 1000) + 200}"/>\n'
+        + '  <recv request="BYE" timeout="40000"/>\n'
+        + "  <send><![CDATA[\n\n      SIP/2.0 200 OK"
+        + _RESPONSE_HEAD
+        + "\n      Content-Length: 0\n\n    ]]></send>\n</scenario>\n"
+    )
+    return scenario, onset_ms, onset_ms + 500
+
+
+def test_voicemail_gets_the_no_phi_message_after_the_beep(
+    settled: object, tmp_path: Path, callee: tuple[int, list[SippProcess]], store: Path
+) -> None:
+    import numpy as np
+    import soxr
+
+    from appliance.config.settings import ModelSettings
+    from appliance.models.engines import WhisperEngine
+    from tests.e2e.capture import LoopbackCapture, capture_binary
+    from tests.kit.pcap import read_rtp_streams, stream_pcm, voiced_intervals
+
+    if capture_binary() is None:
+        pytest.skip("tshark is not installed")
+    box = settled
+    number = callable_number(3)
+    _grant(box, number)
+    scenario, onset_ms, end_ms = _uas_voicemail(tmp_path)
+    port = box.trunk_port  # type: ignore[attr-defined]
+    _, started = callee
+    t0 = time.monotonic()
+    cap = tmp_path / "voicemail-call.pcap"
+    with LoopbackCapture(cap, bpf="udp"):
+        uas = _start(scenario, port, tmp_path, calls=1, timeout_s=60)
+        started.append(uas)
+        outcome = _dial_and_wait(box, number, "appt-demo-4", timeout_s=60)
+        result = uas.wait(timeout_s=20)
+    assert outcome == "voicemail", box.log()[-2000:]  # type: ignore[attr-defined]
+    assert result.returncode == 0, result.logs.get("errors", result.stderr)
+    assert result.received_requests() == ["INVITE", "ACK", "BYE"]  # the agent hung up
+
+    # The audit's record of the decision: a machine, cued by the beep; features, no audio.
+    events = box.events()  # type: ignore[attr-defined]
+    answered = [e for e in events if e["kind"] == "CallAnswered"][-1]
+    call_id = answered["call_id"]
+    amd = [e for e in events if e["kind"] == "AmdDecided" and e["call_id"] == call_id]
+    assert len(amd) == 1, amd
+    assert (amd[0]["decision"], amd[0]["treated_as"], amd[0]["cue"]) == (
+        "machine",
+        "voicemail",
+        "beep",
+    )
+    assert amd[0]["decided_at_ms"] < onset_ms  # the greeting's pattern decided it
+    assert abs(int(amd[0]["beep_ms"]) - onset_ms) <= 400
+    # What the agent said: the disclosure naming the clinic, the call-back number, no PHI.
+    assert any(e["kind"] == "DisclosurePlayed" and e["call_id"] == call_id for e in events)
+    spoken = " ".join(
+        str(e["text"]) for e in events if e["kind"] == "AgentSpoke" and e["call_id"] == call_id
+    ).lower()
+    assert "maple street family clinic" in spoken and "call us back at 2 1 2" in spoken
+    assert not [w for w in PHI_WORDS if w in spoken], spoken
+
+    # From the wire: the agent was silent through the greeting and the beep, then spoke.
+    streams = read_rtp_streams(cap)
+    rtp = 46000
+    agent = max(
+        (s for s in streams if rtp <= s.src[1] < rtp + 1000 and s.audio_packets),
+        key=lambda s: len(s.audio_packets),
+    )
+    machine = max(
+        (s for s in streams if rtp <= s.dst[1] < rtp + 1000 and s.audio_packets),
+        key=lambda s: len(s.audio_packets),
+    )
+    beep_end = voiced_intervals(machine, threshold_dbfs=-30)[-1][1]
+    first_machine = machine.audio_packets[0][0]
+    assert abs((beep_end - first_machine) * 1000 - end_ms) < 300  # the beep is the last sound
+    speech = voiced_intervals(agent, threshold_dbfs=-40, min_gap_ms=800)
+    assert speech, "the agent sent only silence"
+    assert speech[0][0] > beep_end, (speech[0][0] - beep_end, speech)
+    assert speech[0][0] - beep_end < 2.5  # promptly after the beep
+    # The recorded message, transcribed: the clinic and the number, nothing about the patient.
+    pcm = np.frombuffer(stream_pcm(agent), dtype=np.int16)
+    start = agent.audio_packets[0][0]
+    a, b = int((speech[0][0] - start - 0.1) * 8000), int((speech[-1][1] - start + 0.3) * 8000)
+    seg = soxr.resample(pcm[max(0, a) : b], 8000, 16000).astype(np.int16)
+    stt = ModelSettings(store=store)
+    heard = WhisperEngine(stt.path(stt.stt), threads=2).transcribe(seg.tobytes()).text.lower()
+    assert "maple street" in heard and "call us back" in heard, heard
+    assert not [w for w in PHI_WORDS if w in heard], heard
+    assert time.monotonic() - t0 < 90

@@ -9,6 +9,12 @@ the ordinary call pipeline with the ``reminders`` workflow started by the dialle
 clinic first, then the workflow's opening. An opt-out on the call revokes every consent scope
 of the dialled number (source ``outbound-call``), which also puts it on the DNC list.
 
+Before that, answering-machine detection listens to the callee's first seconds
+(:class:`~appliance.app.answering_machine.AnsweringMachineScreen`, ADR 0022 appendix): a live
+or not-sure answer gets the conversation at once; a machine gets, after its beep, the
+disclosure and :func:`voicemail_text` (a call-back number, no PHI), then the BYE, and the job
+ends ``voicemail``.
+
 Control socket operations (the box's other operations go the same way; ``appliance outbound``
 is the CLI over them):
 
