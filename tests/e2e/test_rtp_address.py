@@ -185,6 +185,10 @@ def test_rtp_binds_rtp_address_and_sdp_advertises_rtp_public_address(
         ports=range(RTP_PORT, RTP_PORT_MAX + 1),
     )
     assert RTP_ADDRESS not in " ".join(sdp.values())
+    assert (
+        f"RTP binds {RTP_ADDRESS} ports {RTP_PORT}-{RTP_PORT_MAX}, SDP advertises {RTP_PUBLIC}"
+        in alone.log()
+    )
 
 
 @pytest.mark.skipif(shutil.which("kamailio") is None, reason="kamailio is not installed")

@@ -4,10 +4,13 @@ One thread polls the endpoint (``threadCnt=0``, ``mainThreadOnly=True``): every 
 and callback happens on it (shared/TELEPHONY.md: threads that call pjsua2 must otherwise be
 registered). The conference bridge runs at the given clock (16 kHz by default); G.711 at
 8 kHz is resampled to it by pjmedia. Only the configured G.711 codecs are enabled, in order.
+RTP binds ``[sip] rtp_address`` and SDP advertises ``rtp_public_address``
+(:func:`account_config`; docs/decisions/0020-sip-edge-kamailio.md, appendix).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pjsua2 as pj
@@ -16,6 +19,8 @@ from appliance.audio.bridge import PTIME_MS
 from appliance.config.settings import SipSettings
 from appliance.errors import ConfigError, MediaError
 from appliance.media.admission import PJSUA_MAX_CALLS
+
+_LOGGER = logging.getLogger(__name__)
 
 
 def start_endpoint(ep: pj.Endpoint, settings: SipSettings, clock_rate: int) -> None:
@@ -99,4 +104,11 @@ def account_config(settings: SipSettings) -> pj.AccountConfig:
     acfg.mediaConfig.transportConfig.portRange = settings.rtp_port_count
     acfg.mediaConfig.transportConfig.boundAddress = rtp_host
     acfg.mediaConfig.transportConfig.publicAddress = settings.rtp_public_address
+    _LOGGER.info(
+        "RTP binds %s ports %d-%d, SDP advertises %s",
+        rtp_host,
+        settings.rtp_port,
+        settings.rtp_port + settings.rtp_port_count - 1,
+        settings.rtp_public_address or rtp_host,
+    )
     return acfg
