@@ -237,14 +237,17 @@ def test_consent_revoked_mid_campaign_stops_the_next_dial(rig: Rig) -> None:
 
 
 def test_rate_limit_per_campaign(tmp_path: Path) -> None:
-    """Two dials per minute: five jobs go out at 0, 0, 60, 60, 120 s; another campaign is apart."""
+    """Two dials per minute, at most one a second: five jobs go out at 0, 1, 60, 61, 120 s.
+
+    Another campaign has its own bucket.
+    """
     rig = Rig(tmp_path, rate_per_minute=2)
     rig.grant(NY, CHICAGO)
     for i in range(5):
         rig.dialler.submit(DialJob(NY if i % 2 else CHICAGO, campaign="a"))
     rig.run()
     offsets = [round((t - T0).total_seconds()) for _, _, t in rig.placer.invites]
-    assert offsets == [0, 0, 60, 60, 120]
+    assert offsets == [0, 1, 60, 61, 120]
     rig.dialler.submit(DialJob(NY, campaign="b"))
     rig.run()
     assert round((rig.placer.invites[-1][2] - T0).total_seconds()) == 120  # no wait for "b"
@@ -299,7 +302,8 @@ def test_busy_and_no_answer_are_retried_on_their_back_off_schedules(tmp_path: Pa
     assert [a[0] for a in rig.store.attempts(busy.job_id)] == [1, 2, 3, 4]
 
     rig.placer.invites.clear()
-    start = rig.clock.now
+    # The same campaign dialled a moment ago: one dial a second, so this one waits 1 s.
+    start = rig.clock.now + timedelta(seconds=1)
     quiet = rig.dialler.submit(DialJob(CHICAGO))
     rig.run()
     times = [round((t - start).total_seconds()) for _, _, t in rig.placer.invites]
