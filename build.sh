@@ -312,10 +312,23 @@ cmd_test() {
   setup
   setup_apt "${IMAGE_APT_PACKAGES[@]}"
   cmd_lint || die "static checks failed (ruff, import-linter or mypy): see above"
-  local rc=0
+  local rc=0 image_rc=0
   # --instafail: a failure's traceback is printed when it happens, not only at the end of a long
   # run; --durations: where the time went.
-  "$PY" -m pytest -ra --instafail --durations=25 tests "$@" || rc=$?
+  local opts=(-ra --instafail --durations=25)
+  if (($#)); then
+    "$PY" -m pytest "${opts[@]}" tests "$@" || rc=$?
+  else
+    # The disk image test runs in a process of its own, last: by then the suite's process holds
+    # every model its session fixtures loaded (gigabytes), which the image build and the 4 GiB
+    # QEMU guest do not need to compete with.
+    "$PY" -m pytest "${opts[@]}" tests --ignore=tests/image || rc=$?
+    log "test: the disk image (its own pytest process)"
+    "$PY" -m pytest "${opts[@]}" tests/image || image_rc=$?
+    if ((rc == 0)); then
+      rc=$image_rc
+    fi
+  fi
   if ((rc == 5)); then
     log "error: pytest collected no tests (exit 5); a test run that runs nothing is a failure"
   fi
