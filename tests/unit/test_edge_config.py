@@ -247,6 +247,99 @@ def test_tls_listener_answers_options_with_the_real_state(tmp_path: Path) -> Non
         proc.wait(10)
 
 
+def test_invite_rate_limit_is_rendered_before_dispatch(tmp_path: Path) -> None:
+    default = render_config(_settings(tmp_path), tmp_path / "out")
+    assert 'pl_check("invites", "TAILDROP", 30)' in default  # 10 a second per worker, 3 workers
+    text = render_config(_settings(tmp_path, "max_invites_per_s = 7"), tmp_path / "out")
+    assert 'pl_check("invites", "TAILDROP", 7)' in text
+    assert '"timer_interval", 1)' in text
+    route = text[text.index("request_route {") :]
+    order = [
+        route.index("$sht(edge=>drain) == 1) {\n        append_to_reply", route.index("INVITE")),
+        route.index('pl_check("invites"'),
+        route.index('ds_select_dst("1", "4")'),
+    ]
+    assert order == sorted(order)
+    with pytest.raises(ConfigError, match="edge.max_invites_per_s"):
+        _settings(tmp_path, "max_invites_per_s = -1")
+
+
+@needs_kamailio
+def test_kamailio_refuses_invites_over_the_rate_limit(tmp_path: Path) -> None:
+    """A real Kamailio, no worker up: 3 INVITEs a second get past the limit, the rest do not.
+
+    The ones under the limit reach dispatch and get the edge's "No Agent Available" (no worker
+    up); the ones over it get "Call Rate Limit", both 503 with Retry-After. Pike is set far
+    above the burst, so only pipelimit refuses.
+    """
+    import socket
+    import time
+
+    from tests.e2e.sipp import free_udp_port
+
+    base = free_udp_port("127.0.0.1", count=5)  # trunk, internal, 3 workers (none started)
+    settings = _settings(
+        tmp_path,
+        f'bind = "127.0.0.1:{base}"\ninternal_port = {base + 1}\nworker_base_port = {base + 2}\n'
+        "max_invites_per_s = 3\npike_density = 1000\nretry_after_s = 19",
+        peers='"127.0.0.1/32"',
+    )
+    files = render_edge(settings, tmp_path / "out")
+    ok, output = check_config(files.config)
+    assert ok, output
+    (tmp_path / "run").mkdir()
+    binary = shutil.which("kamailio") or "/usr/sbin/kamailio"
+    log = (tmp_path / "kamailio.log").open("wb")
+    proc = subprocess.Popen(
+        [binary, "-DD", "-E", "-Y", str(tmp_path / "run"), "-f", str(files.config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.settimeout(0.5)
+            port = sock.getsockname()[1]
+
+            def invite(i: int) -> bytes:
+                return (
+                    f"INVITE sip:appliance@127.0.0.1:{base} SIP/2.0\r\n"
+                    f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-rate-{i};rport\r\n"
+                    f"From: <sip:rate@127.0.0.1>;tag=r{i}\r\nTo: <sip:appliance@127.0.0.1>\r\n"
+                    f"Call-ID: edge-rate-{i}@127.0.0.1\r\nCSeq: 1 INVITE\r\n"
+                    f"Contact: <sip:rate@127.0.0.1:{port}>\r\nMax-Forwards: 70\r\n"
+                    "Content-Length: 0\r\n\r\n"
+                ).encode()
+
+            deadline = time.monotonic() + 10
+            while True:  # wait until Kamailio answers at all (one INVITE, then a new second)
+                sock.sendto(invite(0), ("127.0.0.1", base))
+                try:
+                    sock.recv(4096)
+                    break
+                except TimeoutError:
+                    assert time.monotonic() < deadline, (tmp_path / "kamailio.log").read_text()
+            time.sleep(1.2)
+            for i in range(1, 11):
+                sock.sendto(invite(i), ("127.0.0.1", base))
+            replies = []
+            while True:
+                try:
+                    replies.append(sock.recv(4096).decode(errors="replace"))
+                except TimeoutError:
+                    break
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    finals = [r for r in replies if r.startswith("SIP/2.0 503 ")]
+    limited = [r for r in finals if r.startswith("SIP/2.0 503 Call Rate Limit")]
+    passed = [r for r in finals if r.startswith("SIP/2.0 503 No Agent Available")]
+    assert len(finals) == 10, replies
+    assert 3 <= len(passed) <= 6, finals  # 3 a second; the burst may straddle one reset
+    assert len(limited) == 10 - len(passed)
+    assert all("Retry-After: 19" in r for r in limited)
+
+
 def test_tls_listener_is_rendered_when_configured(tmp_path: Path) -> None:
     settings = _settings(tmp_path, 'tls_cert = "/etc/edge/cert.pem"\ntls_key = "/etc/edge/key.pem"')
     files = render_edge(settings, tmp_path / "out")

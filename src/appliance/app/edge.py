@@ -190,6 +190,7 @@ def render_config(settings: ApplianceSettings, out_dir: Path, *, source: str = "
         "PIKE_SAMPLING": str(edge.pike_sampling_s),
         "PIKE_DENSITY": str(edge.pike_density),
         "PIKE_BLOCK": str(edge.pike_block_s),
+        "INVITE_RATE": str(edge.invite_rate()),
         "ADDRESS_LIST": str(out_dir / ADDRESS_LIST_NAME),
         "DISPATCHER_LIST": str(out_dir / DISPATCHER_LIST_NAME),
         "PING_INTERVAL": str(edge.ping_interval_s),

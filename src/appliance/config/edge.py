@@ -20,6 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 #: Highest number of workers one box runs (each one loads its own copy of the models).
 MAX_WORKERS = 32
+#: Default INVITEs per second per worker the edge passes on (``max_invites_per_s`` = 0). A
+#: worker's pjlib ioqueue (64 sockets) runs out under an INVITE flood it refuses with 503:
+#: it aborted at 75 a second and survived 25 and 50 (ADR 0018); through the edge, two workers
+#: aborted under 300 a second from one allowlisted source with pike off (benchmarks/load.py).
+INVITES_PER_S_PER_WORKER = 10
 
 
 def default_workers(cpu_count: int | None = None) -> int:
@@ -115,6 +120,14 @@ class EdgeSettings(BaseModel):
     pike_block_s: int = Field(
         120, ge=1, le=3600, description="How long a flooding source stays blocked (remove_latency)."
     )
+    max_invites_per_s: int = Field(
+        0,
+        ge=0,
+        le=10000,
+        description="New calls (INVITEs) the edge passes to the workers per second, all "
+        "sources together (pipelimit, tail drop); more get 503 + Retry-After. 0: "
+        f"{INVITES_PER_S_PER_WORKER} per worker.",
+    )
     tls_port: int = Field(5061, ge=1, le=65535, description="TLS listener port (with tls_cert).")
     tls_cert: Path | None = Field(
         None, description="PEM certificate for a TLS trunk listener (absolute); unset: no TLS."
@@ -159,6 +172,10 @@ class EdgeSettings(BaseModel):
     def worker_count(self) -> int:
         """``workers``, or :func:`default_workers` for this machine when it is 0."""
         return self.workers or default_workers()
+
+    def invite_rate(self) -> int:
+        """``max_invites_per_s``, or ``INVITES_PER_S_PER_WORKER`` per worker when it is 0."""
+        return self.max_invites_per_s or INVITES_PER_S_PER_WORKER * self.worker_count()
 
     def worker_port(self, index: int) -> int:
         """SIP UDP port of worker ``index`` (0-based).
