@@ -10,16 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 from appliance.app.control_ops import start_control
+from appliance.app.control_ops_audit import AuditOps
+from appliance.app.dialler import Dialler, DialResult, OutcomeStore, open_gate
+from appliance.app.outbound import OutboundService
 from appliance.app.server import ApplianceServer
+from appliance.audio.bridge import AudioBridge
 from appliance.audit.observer import AuditObserver
 from appliance.audit.record import decode
 from appliance.audit.service import open_audit
 from appliance.audit.store import connect, iter_records
 from appliance.config import load_settings
 from appliance.control import ControlServer
+from appliance.media.sip import CallHandle
 
 
 class Agent:
@@ -78,3 +85,69 @@ class Agent:
             return out
         finally:
             db.conn.close()
+
+
+class RecordingPlacer:
+    """The dialler's SIP side for admin tests: records each INVITE it is asked to send.
+
+    Every dial is answered (200) with a call that has no media; with no conversation the
+    dialler hangs up at once and records ``no-decision``. Only dials the real gate allowed reach
+    :attr:`invites` (the dialler asks the gate first).
+    """
+
+    def __init__(self) -> None:
+        self.invites: list[str] = []  # the request URIs, in order
+
+    async def place(
+        self, call_id: str, uri: str, headers: dict[str, str], ring_timeout_s: float
+    ) -> DialResult:
+        self.invites.append(uri)
+        return DialResult(200, CallHandle(call_id=call_id, bridge=AudioBridge(16000)))
+
+
+class DiallerOps(OutboundService):
+    """The real ``outbound.*`` operations on a real dialler, without pjsua2 or a pipeline.
+
+    The gate, consent, DNC and outcome files are the real ones of ``[outbound]``; INVITEs go to
+    :class:`RecordingPlacer`. ``clock``: the dialler's (so the gate's and the preview's) clock.
+    """
+
+    def __init__(self, server: ApplianceServer, clock: Callable[[], datetime]) -> None:
+        self.server = server
+        settings = server.settings.outbound
+        self.consent, self.dnc, self.gate = open_gate(settings, server.bus.emit)
+        self.store = OutcomeStore(settings.outcomes_db)
+        self.placer = RecordingPlacer()
+        self.dialler = Dialler(settings, self.gate, self.placer, self.store, clock=clock)
+        self.task = None
+        self._audit = AuditOps(server)
+        self._watches = {}
+
+
+def serve_outbound(agent: Agent, clock: Callable[[], datetime]) -> DiallerOps:
+    """Register :class:`DiallerOps` on a started ``agent``'s control socket; run its dialler.
+
+    Stop it with ``stop_outbound`` before ``agent.close()``.
+    """
+    assert agent.control is not None, "start the agent first"
+    ops = DiallerOps(agent.server, clock)
+    ops.register(agent.control)
+
+    async def run() -> None:
+        ops.task = asyncio.create_task(ops.dialler.run_forever(), name="dialler")
+
+    asyncio.run_coroutine_threadsafe(run(), agent.loop).result(5)
+    return ops
+
+
+def stop_outbound(agent: Agent, ops: DiallerOps) -> None:
+    """Cancel the dialler on the agent's loop and close its files."""
+
+    async def stop() -> None:
+        if ops.task is not None:
+            ops.task.cancel()
+
+    asyncio.run_coroutine_threadsafe(stop(), agent.loop).result(5)
+    ops.store.close()
+    ops.consent.close()
+    ops.dnc.close()

@@ -59,6 +59,11 @@ __all__ = [
     "Decision",
     "GovernanceError",
     "GovernanceStore",
+    "check_not_requester",
+    "check_sign_off",
+    "clean_text",
+    "decision_word",
+    "parse_decision",
 ]
 
 
@@ -82,7 +87,12 @@ def _m001(conn: sqlite3.Connection) -> None:
 MIGRATIONS = [("workflows_001_changes", _m001)]
 
 
-def _clean(text: object, what: str, *, required: bool = True) -> str:
+def clean_text(text: object, what: str, *, required: bool = True) -> str:
+    """``text`` stripped; at most :data:`MAX_NOTES` characters.
+
+    Raises:
+        GovernanceError: ``invalid`` (not text, empty when ``required``, or too long).
+    """
     if not isinstance(text, str):
         raise GovernanceError("invalid", f"{what} must be text")
     value = text.strip()
@@ -93,7 +103,34 @@ def _clean(text: object, what: str, *, required: bool = True) -> str:
     return value
 
 
-def _decision(raw: str | None) -> Decision | None:
+def check_not_requester(
+    requested_by: str, who: Actor, what: str, asked: str = "asked for the change"
+) -> None:
+    """The two-person rule's first half: whoever asked may not give the ``what``.
+
+    Raises:
+        GovernanceError: ``forbidden`` when ``who`` is ``requested_by``.
+    """
+    if who.actor == requested_by:
+        raise GovernanceError("forbidden", f"the person who {asked} cannot give the {what}")
+
+
+def check_sign_off(review: Decision | None, who: Actor) -> None:
+    """The sign-off comes after an approving review, from someone other than the reviewer.
+
+    Raises:
+        GovernanceError: ``conflict`` (no approving review yet), ``forbidden`` (the reviewer).
+    """
+    if review is None or review.decision != "approved":
+        raise GovernanceError("conflict", "the compliance review must approve first")
+    if review.by == who.actor:
+        raise GovernanceError(
+            "forbidden", "the sign-off must come from someone other than the reviewer"
+        )
+
+
+def parse_decision(raw: str | None) -> Decision | None:
+    """A stored (JSON) review or sign-off; ``None`` for ``None``."""
     return None if raw is None else Decision(**json.loads(raw))
 
 
@@ -159,8 +196,8 @@ class GovernanceStore:
             state=row["state"],
             payload=json.loads(row["payload"]),
             checklist={i[0]: ChecklistEntry(*i) for i in items},
-            review=_decision(row["review"]),
-            signoff=_decision(row["signoff"]),
+            review=parse_decision(row["review"]),
+            signoff=parse_decision(row["signoff"]),
             applied=None if row["applied"] is None else json.loads(row["applied"]),
             rolled_back=None if row["rolled_back"] is None else json.loads(row["rolled_back"]),
         )
@@ -210,7 +247,7 @@ class GovernanceStore:
         self._allow(who, "request")
         if kind not in ("tier", "workflow"):
             raise GovernanceError("invalid", f"unknown change kind {kind!r}")
-        why = _clean(reason, "the reason for the change")
+        why = clean_text(reason, "the reason for the change")
         with self._lock:
             cur = self._conn.execute(
                 "INSERT INTO workflow_changes (kind, target, action, from_version, to_version,"
@@ -265,7 +302,7 @@ class GovernanceStore:
             raise GovernanceError("invalid", f"unknown checklist item {item!r}")
         if item == TRANSFER_ITEM:
             raise GovernanceError("invalid", "the warm-transfer item is ticked by a test transfer")
-        self._tick(change_id, who, item, _clean(notes, "a note (the evidence)"))
+        self._tick(change_id, who, item, clean_text(notes, "a note (the evidence)"))
         return self.get(change_id)
 
     def record_transfer_test(
@@ -320,12 +357,6 @@ class GovernanceStore:
         self._audit.record("AdminSubmittedForReview", who.actor, change_id=change_id)
         return self.get(change_id)
 
-    def _not_requester(self, change: ChangeRequest, who: Actor, what: str) -> None:
-        if who.actor == change.requested_by:
-            raise GovernanceError(
-                "forbidden", f"the person who asked for the change cannot give the {what}"
-            )
-
     def review(self, change_id: int, who: Actor, approve: bool, notes: str) -> ChangeRequest:
         """The compliance officer's review.
 
@@ -335,14 +366,14 @@ class GovernanceStore:
                 ``invalid`` (no note).
         """
         self._allow(who, "review")
-        text = _clean(notes, "the review note")
+        text = clean_text(notes, "the review note")
         with self._lock:
             change = self.get(change_id)
             self._state(change, "in_review")
-            self._not_requester(change, who, "compliance review")
+            check_not_requester(change.requested_by, who, "compliance review")
             if change.review is not None:
                 raise GovernanceError("conflict", f"change {change_id} is already reviewed")
-            decision = Decision(who.actor, who.username, time.time(), _word(approve), text)
+            decision = Decision(who.actor, who.username, time.time(), decision_word(approve), text)
             self._set(
                 change_id,
                 "in_review",
@@ -350,7 +381,10 @@ class GovernanceStore:
                 **({} if approve else {"state": "rejected"}),
             )
         self._audit.record(
-            "AdminComplianceReviewed", who.actor, change_id=change_id, decision=_word(approve)
+            "AdminComplianceReviewed",
+            who.actor,
+            change_id=change_id,
+            decision=decision_word(approve),
         )
         return self.get(change_id)
 
@@ -362,18 +396,13 @@ class GovernanceStore:
                 reviewer), ``not_found``, ``conflict`` (not in review or not yet reviewed).
         """
         self._allow(who, "sign_off")
-        text = _clean(notes, "the sign-off note", required=False)
+        text = clean_text(notes, "the sign-off note", required=False)
         with self._lock:
             change = self.get(change_id)
             self._state(change, "in_review")
-            self._not_requester(change, who, "sign-off")
-            if change.review is None or change.review.decision != "approved":
-                raise GovernanceError("conflict", "the compliance review must approve first")
-            if change.review.by == who.actor:
-                raise GovernanceError(
-                    "forbidden", "the sign-off must come from someone other than the reviewer"
-                )
-            decision = Decision(who.actor, who.username, time.time(), _word(approve), text)
+            check_not_requester(change.requested_by, who, "sign-off")
+            check_sign_off(change.review, who)
+            decision = Decision(who.actor, who.username, time.time(), decision_word(approve), text)
             self._set(
                 change_id,
                 "in_review",
@@ -381,7 +410,7 @@ class GovernanceStore:
                 state="approved" if approve else "rejected",
             )
         self._audit.record(
-            "AdminSignedOff", who.actor, change_id=change_id, decision=_word(approve)
+            "AdminSignedOff", who.actor, change_id=change_id, decision=decision_word(approve)
         )
         return self.get(change_id)
 
@@ -422,7 +451,7 @@ class GovernanceStore:
                 ``invalid`` (no reason).
         """
         self._allow(who, "apply")
-        why = _clean(reason, "the reason for the rollback")
+        why = clean_text(reason, "the reason for the rollback")
         change = self.get(change_id)
         self._state(change, "applied")
         return change, why
@@ -444,5 +473,6 @@ class GovernanceStore:
         return change
 
 
-def _word(approve: bool) -> str:
+def decision_word(approve: bool) -> str:
+    """``"approved"`` or ``"rejected"``."""
     return "approved" if approve else "rejected"

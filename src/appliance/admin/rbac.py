@@ -40,15 +40,20 @@ class Permission(StrEnum):
     IMPORT_SCHEDULE = "import_schedule"
     TEST_CALL = "test_call"
     VIEW_WORKFLOWS = "view_workflows"
+    VIEW_CAMPAIGNS = "view_campaigns"  #: Reminder campaigns: counts only, never a number.
+    #: Propose a reminder campaign (and start it once signed off).
+    PROPOSE_CAMPAIGN = "propose_campaign"
 
 
 P = Permission
-_STAFF = {P.VIEW_DASHBOARD, P.VIEW_CALLS, P.VIEW_WORKFLOWS, P.TEST_CALL}
+_STAFF = {P.VIEW_DASHBOARD, P.VIEW_CALLS, P.VIEW_WORKFLOWS, P.TEST_CALL, P.VIEW_CAMPAIGNS}
 
 #: What each role allows. PHI (decrypted transcripts, with a stated reason) only for the
 #: compliance officer and the quality reviewer; the viewer sees dashboards only.
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
-    Role.OWNER: frozenset(_STAFF | {P.SIGN_OFF, P.REQUEST_CHANGE, P.MANAGE_USERS, P.VIEW_SYSTEM}),
+    Role.OWNER: frozenset(
+        _STAFF | {P.SIGN_OFF, P.REQUEST_CHANGE, P.MANAGE_USERS, P.VIEW_SYSTEM, P.PROPOSE_CAMPAIGN}
+    ),
     Role.PLATFORM_ENGINEER: frozenset(
         _STAFF
         | {P.MANAGE_SETTINGS, P.MANAGE_TRANSFER, P.VIEW_SYSTEM, P.MANAGE_USERS, P.REQUEST_CHANGE}
@@ -61,9 +66,9 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         _STAFF | {P.VIEW_PHI, P.REVIEW_QUALITY, P.EDIT_KB, P.REQUEST_CHANGE}
     ),
     Role.CONTACT_CENTRE_LEAD: frozenset(
-        _STAFF | {P.MANAGE_TRANSFER, P.IMPORT_SCHEDULE, P.REQUEST_CHANGE}
+        _STAFF | {P.MANAGE_TRANSFER, P.IMPORT_SCHEDULE, P.REQUEST_CHANGE, P.PROPOSE_CAMPAIGN}
     ),
-    Role.VIEWER: frozenset({P.VIEW_DASHBOARD}),
+    Role.VIEWER: frozenset({P.VIEW_DASHBOARD, P.VIEW_CAMPAIGNS}),
 }
 
 #: Roles the first administrator gets at enrolment: they can then invite everyone else.
