@@ -13,8 +13,8 @@ the patient's phone; its message log is the wire record of what the box sent:
 confirmation), and one to sipp playing an answering machine: a greeting and a beep get the
 voicemail message (no PHI) after the beep, checked in the events, on the wire and transcribed.
 
-The in-process gate's clock is a fixed instant (10:00 in New York) moving at real speed, so the test does
-not depend on the hour it runs at.
+The in-process gate's clock is a fixed instant (10:00 in New York) moving at real speed, so
+the test does not depend on the hour it runs at.
 """
 
 from __future__ import annotations
@@ -382,8 +382,9 @@ def test_stop_calling_me_revokes_consent_and_the_next_dial_is_refused(
     box = settled
     number = callable_number(5)
     _grant(box, number)
+    # The callee answers "Hello?" as a person does: answering-machine detection hears it.
     scenario = _uas_conversation(
-        [("Please stop calling me.", OPENING_MS)], tmp_path, wait_bye_ms=15000
+        [("Hello?", 200), ("Please stop calling me.", OPENING_MS)], tmp_path, wait_bye_ms=15000
     )
     port = box.trunk_port  # type: ignore[attr-defined]
     _, started = callee
@@ -401,15 +402,16 @@ def test_stop_calling_me_revokes_consent_and_the_next_dial_is_refused(
     assert [(e["scope"], e["source"]) for e in revoked] == [("all", "outbound-call")]
     refused = [e for e in events if e["kind"] == "DialRefused"]
     assert [e["reason"] for e in refused] == ["dnc"]
-    # AMD listened first and let the conversation run: the callee was silent (the scenario
-    # speaks only after the opening), which is not sure, so live; the disclosure still began
-    # within ten seconds of the answer (AmdDecided's wall_ms counts from the 200 OK).
+    # AMD listened first: a short "Hello?" and then silence is a person, so the conversation
+    # ran; the disclosure began within ten seconds of the answer (AmdDecided's wall_ms counts
+    # from the 200 OK).
     [amd] = [e for e in events if e["kind"] == "AmdDecided"]
     assert (amd["decision"], amd["cause"], amd["treated_as"]) == (
-        "unknown",
-        "initial_silence",
+        "human",
+        "after_greeting_silence",
         "live",
     )
+    assert int(amd["decided_at_ms"]) < 4000
     answered_t = float(amd["t"]) - int(amd["wall_ms"]) / 1000
     disclosure = next(e for e in events if e["kind"] == "DisclosurePlayed")
     assert float(disclosure["started"]) - answered_t < 10.0

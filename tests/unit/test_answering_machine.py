@@ -201,6 +201,37 @@ def test_a_machine_that_hangs_up_before_the_beep_gets_no_message(vad: Path) -> N
     )
 
 
+def test_a_detector_that_cannot_be_built_or_fails_leaves_the_answer_live(vad: Path) -> None:
+    from appliance.audio.amd import AnsweringMachineDetector
+
+    def broken_vad(window: np.ndarray, rate: int) -> np.ndarray:
+        raise RuntimeError("onnxruntime failed")
+
+    def no_detector(rate: int) -> AnsweringMachineDetector:
+        raise ValueError(f"sample rate {rate} Hz")
+
+    events: list[Event] = []
+    failing = AnsweringMachineScreen(
+        vad, events.append, factory=lambda rate: AnsweringMachineDetector(broken_vad, TUNED, rate)
+    )
+    missing = AnsweringMachineScreen(vad, events.append, factory=no_detector)
+    a, b = CallHandle("c-fails", AudioBridge(RATE)), CallHandle("c-none", AudioBridge(RATE))
+
+    async def run() -> list[bool]:
+        feeder = asyncio.create_task(feed(a.bridge, live_answer()))
+        got = [await failing.detect(a), await missing.detect(b)]
+        feeder.cancel()
+        return got
+
+    assert asyncio.run(run()) == [False, False]
+    got = {e.call_id: (e.decision, e.cause, e.treated_as) for e in amd_events(events)}
+    assert got == {
+        "c-fails": ("unknown", "error", "live"),
+        "c-none": ("unknown", "no_detector", "live"),
+    }
+    assert a.bridge.on_inbound is None
+
+
 class AudioPlacer:
     """The rig's placer, but the answered call's bridge receives real callee audio."""
 

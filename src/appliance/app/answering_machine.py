@@ -97,17 +97,29 @@ class AnsweringMachineScreen:
         """Listen to the answered call until AMD decides; ``True`` for an answering machine.
 
         ``human`` and ``unknown`` are ``False`` (a live answer). A detector that cannot be
-        built (the VAD file broken, an unsupported bridge rate) is ``unknown`` too: the callee
-        gets the disclosure and the live conversation, never a machine message by mistake.
+        built (the VAD file broken, an unsupported bridge rate) or that fails while listening
+        makes the answer live too (``unknown``, cause ``error``): the callee gets the
+        disclosure and the live conversation, never a machine message by mistake.
         """
         started = time.monotonic()
         try:
             detector = await asyncio.to_thread(self._factory, handle.bridge.sample_rate)
         except Exception:  # noqa: BLE001 - no detector: treat the answer as live
             _LOGGER.exception("call %s: no answering-machine detector; live", handle.call_id)
+            wall_ms = int((time.monotonic() - started) * 1000)
+            self.emit(
+                AmdDecided(
+                    handle.call_id, decision=str(Decision.UNKNOWN), cause="no_detector",
+                    decided_at_ms=0, wall_ms=wall_ms, speech_ms=0, words=0, treated_as="live",
+                )
+            )  # fmt: skip
             return False
         deadline = started + self.params.total_analysis_ms / 1000 + self.slack_s
-        done = await self._listen(handle, detector, lambda: detector.result is not None, deadline)
+        try:
+            await self._listen(handle, detector, lambda: detector.result is not None, deadline)
+        except Exception:  # noqa: BLE001 - a detector failure must not leave a person unheard
+            _LOGGER.exception("call %s: answering-machine detection failed", handle.call_id)
+            detector.give_up("error")
         result = detector.result
         if result is None:
             result = detector.give_up("hung_up" if handle.disconnected.is_set() else "no_audio")
@@ -116,7 +128,7 @@ class AnsweringMachineScreen:
             "call %s: AMD %s (%s) at %d ms audio, %d ms wall",
             handle.call_id, result.decision, result.cause, result.decided_at_ms, wall_ms,
         )  # fmt: skip
-        if done and result.decision is Decision.MACHINE and not handle.disconnected.is_set():
+        if result.decision is Decision.MACHINE:
             self._machines[handle.call_id] = _Screening(detector, started, result, wall_ms)
             return True
         self._record(handle.call_id, result, wall_ms, detector, "live", None)
@@ -150,10 +162,6 @@ class AnsweringMachineScreen:
             handle.call_id, screening.result, screening.wall_ms, detector, "voicemail", cue
         )
         return cue
-
-    def forget(self, call_id: str) -> None:
-        """Drop a call's pending screening (the message was not left)."""
-        self._machines.pop(call_id, None)
 
     async def _listen(
         self,
