@@ -98,8 +98,9 @@ class AnsweringMachineScreen:
 
         ``human`` and ``unknown`` are ``False`` (a live answer). A detector that cannot be
         built (the VAD file broken, an unsupported bridge rate) or that fails while listening
-        makes the answer live too (``unknown``, cause ``error``): the callee gets the
-        disclosure and the live conversation, never a machine message by mistake.
+        makes the answer live too (``unknown``, cause ``no_detector`` or ``error``): the
+        callee gets the disclosure and the live conversation, never a machine message by
+        mistake.
         """
         started = time.monotonic()
         try:
