@@ -420,6 +420,17 @@ def test_a_campaign_is_built_from_the_calendar(tmp_path: Path) -> None:
     assert [(j.appointment_id, j.number, j.campaign) for j in two] == [("appt-demo-1", NY, "dec")]
     five = reminder_jobs(tmp_path / "calendar.sqlite", now, 5, "dec")
     assert [j.appointment_id for j in five] == ["appt-demo-1", "appt-demo-2"]  # 4: cancelled
+    assert [j.address_tz for j in five] == [None, None]  # no address: the number decides
+    # A Chicago number whose holder lives in Honolulu: the address places the window.
+    conn = sqlite3.connect(tmp_path / "calendar.sqlite")
+    with conn:
+        conn.execute(
+            "UPDATE patient_details SET city = 'Honolulu', region = 'HI' WHERE patient_id = ?",
+            ["pat-demo-2"],
+        )
+    conn.close()
+    placed = reminder_jobs(tmp_path / "calendar.sqlite", now, 5, "dec")
+    assert [j.address_tz for j in placed] == [None, ("Pacific/Honolulu",)]
     with pytest.raises(ValueError, match="days"):
         reminder_jobs(tmp_path / "calendar.sqlite", now, 0, "dec")
 

@@ -79,7 +79,8 @@ class DialJob:
         appointment_id: The appointment the reminder is about (``""`` for none).
         scope: The consent scope the call needs (``"reminders"``).
         campaign: The campaign it belongs to (the rate limit is per campaign).
-        address_tz: IANA zone of the patient's address, when known (wins over the number's).
+        address_tz: IANA zone(s) of the patient's address, when known (win over the number's;
+            :func:`appliance.policy.address_zone.address_zones`).
         attempt: Which dial of this job comes next, 1-based.
         job_id: Opaque id for logs and the outcome table (never the number).
     """
@@ -88,7 +89,7 @@ class DialJob:
     appointment_id: str = ""
     scope: str = "reminders"
     campaign: str = "default"
-    address_tz: str | None = None
+    address_tz: str | tuple[str, ...] | None = None
     attempt: int = 1
     job_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 

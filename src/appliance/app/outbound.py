@@ -53,6 +53,7 @@ from appliance.config.settings import ApplianceSettings
 from appliance.control import ControlError, ControlServer
 from appliance.events import AgentSpoke, Event
 from appliance.media.sip import CallHandle
+from appliance.policy.address_zone import PostalAddress, address_zones
 from appliance.policy.outbound_gate import OutboundGate
 
 if TYPE_CHECKING:
@@ -142,14 +143,20 @@ def reminder_outcome(dialog: DialogManager) -> str:
     return "no-decision"
 
 
-def reminder_jobs(calendar_db: Path, now: datetime, days: int, campaign: str) -> list[DialJob]:
+def reminder_jobs(
+    calendar_db: Path, now: datetime, days: int, campaign: str, region: str = "US"
+) -> list[DialJob]:
     """One job per booked appointment in ``[now, now + days)`` whose patient has a phone.
+
+    A patient whose roster entry has an address gets its zones as ``address_tz``
+    (:func:`appliance.policy.address_zone.address_zones`); others are placed by their number.
 
     Args:
         calendar_db: The calendar's SQLite file (read only).
         now: Naive local clinic time (the calendar's time base).
         days: How far ahead, 1 to :data:`CAMPAIGN_DAYS_MAX`.
         campaign: The campaign name the jobs carry.
+        region: The clinic's country (ISO 3166-1 alpha-2), for addresses without one.
 
     Raises:
         ValueError: ``days`` out of range.
@@ -160,7 +167,7 @@ def reminder_jobs(calendar_db: Path, now: datetime, days: int, campaign: str) ->
     conn = sqlite3.connect(f"file:{calendar_db}?mode=ro", uri=True)
     try:
         rows = conn.execute(
-            "SELECT a.id, d.phone FROM appointments a"
+            "SELECT a.id, d.phone, d.city, d.region, d.postal_code, d.country FROM appointments a"
             " JOIN patient_details d ON d.patient_id = a.patient_id"
             " WHERE a.status = 'booked' AND a.start >= ? AND a.start < ?"
             " AND coalesce(d.phone, '') != '' ORDER BY a.start, a.id",
@@ -168,9 +175,16 @@ def reminder_jobs(calendar_db: Path, now: datetime, days: int, campaign: str) ->
         ).fetchall()
     finally:
         conn.close()
-    return [
-        DialJob(str(phone), appointment_id=str(appt), campaign=campaign) for appt, phone in rows
-    ]
+    jobs = []
+    for appt, phone, *place in rows:
+        # The patient's address, when the roster gave one, places the calling window.
+        zones = address_zones(PostalAddress(*(str(p or "") for p in place)), region)
+        jobs.append(
+            DialJob(
+                str(phone), appointment_id=str(appt), campaign=campaign, address_tz=zones or None
+            )
+        )
+    return jobs
 
 
 class OutboundService:
@@ -331,7 +345,10 @@ class OutboundService:
             raise ControlError("bad_request", "days (a whole number) needed")
         db = Path(self.server.settings.scheduling.db)
         try:
-            return await asyncio.to_thread(reminder_jobs, db, datetime.now(), days, campaign)
+            region = self.server.settings.outbound.region
+            return await asyncio.to_thread(
+                reminder_jobs, db, datetime.now(), days, campaign, region
+            )
         except ValueError as exc:
             raise ControlError("bad_request", str(exc)) from exc
         except sqlite3.Error as exc:
