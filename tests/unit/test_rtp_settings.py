@@ -99,6 +99,7 @@ def test_route_lookup_skips_an_unroutable_peer_then_fails_clearly() -> None:
         ({"rtp_public_address": "::"}, "not an address a far end can send RTP to"),
         ({"rtp_public_address": "239.1.1.1"}, "not an address a far end can send RTP to"),
         ({"rtp_address": "127.0.0.5", "rtp_public_address": "2001:db8::1"}, "is IPv6 but"),
+        ({"bind": "[::1]:5060", "rtp_public_address": "192.0.2.7"}, "but bind '::1' is IPv6"),
         ({"rtp_port": 40000, "rtp_port_max": 40006}, "leaves 7 RTP ports"),
         ({"rtp_port": 40000, "rtp_port_max": 39000}, "leaves 0 RTP ports"),
     ],

@@ -168,13 +168,21 @@ class SipSettings(_Section):
                     f"rtp_port {self.rtp_port}; at least {RTP_PORTS_MIN} are needed (an RTP and "
                     f"an RTCP port for each of the {MAX_CALLS_PER_PROCESS} calls pjsua holds)"
                 )
-        if self.rtp_address and self.rtp_public_address:
-            bound = ipaddress.ip_address(self.rtp_address)
+        if self.rtp_public_address:
+            # The bound address: rtp_address, else bind's host; an address the route
+            # lookup picks at start (wildcard bind) is not known here, and not checked.
+            name, text = (
+                ("rtp_address", self.rtp_address) if self.rtp_address else ("bind", self.host)
+            )
+            try:
+                bound = ipaddress.ip_address(text)
+            except ValueError:
+                return self  # a host name in bind: pjlib resolves it
             public = ipaddress.ip_address(self.rtp_public_address)
-            if bound.version != public.version:
+            if bound.version != public.version and not bound.is_unspecified:
                 raise ValueError(
                     f"rtp_public_address {self.rtp_public_address!r} is IPv{public.version} but "
-                    f"rtp_address {self.rtp_address!r} is IPv{bound.version}"
+                    f"{name} {text!r} is IPv{bound.version}"
                 )
         return self
 
