@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,10 +38,8 @@ from appliance.admin.governance import (
     Actor,
     Decision,
     GovernanceError,
-    check_not_requester,
-    check_sign_off,
+    TwoPersonStore,
     clean_text,
-    decision_word,
     parse_decision,
 )
 from appliance.migrations import apply_migrations
@@ -53,7 +50,6 @@ SCOPES = ("reminders",)
 """Consent scopes a campaign may dial under (reminder calls only, for now)."""
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
 """A campaign name: 1 to 64 letters, digits, spaces, ``._-``."""
-PROPOSED_BY = "proposed the campaign"
 
 
 def _m001(conn: sqlite3.Connection) -> None:
@@ -98,7 +94,7 @@ class Campaign:
         return f"admin-{self.id}"
 
 
-class CampaignStore:
+class CampaignStore(TwoPersonStore[Campaign]):
     """Campaigns in ``admin.sqlite`` (table ``campaigns``).
 
     Args:
@@ -109,13 +105,20 @@ class CampaignStore:
 
     Raises:
         sqlite3.Error: The table cannot be created.
+
+    :meth:`review` and :meth:`sign_off` are :class:`~appliance.admin.governance.TwoPersonStore`'s
+    (the same rules as a change request).
     """
 
+    TABLE = "campaigns"
+    NOUN = "campaign"
+    ASKED = "proposed the campaign"
+    ID_KEY = "campaign_id"
+    REVIEWED = "AdminCampaignReviewed"
+    SIGNED_OFF = "AdminCampaignSignedOff"
+
     def __init__(self, conn: sqlite3.Connection, audit: Any, perms: dict[str, tuple[Any, ...]]):
-        self._conn = conn
-        self._audit = audit
-        self._perms = perms
-        self._lock = threading.Lock()
+        super().__init__(conn, audit, perms)
         apply_migrations(conn, MIGRATIONS, conn)
 
     def get(self, campaign_id: int) -> Campaign:
@@ -135,30 +138,6 @@ class CampaignStore:
             "SELECT * FROM campaigns ORDER BY id DESC LIMIT ?", [limit]
         ).fetchall()
         return [_build(r) for r in rows]
-
-    def allowed(self, who: Actor, step: str) -> bool:
-        """Whether ``who`` holds a permission for ``step``."""
-        return any(who.can(p) for p in self._perms[step])
-
-    def _allow(self, who: Actor, step: str) -> None:
-        if not self.allowed(who, step):
-            raise GovernanceError("forbidden", f"you may not {step.replace('_', ' ')} campaigns")
-
-    def _set(self, campaign_id: int, expected: str, **cols: object) -> None:
-        sets = ", ".join(f"{k} = ?" for k in cols)
-        cur = self._conn.execute(
-            f"UPDATE campaigns SET {sets} WHERE id = ? AND state = ?",  # noqa: S608
-            [*cols.values(), campaign_id, expected],
-        )
-        if cur.rowcount != 1:
-            raise GovernanceError("conflict", f"campaign {campaign_id} changed meanwhile; reload")
-
-    @staticmethod
-    def _state(campaign: Campaign, state: str) -> None:
-        if campaign.state != state:
-            raise GovernanceError(
-                "conflict", f"campaign {campaign.id} is {campaign.state.replace('_', ' ')}"
-            )
 
     def check_propose(self, who: Actor, name: str, days: int, scope: str, reason: str) -> str:
         """Validate a proposal before the agent is asked for its preview; the cleaned name.
@@ -227,65 +206,6 @@ class CampaignStore:
             appointments=preview.get("appointments")
             if isinstance(preview.get("appointments"), int)
             else None,
-        )
-        return self.get(campaign_id)
-
-    def review(self, campaign_id: int, who: Actor, approve: bool, notes: str) -> Campaign:
-        """The compliance officer's review (not the proposer).
-
-        Raises:
-            GovernanceError: ``forbidden``, ``not_found``, ``conflict`` (not in review, or
-                already reviewed), ``invalid`` (no note).
-        """
-        self._allow(who, "review")
-        text = clean_text(notes, "the review note")
-        with self._lock:
-            campaign = self.get(campaign_id)
-            self._state(campaign, "in_review")
-            check_not_requester(campaign.requested_by, who, "compliance review", PROPOSED_BY)
-            if campaign.review is not None:
-                raise GovernanceError("conflict", f"campaign {campaign_id} is already reviewed")
-            decision = Decision(who.actor, who.username, time.time(), decision_word(approve), text)
-            self._set(
-                campaign_id,
-                "in_review",
-                review=json.dumps(decision.__dict__),
-                **({} if approve else {"state": "rejected"}),
-            )
-        self._audit.record(
-            "AdminCampaignReviewed",
-            who.actor,
-            campaign_id=campaign_id,
-            decision=decision_word(approve),
-        )
-        return self.get(campaign_id)
-
-    def sign_off(self, campaign_id: int, who: Actor, approve: bool, notes: str) -> Campaign:
-        """The owner's sign-off after an approving review (not the proposer, not the reviewer).
-
-        Raises:
-            GovernanceError: ``forbidden``, ``not_found``, ``conflict`` (not in review or not
-                yet reviewed).
-        """
-        self._allow(who, "sign_off")
-        text = clean_text(notes, "the sign-off note", required=False)
-        with self._lock:
-            campaign = self.get(campaign_id)
-            self._state(campaign, "in_review")
-            check_not_requester(campaign.requested_by, who, "sign-off", PROPOSED_BY)
-            check_sign_off(campaign.review, who)
-            decision = Decision(who.actor, who.username, time.time(), decision_word(approve), text)
-            self._set(
-                campaign_id,
-                "in_review",
-                signoff=json.dumps(decision.__dict__),
-                state="approved" if approve else "rejected",
-            )
-        self._audit.record(
-            "AdminCampaignSignedOff",
-            who.actor,
-            campaign_id=campaign_id,
-            decision=decision_word(approve),
         )
         return self.get(campaign_id)
 

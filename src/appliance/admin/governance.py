@@ -35,7 +35,7 @@ import json
 import sqlite3
 import threading
 import time
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from appliance.admin.governance_model import (
     CHECKLIST,
@@ -50,6 +50,8 @@ from appliance.admin.governance_model import (
 )
 from appliance.migrations import apply_migrations
 
+RowT = TypeVar("RowT")
+
 __all__ = [
     "CHECKLIST",
     "STATES",
@@ -59,6 +61,7 @@ __all__ = [
     "Decision",
     "GovernanceError",
     "GovernanceStore",
+    "TwoPersonStore",
     "check_not_requester",
     "check_sign_off",
     "clean_text",
@@ -134,7 +137,108 @@ def parse_decision(raw: str | None) -> Decision | None:
     return None if raw is None else Decision(**json.loads(raw))
 
 
-class GovernanceStore:
+class TwoPersonStore(Generic[RowT]):
+    """What change requests and campaigns share: rules, guarded updates, the two-person steps.
+
+    A subclass names its table (``TABLE``, with ``id``, ``state``, ``review``, ``signoff``
+    columns), what a row is called in messages (``NOUN``), how its requester is described
+    (``ASKED``), the audit meta key of its id (``ID_KEY``) and the audit kinds of the review
+    and the sign-off; it implements :meth:`get` (a row with ``id``, ``state``,
+    ``requested_by`` and ``review``).
+
+    Args:
+        conn: The admin database (:func:`appliance.admin.db.connect`; autocommit mode).
+        audit: Has ``record(kind, actor, **meta)`` (the admin audit outbox).
+        perms: Step name -> a tuple of permissions any one of which allows the step (the
+            steps here are ``"review"`` and ``"sign_off"``).
+    """
+
+    TABLE = ""
+    NOUN = ""
+    ASKED = "asked for the change"
+    ID_KEY = ""
+    REVIEWED = ""
+    SIGNED_OFF = ""
+
+    def __init__(self, conn: sqlite3.Connection, audit: Any, perms: dict[str, tuple[Any, ...]]):
+        self._conn = conn
+        self._audit = audit
+        self._perms = perms
+        self._lock = threading.Lock()
+
+    def get(self, row_id: int) -> RowT:
+        """One row; ``GovernanceError("not_found")`` when there is none."""
+        raise NotImplementedError
+
+    def _allow(self, who: Actor, step: str) -> None:
+        if not any(who.can(p) for p in self._perms[step]):
+            raise GovernanceError("forbidden", f"you may not {step.replace('_', ' ')} {self.NOUN}s")
+
+    def _state(self, row: Any, *states: str) -> None:
+        if row.state not in states:
+            raise GovernanceError(
+                "conflict", f"{self.NOUN} {row.id} is {row.state}, not {' or '.join(states)}"
+            )
+
+    def _set(self, row_id: int, expected: str, **cols: object) -> None:
+        sets = ", ".join(f"{k} = ?" for k in cols)
+        cur = self._conn.execute(
+            f"UPDATE {self.TABLE} SET {sets} WHERE id = ? AND state = ?",  # noqa: S608
+            [*cols.values(), row_id, expected],
+        )
+        if cur.rowcount != 1:
+            raise GovernanceError("conflict", f"{self.NOUN} {row_id} changed meanwhile; reload")
+
+    def review(self, row_id: int, who: Actor, approve: bool, notes: str) -> RowT:
+        """The compliance officer's review (``in_review`` only; a rejection ends the row).
+
+        Raises:
+            GovernanceError: ``forbidden`` (no ``review`` permission, or the requester),
+                ``not_found``, ``conflict`` (not in review, or already reviewed),
+                ``invalid`` (no note).
+        """
+        return self._decide(row_id, who, approve, notes, review=True)
+
+    def sign_off(self, row_id: int, who: Actor, approve: bool, notes: str) -> RowT:
+        """The owner's sign-off, after an approving review: ``approved`` or ``rejected``.
+
+        Raises:
+            GovernanceError: ``forbidden`` (no ``sign_off``, the requester, or the compliance
+                reviewer), ``not_found``, ``conflict`` (not in review or not yet reviewed).
+        """
+        return self._decide(row_id, who, approve, notes, review=False)
+
+    def _decide(self, row_id: int, who: Actor, approve: bool, notes: str, *, review: bool) -> RowT:
+        self._allow(who, "review" if review else "sign_off")
+        what = "review" if review else "sign-off"
+        text = clean_text(notes, f"the {what} note", required=review)
+        with self._lock:
+            row: Any = self.get(row_id)
+            self._state(row, "in_review")
+            check_not_requester(
+                row.requested_by, who, "compliance review" if review else "sign-off", self.ASKED
+            )
+            if not review:
+                check_sign_off(row.review, who)
+            elif row.review is not None:
+                raise GovernanceError("conflict", f"{self.NOUN} {row_id} is already reviewed")
+            decision = Decision(who.actor, who.username, time.time(), decision_word(approve), text)
+            if review:
+                after = {} if approve else {"state": "rejected"}
+            else:
+                after = {"state": "approved" if approve else "rejected"}
+            column = "review" if review else "signoff"
+            self._set(row_id, "in_review", **{column: json.dumps(decision.__dict__)}, **after)
+        self._audit.record(
+            self.REVIEWED if review else self.SIGNED_OFF,
+            who.actor,
+            **{self.ID_KEY: row_id},
+            decision=decision_word(approve),
+        )
+        return self.get(row_id)
+
+
+class GovernanceStore(TwoPersonStore[ChangeRequest]):
     """Change requests in ``admin.sqlite`` (tables ``workflow_changes``, ``workflow_checklist``).
 
     Args:
@@ -148,11 +252,14 @@ class GovernanceStore:
         sqlite3.Error: The tables cannot be created.
     """
 
+    TABLE = "workflow_changes"
+    NOUN = "change"
+    ID_KEY = "change_id"
+    REVIEWED = "AdminComplianceReviewed"
+    SIGNED_OFF = "AdminSignedOff"
+
     def __init__(self, conn: sqlite3.Connection, audit: Any, perms: dict[str, tuple[Any, ...]]):
-        self._conn = conn
-        self._audit = audit
-        self._perms = perms
-        self._lock = threading.Lock()
+        super().__init__(conn, audit, perms)
         apply_migrations(conn, MIGRATIONS, conn)
 
     # -- reading ---------------------------------------------------------------------------
@@ -201,28 +308,6 @@ class GovernanceStore:
             applied=None if row["applied"] is None else json.loads(row["applied"]),
             rolled_back=None if row["rolled_back"] is None else json.loads(row["rolled_back"]),
         )
-
-    # -- rules -----------------------------------------------------------------------------
-
-    def _allow(self, who: Actor, step: str) -> None:
-        if not any(who.can(p) for p in self._perms[step]):
-            raise GovernanceError("forbidden", f"you may not {step.replace('_', ' ')} changes")
-
-    @staticmethod
-    def _state(change: ChangeRequest, *states: str) -> None:
-        if change.state not in states:
-            raise GovernanceError(
-                "conflict", f"change {change.id} is {change.state}, not {' or '.join(states)}"
-            )
-
-    def _set(self, change_id: int, expected: str, **cols: object) -> None:
-        sets = ", ".join(f"{k} = ?" for k in cols)
-        cur = self._conn.execute(
-            f"UPDATE workflow_changes SET {sets} WHERE id = ? AND state = ?",  # noqa: S608
-            [*cols.values(), change_id, expected],
-        )
-        if cur.rowcount != 1:
-            raise GovernanceError("conflict", f"change {change_id} changed meanwhile; reload")
 
     # -- steps -----------------------------------------------------------------------------
 
@@ -355,63 +440,6 @@ class GovernanceStore:
                 raise GovernanceError("conflict", "checklist incomplete: " + "; ".join(missing))
             self._set(change_id, "draft", state="in_review")
         self._audit.record("AdminSubmittedForReview", who.actor, change_id=change_id)
-        return self.get(change_id)
-
-    def review(self, change_id: int, who: Actor, approve: bool, notes: str) -> ChangeRequest:
-        """The compliance officer's review.
-
-        Raises:
-            GovernanceError: ``forbidden`` (no ``compliance_review``, or the requester),
-                ``not_found``, ``conflict`` (not in review, or already reviewed),
-                ``invalid`` (no note).
-        """
-        self._allow(who, "review")
-        text = clean_text(notes, "the review note")
-        with self._lock:
-            change = self.get(change_id)
-            self._state(change, "in_review")
-            check_not_requester(change.requested_by, who, "compliance review")
-            if change.review is not None:
-                raise GovernanceError("conflict", f"change {change_id} is already reviewed")
-            decision = Decision(who.actor, who.username, time.time(), decision_word(approve), text)
-            self._set(
-                change_id,
-                "in_review",
-                review=json.dumps(decision.__dict__),
-                **({} if approve else {"state": "rejected"}),
-            )
-        self._audit.record(
-            "AdminComplianceReviewed",
-            who.actor,
-            change_id=change_id,
-            decision=decision_word(approve),
-        )
-        return self.get(change_id)
-
-    def sign_off(self, change_id: int, who: Actor, approve: bool, notes: str) -> ChangeRequest:
-        """The owner's sign-off, after an approving compliance review.
-
-        Raises:
-            GovernanceError: ``forbidden`` (no ``sign_off``, the requester, or the compliance
-                reviewer), ``not_found``, ``conflict`` (not in review or not yet reviewed).
-        """
-        self._allow(who, "sign_off")
-        text = clean_text(notes, "the sign-off note", required=False)
-        with self._lock:
-            change = self.get(change_id)
-            self._state(change, "in_review")
-            check_not_requester(change.requested_by, who, "sign-off")
-            check_sign_off(change.review, who)
-            decision = Decision(who.actor, who.username, time.time(), decision_word(approve), text)
-            self._set(
-                change_id,
-                "in_review",
-                signoff=json.dumps(decision.__dict__),
-                state="approved" if approve else "rejected",
-            )
-        self._audit.record(
-            "AdminSignedOff", who.actor, change_id=change_id, decision=decision_word(approve)
-        )
         return self.get(change_id)
 
     def check_apply(self, change_id: int, who: Actor) -> ChangeRequest:

@@ -13,7 +13,7 @@ of a patient. A viewer sees the counts and the state only (not the reason or the
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi import Path as PathParam
@@ -196,36 +196,6 @@ def _approve(decision: str) -> bool:
     return decision == "approve"
 
 
-@router.post("/campaigns/{campaign_id}/review", response_class=HTMLResponse)
-def review(
-    request: Request,
-    campaign_id: int = CampaignId,
-    decision: str = Form(""),
-    notes: str = Form(""),
-    principal: Principal = Depends(VIEW),
-) -> Response:
-    return _after(
-        request,
-        campaign_id,
-        lambda: _store(request).review(campaign_id, principal, _approve(decision), notes),
-    )
-
-
-@router.post("/campaigns/{campaign_id}/signoff", response_class=HTMLResponse)
-def signoff(
-    request: Request,
-    campaign_id: int = CampaignId,
-    decision: str = Form(""),
-    notes: str = Form(""),
-    principal: Principal = Depends(VIEW),
-) -> Response:
-    return _after(
-        request,
-        campaign_id,
-        lambda: _store(request).sign_off(campaign_id, principal, _approve(decision), notes),
-    )
-
-
 @router.post("/campaigns/{campaign_id}/start", response_class=HTMLResponse)
 def start(
     request: Request, campaign_id: int = CampaignId, principal: Principal = Depends(VIEW)
@@ -244,6 +214,23 @@ def start(
         store.mark_started(campaign_id, principal, len(jobs) if isinstance(jobs, list) else 0)
 
     return _after(request, campaign_id, run)
+
+
+@router.post("/campaigns/{campaign_id}/{step}", response_class=HTMLResponse)
+def decide(
+    request: Request,
+    step: Literal["review", "signoff"],
+    campaign_id: int = CampaignId,
+    decision: str = Form(""),
+    notes: str = Form(""),
+    principal: Principal = Depends(VIEW),
+) -> Response:
+    """The compliance review (``review``) or the owner's sign-off (``signoff``)."""
+    store = _store(request)
+    act = store.review if step == "review" else store.sign_off
+    return _after(
+        request, campaign_id, lambda: act(campaign_id, principal, _approve(decision), notes)
+    )
 
 
 @router.get("/api/campaigns")
