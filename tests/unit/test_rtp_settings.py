@@ -77,6 +77,12 @@ def test_wildcard_bind_routes_towards_the_first_peer(peer: str, target: str) -> 
     assert address != "0.0.0.0"  # noqa: S104
 
 
+def test_no_trunk_yet_binds_rtp_to_loopback() -> None:
+    """A fresh image before its trunk file: no peer, every INVITE gets 403; the agent runs."""
+    assert SipSettings(bind="0.0.0.0:5060", allowed_peers=[]).rtp_bind_address() == "127.0.0.1"  # noqa: S104
+    assert SipSettings(bind="[::]:5060", allowed_peers=[]).rtp_bind_address() == "::1"
+
+
 def test_route_lookup_skips_an_unroutable_peer_then_fails_clearly() -> None:
     # A UDP connect to the limited broadcast address fails (EACCES without SO_BROADCAST).
     assert route_source_address(["255.255.255.255/32", "127.0.0.9/32"]) == _kernel_source(

@@ -244,7 +244,8 @@ class SipSettings(_Section):
         Returns:
             ``rtp_address`` when set; else the SIP host when it is a specific address (or a
             name, which pjlib resolves); else the local address the kernel would send from
-            towards the first reachable ``allowed_peers`` entry (:func:`route_source_address`).
+            towards the first reachable ``allowed_peers`` entry (:func:`route_source_address`);
+            loopback when there is no peer at all (no trunk yet: every INVITE is refused).
 
         Raises:
             ConfigError: ``config_invalid``: the SIP host is a wildcard and no allowed peer is
@@ -254,10 +255,15 @@ class SipSettings(_Section):
             return self.rtp_address
         host = sip_host if sip_host is not None else self.host
         try:
-            if not ipaddress.ip_address(host).is_unspecified:
-                return host
+            ip = ipaddress.ip_address(host)
         except ValueError:
             return host
+        if not ip.is_unspecified:
+            return host
+        if not self.allowed_peers:
+            # No trunk configured yet (a fresh image before its trunk file): every INVITE gets
+            # 403, so no call has media; loopback keeps the agent up without a LAN socket.
+            return "::1" if ip.version == 6 else "127.0.0.1"
         return route_source_address(self.allowed_peers)
 
     def peer_allowed(self, address: str) -> bool:
