@@ -249,6 +249,7 @@ def start_box(
     rtp_port: int = 48000,
     extra_peers: tuple[str, ...] = (f"{ALLOWED_FLOODER}/32",),
     ready_timeout_s: float = 600,
+    pike_density: int | None = None,
 ) -> Box:
     """Start the workers and Kamailio in front of them; return once OPTIONS is answered 200.
 
@@ -259,6 +260,7 @@ def start_box(
         rtp_port: RTP base port; worker N allocates from ``rtp_port + 100 N``.
         extra_peers: Allowlist entries besides the trunk (127.0.0.1/32).
         ready_timeout_s: How long the workers may take to load their models.
+        pike_density: ``[edge] pike_density`` (requests per source per 2 s); None: the default.
 
     Returns:
         The running box.
@@ -283,6 +285,7 @@ def start_box(
         f"worker_base_port = {base + 1}\nretry_after_s = {EDGE_RETRY_AFTER}\n"
         "ping_interval_s = 1\nping_threshold = 2\ninvite_timeout_s = 4\n"
         f'run_dir = "{work / "run"}"\n'
+        + (f"pike_density = {pike_density}\n" if pike_density else "")
     )
     audit = load_settings(config).audit
     load_or_create_signing_key(audit.signing_key_file)
@@ -324,6 +327,7 @@ class CallResult:
         late_packets: Agent RTP packets that arrived > 60 ms after the previous one.
         agent_packets: Agent RTP packets.
         call_id: The SIP Call-ID.
+        reason: Reason phrase of the final response ("All Agents Busy", "Call Rate Limit"...).
     """
 
     status: int | None
@@ -334,6 +338,7 @@ class CallResult:
     late_packets: int
     agent_packets: int
     call_id: str
+    reason: str = ""
 
     @property
     def answered(self) -> bool:
@@ -351,6 +356,14 @@ def _final_status(result: SippResult) -> int | None:
         if code >= 200:
             return code  # the INVITE's (the BYE's 200 comes later)
     return None
+
+
+def _reason(result: SippResult, status: int | None) -> str:
+    for direction, text in _split_messages(result.messages):
+        first = text.split("\n", 1)[0].strip()
+        if direction == "received" and first.startswith(f"SIP/2.0 {status} "):
+            return first.split(" ", 2)[2]
+    return ""
 
 
 def _call_id(result: SippResult) -> str:
@@ -403,6 +416,7 @@ def analyse_call(result: SippResult, streams: list, media_port: int) -> CallResu
         late_packets=late,
         agent_packets=len(agent_pk),
         call_id=_call_id(result),
+        reason=_reason(result, status),
     )
 
 
@@ -545,26 +559,44 @@ def wait_idle(box: Box, timeout_s: float = 60) -> None:
 
 
 def _flood_stats(result: SippResult) -> dict[str, object]:
+    """INVITEs sent (and their rate, from the log's timestamps) and the answers per INVITE.
+
+    ``answers`` counts each INVITE (Call-ID) once, by its first final response;
+    ``responses_received`` counts every response, retransmissions of a final response too.
+    """
     sent: list[float] = []
-    codes: collections.Counter[str] = collections.Counter()
-    log = result.messages
-    for block in log.split("----------------------------------------------- ")[1:]:
+    received: collections.Counter[str] = collections.Counter()
+    final: dict[str, str] = {}
+    for block in result.messages.split("----------------------------------------------- ")[1:]:
         stamp, _, rest = block.partition("\n")
-        body = rest.partition("\n")[2].lstrip("\r\n")
-        if "message sent" in rest.split("\n", 1)[0] and body.startswith("INVITE "):
+        head, _, body = rest.partition("\n")
+        body = body.lstrip("\r\n")
+        if "message sent" in head and body.startswith("INVITE "):
             try:
                 sent.append(datetime.strptime(stamp.strip(), "%Y-%m-%d %H:%M:%S.%f").timestamp())
             except ValueError:
                 continue
-        elif "message received" in rest.split("\n", 1)[0] and body.startswith("SIP/2.0 "):
-            codes[body.split()[1]] += 1
+        elif "message received" in head and body.startswith("SIP/2.0 "):
+            code = body.split()[1]
+            received[code] += 1
+            call_id = next(
+                (
+                    line.split(":", 1)[1].strip()
+                    for line in body.splitlines()
+                    if line.lower().startswith(("call-id:", "i:"))
+                ),
+                "",
+            )
+            if int(code) >= 200 and call_id:
+                final.setdefault(call_id, code)
     span = (max(sent) - min(sent)) if len(sent) > 1 else 0.0
     return {
         "invites_sent": len(sent),
         "span_s": round(span, 2),
         "rate_per_s": round((len(sent) - 1) / span, 1) if span else None,
-        "responses": dict(codes),
-        "no_answer": max(0, len(sent) - sum(v for k, v in codes.items() if int(k) >= 200)),
+        "answers": dict(collections.Counter(final.values())),
+        "responses_received": dict(received),
+        "no_answer": max(0, len(sent) - len(final)),
     }
 
 
@@ -634,6 +666,7 @@ def flood(
             "dropped": real.dropped,
             "v2v_s": real.v2v_s,
             "retry_after": real.retry_after,
+            "reason": real.reason,
         },
         "calls_offered_to_workers": offered1 - offered0,
         "audit_records_added": audit1 - audit0,
@@ -733,7 +766,9 @@ def print_table(rep: dict) -> None:
         )
     over = rep["over_capacity"]
     print(
-        f"\n1.5x capacity: offered {over['offered']}, answered {over['answered']}, "
+        ""
+        if not over.get("offered")
+        else f"\n1.5x capacity: offered {over['offered']}, answered {over['answered']}, "
         f"503 {over['refused_503']} ({over['refused_503_with_retry_after']} with Retry-After), "
         f"other {over['other']}, dropped {over['dropped']}"
     )
@@ -741,7 +776,7 @@ def print_table(rep: dict) -> None:
         rc = fl["real_call"]
         print(
             f"flood {name} from {fl['source']}: {fl['invites_sent']} INVITEs at "
-            f"{fl['rate_per_s']}/s, answers {fl['responses']}, real call {rc['status']} "
+            f"{fl['rate_per_s']}/s, answers {fl['answers']}, real call {rc['status']} "
             f"(audio {rc['agent_audio']}, dropped {rc['dropped']}), "
             f"audit +{fl['audit_records_added']}, metadata +{fl['metadata_rows_added']} rows, "
             f"workers up {fl['workers_alive']}"
@@ -760,6 +795,13 @@ def main() -> int:  # noqa: PLR0915
     ap.add_argument("--flood-rate", type=int, default=300, help="INVITEs per second (300)")
     ap.add_argument("--flood-s", type=float, default=10.0, help="flood length, seconds (10)")
     ap.add_argument("--no-floods", action="store_true", help="skip the floods")
+    ap.add_argument("--floods-only", action="store_true", help="skip the sweep and 1.5x")
+    ap.add_argument(
+        "--pike-density",
+        type=int,
+        default=None,
+        help="[edge] pike_density for this run (default: the setting's default, 30 per 2 s)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default: results/)")
     args = ap.parse_args()
     for tool in ("sipp", "kamailio", "kamcmd"):
@@ -770,7 +812,9 @@ def main() -> int:  # noqa: PLR0915
     print(f"work dir {work}; machine: {machine()}", flush=True)
     print(f"starting the edge and {args.workers} workers ...", flush=True)
     t_start = time.monotonic()
-    box = start_box(work, workers=args.workers, max_calls=args.max_calls)
+    box = start_box(
+        work, workers=args.workers, max_calls=args.max_calls, pike_density=args.pike_density
+    )
     print(f"ready in {time.monotonic() - t_start:.0f} s", flush=True)
     try:
         # Warm-up: one call, not counted (the first call of each worker pages in its models).
@@ -778,8 +822,9 @@ def main() -> int:  # noqa: PLR0915
             place_calls(box, 1, work / f"warmup{_.index}", greeting_ms=2000, reply_ms=3000)
             wait_idle(box)
         usage0 = Usage(time.time(), box.usage())
-        levels = []
-        for n in levels_for(box.capacity):
+        levels: list[dict] = []
+        over: dict = {"offered": 0, "answered": 0, "refused_503": 0, "dropped": 0}
+        for n in [] if args.floods_only else levels_for(box.capacity):
             print(f"level {n}: {n} call(s) at once ...", flush=True)
             lv = run_level(box, n, work / f"level{n}")
             levels.append(lv)
@@ -789,10 +834,11 @@ def main() -> int:  # noqa: PLR0915
                 flush=True,
             )
             wait_idle(box)
-        over_n = math.ceil(1.5 * box.capacity)
-        print(f"1.5x capacity: {over_n} calls at once ...", flush=True)
-        over = run_level(box, over_n, work / "over")
-        wait_idle(box)
+        if not args.floods_only:
+            over_n = math.ceil(1.5 * box.capacity)
+            print(f"1.5x capacity: {over_n} calls at once ...", flush=True)
+            over = run_level(box, over_n, work / "over")
+            wait_idle(box)
         floods: dict[str, dict] = {}
         if not args.no_floods:
             for name, source in (("stranger", STRANGER), ("allowlisted_no_ack", ALLOWED_FLOODER)):
@@ -805,7 +851,7 @@ def main() -> int:  # noqa: PLR0915
     finally:
         box.stop()
     growth = rss_growth(usage0, usage1)
-    at_cap = next((lv for lv in levels if lv["level"] == box.capacity), levels[-1])
+    at_cap = next((lv for lv in levels if lv["level"] == box.capacity), {})
     dropped = sum(lv["dropped"] for lv in levels) + over["dropped"]
     dropped += sum(bool(f["real_call"]["dropped"]) for f in floods.values())
     workers_growth = [v["rss_growth_pct_per_h"] for k, v in growth.items() if k != "kamailio"]
@@ -820,9 +866,10 @@ def main() -> int:  # noqa: PLR0915
         "max_calls": args.max_calls,
         "capacity_calls": box.capacity,
         "dropped_calls": dropped,
-        "voice_to_voice_p90_s_at_capacity": at_cap["v2v_p90_s"],
-        "voice_to_voice_p50_s_at_capacity": at_cap["v2v_p50_s"],
-        "answered_at_capacity": at_cap["answered"],
+        "voice_to_voice_p90_s_at_capacity": at_cap.get("v2v_p90_s"),
+        "voice_to_voice_p50_s_at_capacity": at_cap.get("v2v_p50_s"),
+        "answered_at_capacity": at_cap.get("answered"),
+        "pike_density": args.pike_density or 30,
         "rss_growth_pct_per_h": max(workers_growth) if workers_growth else None,
         "rss_by_process": growth,
         "run_s": round(usage1.t - usage0.t, 1),
