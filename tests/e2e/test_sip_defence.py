@@ -8,6 +8,7 @@
 * INVITE with ``Replaces`` naming a caller's dialog (RFC 3891): 403, and the caller stays.
 * In-dialog REFER from the far end (RFC 3515): 603, and nothing is dialled.
 * SUBSCRIBE (presence): 403 from anyone; REGISTER: never a 2xx.
+* MESSAGE: pjsua 2.15.1 answers it 200 before any callback; its body is kept nowhere.
 * Timer H: a call answered and never ACKed is ended with a BYE after ``[sip] ack_timeout_s``.
 * RTP timeout: a call whose inbound RTP stops is ended after ``[sip] rtp_timeout_s``.
 
@@ -511,3 +512,40 @@ def test_message_body_reaches_no_log_event_or_store(worker: ApplianceProcess, so
     assert stores, "the worker wrote no files at all"
     leaked = [p for p in stores if marker.encode() in p.read_bytes()]
     assert not leaked, leaked
+
+
+# -- An SDP address longer than pjlib takes (found by fuzzing) ------------------------------
+
+
+@pytest.mark.parametrize("line", ["c", "rtcp"])
+def test_offer_with_an_overlong_address_is_refused_not_fatal(
+    worker: ApplianceProcess, line: str
+) -> None:
+    """A 300-character ``c=`` (or ``a=rtcp``) address: 488, and the worker stays up.
+
+    Answering such an offer made pjmedia call ``pj_sockaddr_in_set_str_addr``, which asserts
+    ``slen < PJ_MAX_HOSTNAME`` (254): the worker aborted on one INVITE from a trunk peer
+    (boofuzz, ADR 0018). A slot is free here, so the INVITE would be answered.
+    """
+    host = "h" * 300
+    conn = host if line == "c" else "127.0.0.1"
+    rtcp = f"a=rtcp:4001 IN IP4 {host}\r\n" if line == "rtcp" else ""
+    sdp = (
+        f"v=0\r\no=x 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 {conn}\r\nt=0 0\r\n"
+        f"m=audio 4000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n{rtcp}"
+    )
+    answers = _udp_request(
+        worker,
+        "127.0.0.1",
+        f"INVITE sip:appliance@127.0.0.1:{worker.sip_port} SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bKlong13" + line + "\r\n"
+        "From: <sip:200@{host}>;tag=l13\r\n"
+        f"To: <sip:appliance@127.0.0.1>\r\nCall-ID: long13-{line}@127.0.0.1\r\n"
+        "CSeq: 1 INVITE\r\nContact: <sip:200@{host}:{port}>\r\nMax-Forwards: 70\r\n"
+        f"Content-Type: application/sdp\r\nContent-Length: {len(sdp)}\r\n\r\n{sdp}",
+        wait_s=2.0,
+    )
+    time.sleep(0.5)
+    assert _alive(worker), worker.log()[-2000:]
+    assert b"SIP/2.0 488 Not Acceptable Here" in answers, answers
+    assert not [a for a in answers if a.startswith(b"SIP/2.0 2")], answers

@@ -47,7 +47,7 @@ import pjsua2 as pj
 from appliance.audio.bridge import AudioBridge
 from appliance.config.settings import SipSettings
 from appliance.errors import MediaError
-from appliance.media.admission import admit
+from appliance.media.admission import Admission, admit
 from appliance.media.calls import (
     DTMF_RFC4733,
     DTMF_SIP_INFO,
@@ -65,6 +65,27 @@ _LOGGER = logging.getLogger(__name__)
 
 #: Seconds between the checks for calls with no ACK or no inbound RTP.
 WATCH_INTERVAL_S = 0.5
+
+#: Longest host pjlib takes in a socket address (``PJ_MAX_HOSTNAME`` is 254 with the NUL).
+MAX_SDP_HOST = 253
+
+
+def offer_host_too_long(message: str) -> bool:
+    """True if an SDP ``c=`` or ``a=rtcp:`` line in ``message`` has a token over 253 chars.
+
+    When a call is answered, pjmedia turns the offer's connection address (and an ``a=rtcp``
+    address) into a socket address with ``pj_sockaddr_in_set_str_addr``, which asserts
+    ``slen < PJ_MAX_HOSTNAME``: the wheel keeps assertions, so the process aborts (found by
+    fuzzing, ADR 0018). RFC 4566 section 5.7 and RFC 3605 give these lines; a host name is at
+    most 253 characters anyway (RFC 1035 section 2.3.4). This reads only those two line kinds
+    of ``message`` (``OnIncomingCallParam.rdata.wholeMsg``); pjsip has parsed it already.
+    """
+    for line in message.splitlines():
+        if line.startswith(("c=", "a=rtcp:")) and any(
+            len(token) > MAX_SDP_HOST for token in line.split()
+        ):
+            return True
+    return False
 
 
 def _header_vector(headers: dict[str, str]) -> pj.SipHeaderVector:
@@ -293,7 +314,11 @@ class SipUserAgent:
             max_calls=self.settings.max_calls,
             pjsua_calls=sum(1 for c in self._calls.values() if c is not call and not c.ended),
         )
-        if decision.status == 403:
+        if decision.answered and offer_host_too_long(prm.rdata.wholeMsg):
+            decision = Admission(488, "bad_offer")
+            _LOGGER.warning("call %s refused with 488: SDP address too long", handle.call_id)
+            self.submit(lambda: self._refuse(call, 488, "Not Acceptable Here"))
+        elif decision.status == 403:
             _LOGGER.warning("call %s refused: source %s is not a trunk peer", handle.call_id, peer)
             self.submit(lambda: self._refuse(call, 403, "Forbidden"))
         elif not decision.answered:
