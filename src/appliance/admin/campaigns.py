@@ -42,7 +42,6 @@ from appliance.admin.governance import (
     clean_text,
     parse_decision,
 )
-from appliance.migrations import apply_migrations
 
 DAYS_MAX = 14
 """The furthest ahead a campaign may reach, days (the dialler's ``CAMPAIGN_DAYS_MAX``)."""
@@ -112,32 +111,30 @@ class CampaignStore(TwoPersonStore[Campaign]):
 
     TABLE = "campaigns"
     NOUN = "campaign"
+    LONG_NOUN = "campaign"
     ASKED = "proposed the campaign"
     ID_KEY = "campaign_id"
     REVIEWED = "AdminCampaignReviewed"
     SIGNED_OFF = "AdminCampaignSignedOff"
 
-    def __init__(self, conn: sqlite3.Connection, audit: Any, perms: dict[str, tuple[Any, ...]]):
-        super().__init__(conn, audit, perms)
-        apply_migrations(conn, MIGRATIONS, conn)
+    MIGRATIONS = MIGRATIONS
 
-    def get(self, campaign_id: int) -> Campaign:
-        """One campaign.
-
-        Raises:
-            GovernanceError: ``not_found``.
-        """
-        row = self._conn.execute("SELECT * FROM campaigns WHERE id = ?", [campaign_id]).fetchone()
-        if row is None:
-            raise GovernanceError("not_found", f"no campaign {campaign_id}")
-        return _build(row)
-
-    def list(self, limit: int = 100) -> list[Campaign]:
-        """The latest campaigns, newest first."""
-        rows = self._conn.execute(
-            "SELECT * FROM campaigns ORDER BY id DESC LIMIT ?", [limit]
-        ).fetchall()
-        return [_build(r) for r in rows]
+    def _build(self, row: sqlite3.Row) -> Campaign:
+        return Campaign(
+            id=row["id"],
+            name=row["name"],
+            days=row["days"],
+            scope=row["scope"],
+            reason=row["reason"],
+            requested_by=row["requested_by"],
+            requested_by_name=row["requested_by_name"],
+            created_at=row["created_at"],
+            state=row["state"],
+            preview=json.loads(row["preview"]),
+            review=parse_decision(row["review"]),
+            signoff=parse_decision(row["signoff"]),
+            started=None if row["started"] is None else json.loads(row["started"]),
+        )
 
     def check_propose(self, who: Actor, name: str, days: int, scope: str, reason: str) -> str:
         """Validate a proposal before the agent is asked for its preview; the cleaned name.
@@ -275,24 +272,6 @@ def _counts(preview: dict[str, Any]) -> str:
                 if isinstance(v, int)
             },
         }
-    )
-
-
-def _build(row: sqlite3.Row) -> Campaign:
-    return Campaign(
-        id=row["id"],
-        name=row["name"],
-        days=row["days"],
-        scope=row["scope"],
-        reason=row["reason"],
-        requested_by=row["requested_by"],
-        requested_by_name=row["requested_by_name"],
-        created_at=row["created_at"],
-        state=row["state"],
-        preview=json.loads(row["preview"]),
-        review=parse_decision(row["review"]),
-        signoff=parse_decision(row["signoff"]),
-        started=None if row["started"] is None else json.loads(row["started"]),
     )
 
 

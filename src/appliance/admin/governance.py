@@ -141,10 +141,11 @@ class TwoPersonStore(Generic[RowT]):
     """What change requests and campaigns share: rules, guarded updates, the two-person steps.
 
     A subclass names its table (``TABLE``, with ``id``, ``state``, ``review``, ``signoff``
-    columns), what a row is called in messages (``NOUN``), how its requester is described
-    (``ASKED``), the audit meta key of its id (``ID_KEY``) and the audit kinds of the review
-    and the sign-off; it implements :meth:`get` (a row with ``id``, ``state``,
-    ``requested_by`` and ``review``).
+    columns) and its migrations (``MIGRATIONS``, applied at construction), what a row is
+    called in messages (``NOUN``, ``LONG_NOUN``), how its requester is described (``ASKED``),
+    the audit meta key of its id (``ID_KEY``) and the audit kinds of the review and the
+    sign-off (``REVIEWED``, ``SIGNED_OFF``). It implements ``_build``: a table row to a row
+    object with ``id``, ``state``, ``requested_by`` and ``review``.
 
     Args:
         conn: The admin database (:func:`appliance.admin.db.connect`; autocommit mode).
@@ -155,19 +156,43 @@ class TwoPersonStore(Generic[RowT]):
 
     TABLE = ""
     NOUN = ""
+    LONG_NOUN = ""
     ASKED = "asked for the change"
     ID_KEY = ""
     REVIEWED = ""
     SIGNED_OFF = ""
+    MIGRATIONS: list[tuple[str, Any]] = []
 
     def __init__(self, conn: sqlite3.Connection, audit: Any, perms: dict[str, tuple[Any, ...]]):
         self._conn = conn
         self._audit = audit
         self._perms = perms
         self._lock = threading.Lock()
+        apply_migrations(conn, self.MIGRATIONS, conn)
 
     def get(self, row_id: int) -> RowT:
-        """One row; ``GovernanceError("not_found")`` when there is none."""
+        """One row.
+
+        Raises:
+            GovernanceError: ``not_found``.
+        """
+        row = self._conn.execute(
+            f"SELECT * FROM {self.TABLE} WHERE id = ?",  # noqa: S608
+            [row_id],
+        ).fetchone()
+        if row is None:
+            raise GovernanceError("not_found", f"no {self.LONG_NOUN} {row_id}")
+        return self._build(row)
+
+    def list(self, limit: int = 100) -> list[RowT]:
+        """The latest rows, newest first."""
+        rows = self._conn.execute(
+            f"SELECT * FROM {self.TABLE} ORDER BY id DESC LIMIT ?",  # noqa: S608
+            [limit],
+        ).fetchall()
+        return [self._build(r) for r in rows]
+
+    def _build(self, row: sqlite3.Row) -> RowT:
         raise NotImplementedError
 
     def _allow(self, who: Actor, step: str) -> None:
@@ -254,35 +279,14 @@ class GovernanceStore(TwoPersonStore[ChangeRequest]):
 
     TABLE = "workflow_changes"
     NOUN = "change"
+    LONG_NOUN = "change request"
     ID_KEY = "change_id"
     REVIEWED = "AdminComplianceReviewed"
     SIGNED_OFF = "AdminSignedOff"
 
-    def __init__(self, conn: sqlite3.Connection, audit: Any, perms: dict[str, tuple[Any, ...]]):
-        super().__init__(conn, audit, perms)
-        apply_migrations(conn, MIGRATIONS, conn)
+    MIGRATIONS = MIGRATIONS
 
     # -- reading ---------------------------------------------------------------------------
-
-    def get(self, change_id: int) -> ChangeRequest:
-        """One change request with its checklist.
-
-        Raises:
-            GovernanceError: ``not_found``.
-        """
-        row = self._conn.execute(
-            "SELECT * FROM workflow_changes WHERE id = ?", [change_id]
-        ).fetchone()
-        if row is None:
-            raise GovernanceError("not_found", f"no change request {change_id}")
-        return self._build(row)
-
-    def list(self, limit: int = 100) -> list[ChangeRequest]:
-        """The latest change requests, newest first."""
-        rows = self._conn.execute(
-            "SELECT * FROM workflow_changes ORDER BY id DESC LIMIT ?", [limit]
-        ).fetchall()
-        return [self._build(r) for r in rows]
 
     def _build(self, row: sqlite3.Row) -> ChangeRequest:
         items = self._conn.execute(
