@@ -24,6 +24,7 @@ from appliance.admin.rbac import Role
 from appliance.agent.calendar import seed_demo
 from appliance.agent.calendar.schema import fmt
 from appliance.config import load_settings
+from appliance.control import ControlClient, ControlError
 from appliance.policy.consent import ConsentStore
 from appliance.policy.dnc import DncList
 from tests.admin.agent import Agent, DiallerOps, serve_outbound, stop_outbound
@@ -291,3 +292,19 @@ def test_no_dialler_on_the_agent_no_campaign(signed_in, admin_env: AdminEnv) -> 
         assert lead.get("/api/campaigns").json()["campaigns"] == []
     finally:
         agent.close()
+
+
+def test_the_preview_op_refuses_bad_days_and_records_nothing(dialler) -> None:  # noqa: ANN001
+    """``outbound.preview`` on the control socket itself, as the page calls it."""
+    agent, ops = dialler
+    client = ControlClient(agent.server.settings.admin.control_socket, timeout=5.0)
+    for days in (0, 15, "2", True, None):
+        with pytest.raises(ControlError) as refused:
+            client.call("outbound.preview", {"days": days}, "user:1")
+        assert refused.value.code == "bad_request", days
+    assert client.call("outbound.preview", {"days": 2}, "user:1") == {
+        "appointments": 3,
+        "refused": {"dnc": 1, "no-consent": 1},
+    }
+    assert client.call("outbound.preview", {"days": 1}, "user:1")["appointments"] == 3
+    assert ops.placer.invites == [] and agent.records("AdminOutbound") == []
