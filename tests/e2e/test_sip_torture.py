@@ -2,8 +2,9 @@
 
 The messages are in ``tests/e2e/sip_torture/``, one file per test, named by the RFC's section
 number and its archive name (``3.1.1.1-wsinv.sip``), with their CRLF line ends. They were taken
-from the RFC's text (the wsinv message checked byte for byte against the RFC's bit-exact archive);
-one change was made to each: the top ``Via`` carries ``UDP`` and a ``{{SENT_BY}}`` placeholder,
+from the RFC's text as quoted in reSIProcate's ``RFC4475TortureTests.cxx`` (wsinv matches
+reSIProcate's copy of the RFC's archive file, ``wsinv.dat``, byte for byte); one change was made
+to each: the top ``Via`` carries ``UDP`` and a ``{{SENT_BY}}`` placeholder,
 which the test replaces with its own socket's address, so that the answer comes back to it. That
 is a template substitution, not SIP parsing. Left out: 3.1.1.11 (mpart01), whose binary body the
 RFC's text does not reproduce, and which is a MESSAGE (see test_sip_defence.py).
@@ -13,7 +14,9 @@ comes back. It asserts:
 
 * valid (3.1.1) requests never get 400, and an INVITE or OPTIONS gets an answer (any status);
   responses (3.1.1.12, 3.1.1.13) arrive outside any transaction and need no answer;
-* invalid (3.1.2) messages get only 4xx, or no answer at all;
+* invalid (3.1.2) messages get only 4xx, or no answer at all, except the six the RFC lets an
+  element accept (``LIBERAL``);
+* where an element departs from the RFC (``KNOWN``, measured and explained), the exact answer;
 * after each message the worker and Kamailio are still running; after the whole set the worker
   and the edge answer OPTIONS with 200, and a normal call through sipp is answered.
 
