@@ -81,6 +81,9 @@ TRUNK = "127.0.0.1"
 STRANGER = "127.0.0.3"
 #: On the allowlist (a second trunk peer), so its flood reaches the workers.
 ALLOWED_FLOODER = "127.0.0.4"
+#: 25 more allowlisted peers (in 127.0.0.32/27): 300 INVITEs a second shared among them is 12
+#: a second each, below pike's default per-source limit (30 per 2 s), so all of it passes pike.
+ALLOWED_MANY = [f"127.0.0.{32 + i}" for i in range(25)]
 VOICED_DBFS = -40.0
 #: An agent packet arriving this long after the previous one: the media clock stalled.
 LATE_GAP_S = 0.060
@@ -247,9 +250,10 @@ def start_box(
     workers: int = 2,
     max_calls: int = 2,
     rtp_port: int = 48000,
-    extra_peers: tuple[str, ...] = (f"{ALLOWED_FLOODER}/32",),
+    extra_peers: tuple[str, ...] = (f"{ALLOWED_FLOODER}/32", "127.0.0.32/27"),
     ready_timeout_s: float = 600,
     pike_density: int | None = None,
+    max_invites_per_s: int | None = None,
 ) -> Box:
     """Start the workers and Kamailio in front of them; return once OPTIONS is answered 200.
 
@@ -261,6 +265,7 @@ def start_box(
         extra_peers: Allowlist entries besides the trunk (127.0.0.1/32).
         ready_timeout_s: How long the workers may take to load their models.
         pike_density: ``[edge] pike_density`` (requests per source per 2 s); None: the default.
+        max_invites_per_s: ``[edge] max_invites_per_s``; None: the default (10 per worker).
 
     Returns:
         The running box.
@@ -286,6 +291,7 @@ def start_box(
         "ping_interval_s = 1\nping_threshold = 2\ninvite_timeout_s = 4\n"
         f'run_dir = "{work / "run"}"\n'
         + (f"pike_density = {pike_density}\n" if pike_density else "")
+        + (f"max_invites_per_s = {max_invites_per_s}\n" if max_invites_per_s else "")
     )
     audit = load_settings(config).audit
     load_or_create_signing_key(audit.signing_key_file)
@@ -558,43 +564,47 @@ def wait_idle(box: Box, timeout_s: float = 60) -> None:
 # -- floods -------------------------------------------------------------------------------------
 
 
-def _flood_stats(result: SippResult) -> dict[str, object]:
-    """INVITEs sent (and their rate, from the log's timestamps) and the answers per INVITE.
+def _flood_stats(results: list[SippResult]) -> dict[str, object]:
+    """INVITEs sent (and their rate, from the logs' timestamps) and the answers per INVITE.
 
-    ``answers`` counts each INVITE (Call-ID) once, by its first final response;
-    ``responses_received`` counts every response, retransmissions of a final response too.
+    ``answers`` counts each INVITE (Call-ID) once, by its first final response, and
+    ``answers_by_reason`` by that response's status line; ``responses_received`` counts every
+    response, retransmissions of a final response too.
     """
     sent: list[float] = []
     received: collections.Counter[str] = collections.Counter()
     final: dict[str, str] = {}
-    for block in result.messages.split("----------------------------------------------- ")[1:]:
-        stamp, _, rest = block.partition("\n")
-        head, _, body = rest.partition("\n")
-        body = body.lstrip("\r\n")
-        if "message sent" in head and body.startswith("INVITE "):
-            try:
-                sent.append(datetime.strptime(stamp.strip(), "%Y-%m-%d %H:%M:%S.%f").timestamp())
-            except ValueError:
-                continue
-        elif "message received" in head and body.startswith("SIP/2.0 "):
-            code = body.split()[1]
-            received[code] += 1
-            call_id = next(
-                (
-                    line.split(":", 1)[1].strip()
-                    for line in body.splitlines()
-                    if line.lower().startswith(("call-id:", "i:"))
-                ),
-                "",
-            )
-            if int(code) >= 200 and call_id:
-                final.setdefault(call_id, code)
+    for result in results:
+        for block in result.messages.split("----------------------------------------------- ")[1:]:
+            stamp, _, rest = block.partition("\n")
+            head, _, body = rest.partition("\n")
+            body = body.lstrip("\r\n")
+            if "message sent" in head and body.startswith("INVITE "):
+                try:
+                    when = datetime.strptime(stamp.strip(), "%Y-%m-%d %H:%M:%S.%f")
+                except ValueError:
+                    continue
+                sent.append(when.timestamp())
+            elif "message received" in head and body.startswith("SIP/2.0 "):
+                status_line = body.split("\n", 1)[0].strip()
+                received[status_line.split()[1]] += 1
+                call_id = next(
+                    (
+                        line.split(":", 1)[1].strip()
+                        for line in body.splitlines()
+                        if line.lower().startswith(("call-id:", "i:"))
+                    ),
+                    "",
+                )
+                if int(status_line.split()[1]) >= 200 and call_id:
+                    final.setdefault(call_id, status_line[len("SIP/2.0 ") :])
     span = (max(sent) - min(sent)) if len(sent) > 1 else 0.0
     return {
         "invites_sent": len(sent),
         "span_s": round(span, 2),
         "rate_per_s": round((len(sent) - 1) / span, 1) if span else None,
-        "answers": dict(collections.Counter(final.values())),
+        "answers": dict(collections.Counter(v.split()[0] for v in final.values())),
+        "answers_by_reason": dict(collections.Counter(final.values())),
         "responses_received": dict(received),
         "no_answer": max(0, len(sent) - len(final)),
     }
@@ -602,12 +612,12 @@ def _flood_stats(result: SippResult) -> dict[str, object]:
 
 def flood(
     box: Box,
-    source: str,
+    source: str | list[str],
     work: Path,
     *,
     rate: int = 300,
     seconds: float = 10.0,
-    real_call_after_s: float = 1.0,
+    real_call_after_s: float | None = 1.0,
     greeting_ms: int = 6000,
     reply_ms: int = 7000,
 ) -> dict[str, object]:
@@ -615,11 +625,12 @@ def flood(
 
     Args:
         box: The running box.
-        source: The flood's source address (must be a loopback address).
+        source: The flood's source address (a loopback address), or several: one sipp each,
+            sharing ``rate`` equally.
         work: Directory for the sipp logs and capture.
-        rate: INVITEs per second.
+        rate: INVITEs per second, all sources together.
         seconds: Flood length.
-        real_call_after_s: When the real call is placed, after the flood starts.
+        real_call_after_s: When the real call is placed, after the flood starts; None: no call.
         greeting_ms: The real call's wait for the greeting.
         reply_ms: The real call's wait for the reply.
 
@@ -630,35 +641,48 @@ def flood(
     work.mkdir(parents=True, exist_ok=True)
     audit0, meta0, logs0 = box.audit_records(), box.metadata_rows(), box.log_bytes()
     offered0 = box.offered()
-    total = max(1, round(rate * seconds))
-    proc = start_sipp(
-        FLOOD_SCENARIO.read_text(encoding="iso-8859-1"),
-        box.edge.uri,
-        local_ip=source,
-        timeout_s=seconds + 20,
-        calls=total,
-        workdir=work / "flood",
-        extra_args=("-r", str(rate), "-l", str(total), "-nr"),
-    )
+    sources = [source] if isinstance(source, str) else list(source)
+    each = max(1, rate // len(sources))
+    total = max(1, round(each * seconds))
+    procs = [
+        start_sipp(
+            FLOOD_SCENARIO.read_text(encoding="iso-8859-1"),
+            box.edge.uri,
+            local_ip=src,
+            timeout_s=seconds + 20,
+            calls=total,
+            workdir=work / f"flood-{src}",
+            extra_args=("-r", str(each), "-l", str(total), "-nr"),
+        )
+        for src in sources
+    ]
     t0 = time.monotonic()
+    real: CallResult | None = None
     try:
-        time.sleep(real_call_after_s)
-        real = place_calls(
-            box, 1, work / "real", greeting_ms=greeting_ms, reply_ms=reply_ms, source=TRUNK
-        )[0]
-        result = proc.wait(timeout_s=max(5.0, seconds + 40 - (time.monotonic() - t0)))
+        if real_call_after_s is not None:
+            time.sleep(real_call_after_s)
+            real = place_calls(
+                box, 1, work / "real", greeting_ms=greeting_ms, reply_ms=reply_ms, source=TRUNK
+            )[0]
+        results = [
+            p.wait(timeout_s=max(5.0, seconds + 40 - (time.monotonic() - t0))) for p in procs
+        ]
     finally:
-        proc.terminate()
+        for p in procs:
+            p.terminate()
     time.sleep(2.0)  # the workers' last writes (a refused or timed-out INVITE's records)
     audit1, meta1, logs1 = box.audit_records(), box.metadata_rows(), box.log_bytes()
     offered1 = box.offered()
-    stats = _flood_stats(result)
+    stats = _flood_stats(results)
+    edge_log = box.edge.log()
     return {
         "source": source,
-        "offered_rate_per_s": rate,
+        "offered_rate_per_s": each * len(sources),
         "seconds": seconds,
         **stats,
-        "real_call": {
+        "real_call": None
+        if real is None
+        else {
             "status": real.status,
             "answered": real.answered,
             "agent_audio": real.agent_audio,
@@ -672,7 +696,7 @@ def flood(
         "audit_records_added": audit1 - audit0,
         "metadata_rows_added": meta1 - meta0,
         "log_bytes_added": {k: logs1[k] - logs0.get(k, 0) for k in logs1},
-        "pike_blocked": f"PIKE - BLOCKing ip {source}" in box.edge.log(),
+        "pike_blocked": sum(f"PIKE - BLOCKing ip {src}" in edge_log for src in sources),
         "workers_alive": sum(w.proc is not None and w.proc.poll() is None for w in box.workers),
         "dead_workers": box.dead_workers(),
     }
@@ -773,7 +797,7 @@ def print_table(rep: dict) -> None:
         f"other {over['other']}, dropped {over['dropped']}"
     )
     for name, fl in rep["floods"].items():
-        rc = fl["real_call"]
+        rc = fl["real_call"] or {"status": None, "agent_audio": None, "dropped": None}
         print(
             f"flood {name} from {fl['source']}: {fl['invites_sent']} INVITEs at "
             f"{fl['rate_per_s']}/s, answers {fl['answers']}, real call {rc['status']} "
@@ -797,10 +821,22 @@ def main() -> int:  # noqa: PLR0915
     ap.add_argument("--no-floods", action="store_true", help="skip the floods")
     ap.add_argument("--floods-only", action="store_true", help="skip the sweep and 1.5x")
     ap.add_argument(
+        "--flood",
+        default=None,
+        choices=["stranger", "allowlisted_no_ack", "allowlisted_25_sources_no_ack"],
+        help="run only this flood",
+    )
+    ap.add_argument(
         "--pike-density",
         type=int,
         default=None,
         help="[edge] pike_density for this run (default: the setting's default, 30 per 2 s)",
+    )
+    ap.add_argument(
+        "--max-invites-per-s",
+        type=int,
+        default=None,
+        help="[edge] max_invites_per_s for this run (default: 10 per worker)",
     )
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default: results/)")
     args = ap.parse_args()
@@ -813,7 +849,11 @@ def main() -> int:  # noqa: PLR0915
     print(f"starting the edge and {args.workers} workers ...", flush=True)
     t_start = time.monotonic()
     box = start_box(
-        work, workers=args.workers, max_calls=args.max_calls, pike_density=args.pike_density
+        work,
+        workers=args.workers,
+        max_calls=args.max_calls,
+        pike_density=args.pike_density,
+        max_invites_per_s=args.max_invites_per_s,
     )
     print(f"ready in {time.monotonic() - t_start:.0f} s", flush=True)
     try:
@@ -841,7 +881,14 @@ def main() -> int:  # noqa: PLR0915
             wait_idle(box)
         floods: dict[str, dict] = {}
         if not args.no_floods:
-            for name, source in (("stranger", STRANGER), ("allowlisted_no_ack", ALLOWED_FLOODER)):
+            kinds: list[tuple[str, str | list[str]]] = [
+                ("stranger", STRANGER),
+                ("allowlisted_no_ack", ALLOWED_FLOODER),
+                ("allowlisted_25_sources_no_ack", ALLOWED_MANY),
+            ]
+            if args.flood:
+                kinds = [k for k in kinds if k[0] == args.flood]
+            for name, source in kinds:
                 print(f"flood from {source} ({name}) ...", flush=True)
                 floods[name] = flood(
                     box, source, work / f"flood-{name}", rate=args.flood_rate, seconds=args.flood_s
@@ -853,7 +900,7 @@ def main() -> int:  # noqa: PLR0915
     growth = rss_growth(usage0, usage1)
     at_cap = next((lv for lv in levels if lv["level"] == box.capacity), {})
     dropped = sum(lv["dropped"] for lv in levels) + over["dropped"]
-    dropped += sum(bool(f["real_call"]["dropped"]) for f in floods.values())
+    dropped += sum(bool((f["real_call"] or {}).get("dropped")) for f in floods.values())
     workers_growth = [v["rss_growth_pct_per_h"] for k, v in growth.items() if k != "kamailio"]
     rep = {
         "benchmark": "load",
@@ -870,6 +917,7 @@ def main() -> int:  # noqa: PLR0915
         "voice_to_voice_p50_s_at_capacity": at_cap.get("v2v_p50_s"),
         "answered_at_capacity": at_cap.get("answered"),
         "pike_density": args.pike_density or 30,
+        "max_invites_per_s": args.max_invites_per_s or 10 * args.workers,
         "rss_growth_pct_per_h": max(workers_growth) if workers_growth else None,
         "rss_by_process": growth,
         "run_s": round(usage1.t - usage0.t, 1),
