@@ -552,6 +552,8 @@ def wait_idle(box: Box, timeout_s: float = 60) -> None:
     while time.monotonic() < deadline:
         busy = False
         for w in box.workers:
+            if w.proc is None or w.proc.poll() is not None:
+                continue  # a dead worker ends nothing
             ev = w.events()
             busy |= sum(e["kind"] == "CallAnswered" for e in ev) > sum(
                 e["kind"] == "CallEnded" for e in ev
