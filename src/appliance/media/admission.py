@@ -29,7 +29,8 @@ class Admission:
     """The decision for one INVITE.
 
     Attributes:
-        status: SIP status to answer with: 200, 403 or 503.
+        status: SIP status to answer with: 200, 403 or 503 (the user agent also answers 488
+            for an offer pjmedia cannot take: :func:`appliance.media.sip.offer_host_too_long`).
         reason: ``""`` when answered, else ``"not_allowed"``, ``"draining"``, ``"stalled"``,
             ``"at_capacity"`` or ``"no_free_slot"`` (metrics and logs; no PHI).
     """
