@@ -45,7 +45,6 @@ import collections
 import json
 import math
 import os
-import platform
 import shutil
 import sqlite3
 import subprocess
@@ -57,6 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.run import device
 from tests.conftest import REPO, STORE
 from tests.e2e.capture import LoopbackCapture
 from tests.e2e.server import PHRASE_CACHE
@@ -707,20 +707,6 @@ def flood(
 # -- report -------------------------------------------------------------------------------------
 
 
-def machine() -> str:
-    """CPU model, core count, GPU presence, architecture."""
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = "NVIDIA GPU (nvidia-smi present)" if shutil.which("nvidia-smi") else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {gpu} ({platform.machine()})"
-
-
 def git_commit() -> str:
     """The checkout's commit (with ``-dirty`` when files are changed)."""
     out = subprocess.run(  # noqa: S603 - fixed argv
@@ -847,7 +833,7 @@ def main() -> int:  # noqa: PLR0915
             print(f"missing: {tool}")
             return 2
     work = Path(tempfile.mkdtemp(prefix="appliance-load-"))
-    print(f"work dir {work}; machine: {machine()}", flush=True)
+    print(f"work dir {work}; machine: {device()}", flush=True)
     print(f"starting the edge and {args.workers} workers ...", flush=True)
     t_start = time.monotonic()
     box = start_box(
@@ -907,7 +893,7 @@ def main() -> int:  # noqa: PLR0915
     rep = {
         "benchmark": "load",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": device(),
         "cores": os.cpu_count(),
         "gpu": shutil.which("nvidia-smi") is not None,
         "git_commit": git_commit(),

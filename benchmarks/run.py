@@ -16,6 +16,7 @@ import csv
 import json
 import os
 import platform
+import shutil
 import statistics
 import tempfile
 import time
@@ -43,6 +44,7 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 def device() -> str:
+    """CPU model, core count, GPU presence (nvidia-smi on PATH), architecture."""
     cpu = "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -51,7 +53,8 @@ def device() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, no GPU ({platform.machine()})"
+    gpu = "NVIDIA GPU (nvidia-smi present)" if shutil.which("nvidia-smi") else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, {gpu} ({platform.machine()})"
 
 
 def bench_components(quick: bool) -> dict[str, object]:
