@@ -10,14 +10,12 @@ no crash (both processes alive after every 10 cases), no hang (an OPTIONS answer
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 
 from benchmarks.sip_fuzz import fuzz_target
-from tests.e2e.test_sip_torture import Box, start_box, stop_box
+from tests.e2e.test_sip_torture import Box, start_box, stop_box, verify_worker_audit
 
 pytestmark = [
     pytest.mark.e2e,
@@ -53,23 +51,5 @@ def test_fuzzed_invite_and_options_crash_and_hang_nothing(box: Box, via: str) ->
 
 def test_audit_log_still_verifies_after_fuzzing(box: Box) -> None:
     """``appliance audit verify`` on the worker's log once it has stopped."""
-    box.edge.stop()
-    assert box.worker.stop(timeout_s=20) == 0
-    out = subprocess.run(  # noqa: S603 - test harness, fixed argv
-        [
-            sys.executable,
-            "-m",
-            "appliance.cli",
-            "audit",
-            "--config",
-            str(box.worker.config),
-            "--worker",
-            "0",
-            "verify",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    out = verify_worker_audit(box)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -276,27 +276,23 @@ def test_edge_relays_no_in_dialog_request_along_a_preloaded_route(box: Box) -> N
     assert codes == [403], codes
 
 
-def test_audit_log_still_verifies(box: Box) -> None:
-    """The worker's audit log is whole after both runs (``appliance audit verify``)."""
+def verify_worker_audit(box: Box) -> subprocess.CompletedProcess[str]:
+    """Stop the edge and the worker, then run ``appliance audit --worker 0 verify`` on its log."""
     import sys
 
     box.edge.stop()
     assert box.worker.stop(timeout_s=20) == 0
-    out = subprocess.run(  # noqa: S603 - test harness, fixed argv
-        [
-            sys.executable,
-            "-m",
-            "appliance.cli",
-            "audit",
-            "--config",
-            str(box.worker.config),
-            "--worker",
-            "0",
-            "verify",
-        ],
+    return subprocess.run(  # noqa: S603 - test harness, fixed argv
+        [sys.executable, "-m", "appliance.cli", "audit", "--config", str(box.worker.config),
+         "--worker", "0", "verify"],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
-    )
+    )  # fmt: skip
+
+
+def test_audit_log_still_verifies(box: Box) -> None:
+    """The worker's audit log is whole after both runs (``appliance audit verify``)."""
+    out = verify_worker_audit(box)
     assert out.returncode == 0, out.stdout + out.stderr
